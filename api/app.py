@@ -1,0 +1,71 @@
+"""`create_app(settings)`: the FastAPI application, its lifespan and its routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api.auth import KeyRing
+from api.errors import install_error_handlers
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.openai import serving as openai_serving
+from api.request_id import RequestIdMiddleware
+from api.routes import generation, health, jobs, models
+from api.state import AppState
+from config import Settings, get_settings
+from config.settings import SettingsError
+from tasks.celery_app import create_celery
+from tasks.events import EventHub
+from tasks.store import JobStore
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if settings.redis_url is None:
+        raise SettingsError("REDIS_URL is not set: start everything with `speechq up`, or point REDIS_URL at Redis")
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url or "",
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+            health_check_interval=30,
+            max_connections=512,
+        )
+        celery = create_celery(settings)
+        hub = EventHub(redis)
+        await hub.start()
+        app.state.speechq = AppState(
+            settings=settings,
+            redis=redis,
+            celery=celery,
+            store=JobStore(redis, celery, ttl=settings.job_ttl_seconds, max_queue_depth=settings.queue_max_depth),
+            hub=hub,
+            keys=KeyRing(settings),
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="speechq",
+        summary="Queue-based speech and language inference",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (jobs, generation, models, health):
+        app.include_router(module.router)
+    app.include_router(openai_serving.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware, header=settings.request_id_header)
+    return app

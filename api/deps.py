@@ -1,0 +1,48 @@
+"""FastAPI dependencies, as `Annotated` aliases the routes take as parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header
+from starlette.requests import HTTPConnection
+
+from api.auth import Principal
+from api.errors import Unauthorized
+from api.state import AppState
+from tasks.store import JobStore
+
+
+def get_state(conn: HTTPConnection) -> AppState:
+    state: AppState = conn.app.state.speechq
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_store(state: StateDep) -> JobStore:
+    return state.store
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def get_principal(conn: HTTPConnection, state: StateDep) -> Principal:
+    principal = state.keys.authenticate(state.keys.presented(conn.headers))
+    if principal is None:
+        header = state.keys.header
+        raise Unauthorized(f"missing or invalid API key: send it in {header} or as Authorization: Bearer <key>")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_request_id(conn: HTTPConnection) -> str:
+    request_id: str = conn.scope.get("state", {}).get("request_id", "")
+    return request_id
+
+
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]

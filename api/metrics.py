@@ -1,0 +1,62 @@
+"""Prometheus metrics of the API process and the ASGI middleware that records them."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("method", "route", "status")
+        self.requests = Counter("app_http_requests_total", "HTTP requests answered", labels, registry=self.registry)
+        self.errors = Counter(
+            "app_http_request_errors_total", "HTTP requests answered with 5xx", labels, registry=self.registry
+        )
+        self.duration = Histogram(
+            "app_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the end of the body, streams included)",
+            ("method", "route"),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.jobs_created = Counter(
+            "app_jobs_created_total", "Jobs accepted, by kind", ("kind",), registry=self.registry
+        )
+        self.rejections = Counter(
+            "app_rate_limit_rejections_total", "Requests refused by a limit", ("scope",), registry=self.registry
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (never by raw path: ids are unbounded)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            if status >= 500:
+                self.metrics.errors.labels(method, route, str(status)).inc()

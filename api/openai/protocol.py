@@ -1,0 +1,90 @@
+"""OpenAI chat and text completion request/response shapes, as the official client sends and reads them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.payloads import ChatMessage
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    def to_chat(self) -> ChatMessage:
+        if isinstance(self.content, list):
+            if any(part.type != "text" for part in self.content):
+                raise ValueError("only text content parts are supported")
+            text = "".join(part.text or "" for part in self.content)
+        else:
+            text = self.content or ""
+        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class SamplingFields(BaseModel):
+    """Fields common to both endpoints; unset ones fall back to speechq's defaults."""
+
+    model_config = ConfigDict(extra="ignore")  # the client sends fields we do not use (user, logit_bias, …)
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def sampling(self, max_tokens: int | None) -> dict[str, Any]:
+        fields = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "seed": self.seed,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+
+
+class CompletionRequestOpenAI(SamplingFields):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("exactly one prompt per request")
+        return value
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,137 @@
+"""Serving OpenAI chat and text completions from speechq jobs, blocking or as `chat.completion.chunk` SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import PrincipalDep, RequestIdDep, StateDep
+from api.errors import ModelNotFound, Unprocessable, envelope, validation_summary
+from api.openai.protocol import ChatCompletionRequest, CompletionRequestOpenAI, now
+from api.state import AppState
+from api.submit import follow, submit, wait_for
+from tasks.catalog import is_known_llm
+from tasks.jobs import EventType, JobKind, JobRecord
+from tasks.payloads import ChatRequest, CompletionRequest, GenerationParams
+
+router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
+
+Chunk = Callable[[str | None, str | None], dict[str, Any]]
+
+
+def _payload(model: type[GenerationParams], fields: dict[str, Any]) -> GenerationParams:
+    if not is_known_llm(fields["model"]):
+        raise ModelNotFound(f"The model `{fields['model']}` does not exist", param="model")
+    try:
+        return model.model_validate(fields)
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else [{"msg": str(exc), "loc": ()}]
+        message, param = validation_summary(list(errors))
+        raise Unprocessable(message, param=param) from exc
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+) -> JSONResponse | EventSourceResponse:
+    try:
+        messages = [m.to_chat().model_dump() for m in body.messages]
+    except ValueError as exc:
+        raise Unprocessable(str(exc), param="messages") from exc
+    fields = {**body.sampling(body.max_completion_tokens or body.max_tokens), "messages": messages}
+    job, _ = await submit(state, JobKind.chat, _payload(ChatRequest, fields), principal, request_id=rid)
+    completion_id, created = f"chatcmpl-{job.id}", now()
+
+    def chunk(delta: str | None, finish: str | None) -> dict[str, Any]:
+        content = {"content": delta} if delta is not None else {}
+        return {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "delta": content, "finish_reason": finish, "logprobs": None}],
+        }
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        first = chunk("", None)
+        first["choices"][0]["delta"]["role"] = "assistant"
+        return _stream(state, job, chunk, include_usage, first)
+    result = (await wait_for(state, job)).result or {}
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result["text"]},
+                    "finish_reason": result["finish_reason"],
+                    "logprobs": None,
+                }
+            ],
+            "usage": result["usage"],
+        },
+        headers={"X-Job-ID": job.id},
+    )
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequestOpenAI, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+) -> JSONResponse | EventSourceResponse:
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    fields = {**body.sampling(body.max_tokens), "prompt": prompt}
+    job, _ = await submit(state, JobKind.completion, _payload(CompletionRequest, fields), principal, request_id=rid)
+    completion_id, created = f"cmpl-{job.id}", now()
+
+    def chunk(delta: str | None, finish: str | None) -> dict[str, Any]:
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}],
+        }
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _stream(state, job, chunk, include_usage, None)
+    result = (await wait_for(state, job)).result or {}
+    response = chunk(result["text"], result["finish_reason"])
+    response["usage"] = result["usage"]
+    return JSONResponse(response, headers={"X-Job-ID": job.id})
+
+
+def _stream(
+    state: AppState, job: JobRecord, chunk: Chunk, include_usage: bool, first: dict[str, Any] | None
+) -> EventSourceResponse:
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        if first is not None:
+            yield ServerSentEvent(data=json.dumps(first))
+        result: dict[str, Any] = {}
+        async for event in follow(state, job.id):
+            if event.type == EventType.token:
+                yield ServerSentEvent(data=json.dumps(chunk(event.data["text"], None)))
+            elif event.type == EventType.result:
+                result = event.data
+            elif event.type == EventType.error:
+                error = envelope(event.data["message"], code=event.data["type"], type_="server_error")
+                yield ServerSentEvent(data=json.dumps(error))
+            elif event.type == EventType.done and result:
+                yield ServerSentEvent(data=json.dumps(chunk(None, result["finish_reason"])))
+                if include_usage:
+                    usage = chunk(None, None)
+                    usage["choices"], usage["usage"] = [], result["usage"]
+                    yield ServerSentEvent(data=json.dumps(usage))
+        yield ServerSentEvent(data="[DONE]")
+
+    return EventSourceResponse(events(), ping=15, headers={"X-Job-ID": job.id})

@@ -1,0 +1,1 @@
+"""Routers, one per resource, collected by `api.app.create_app`."""

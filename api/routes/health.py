@@ -1,0 +1,43 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from api.deps import StateDep
+from tasks.jobs import QUEUES
+from tasks.registry import live_workers
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(state: StateDep) -> JSONResponse:
+    """Ready when Redis answers and every queue has at least one live worker."""
+    body: dict[str, Any] = {"redis": "ok", "queues": {}}
+    try:
+        await state.redis.ping()
+        workers = await live_workers(state.redis)
+    except RedisError as exc:
+        return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc}"}, status_code=503)
+    for queue in QUEUES:
+        serving = [w.id for w in workers if queue in w.queues]
+        body["queues"][queue] = {"workers": len(serving), "depth": await state.redis.llen(queue)}
+    ok = all(q["workers"] > 0 for q in body["queues"].values())
+    body["status"] = "ready" if ok else "degraded"
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,165 @@
+"""The job API: submit, poll, list, cancel, fetch the result, and follow events over SSE or WebSocket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, WebSocket, status
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.websockets import WebSocketDisconnect
+
+from api.auth import Principal
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, get_state
+from api.errors import Conflict, NotFound, Unprocessable
+from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
+from api.submit import follow, submit
+from tasks.events import parse_event_id
+from tasks.jobs import JobKind, JobRecord, JobStatus
+from tasks.payloads import ChatRequest, CompletionRequest, GenerateRequest
+from tasks.store import JobStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+async def _created(
+    state: StateDep, kind: JobKind, payload: Any, principal: Principal, request_id: str, idem: str | None
+) -> JSONResponse:
+    job, replayed = await submit(state, kind, payload, principal, request_id=request_id, idempotency_key=idem)
+    body = job_created(job).model_dump(mode="json")
+    headers = {"Location": f"/v1/jobs/{job.id}", "Idempotent-Replayed": str(replayed).lower()}
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+@router.post("/generate", status_code=202, response_model=JobCreated)
+async def create_generate(
+    body: GenerateRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
+) -> JSONResponse:
+    return await _created(state, JobKind.generate, body, principal, rid, idem)
+
+
+@router.post("/chat", status_code=202, response_model=JobCreated)
+async def create_chat(
+    body: ChatRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
+) -> JSONResponse:
+    return await _created(state, JobKind.chat, body, principal, rid, idem)
+
+
+@router.post("/completion", status_code=202, response_model=JobCreated)
+async def create_completion(
+    body: CompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
+) -> JSONResponse:
+    return await _created(state, JobKind.completion, body, principal, rid, idem)
+
+
+@router.post("/{kind}", include_in_schema=False)
+async def unknown_kind(kind: str, _: PrincipalDep) -> None:
+    raise NotFound(f"unknown job kind {kind!r}; kinds: {', '.join(k.value for k in JobKind)}", param="kind")
+
+
+async def _owned(store: JobStore, job_id: str, principal: Principal) -> JobRecord:
+    job = await store.get(job_id, owner=principal.id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", param="job_id")
+    return job
+
+
+@router.get("", response_model=JobsPublic)
+async def list_jobs(
+    store: StoreDep,
+    principal: PrincipalDep,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[float | None, Query(description="next_cursor of the previous page")] = None,
+) -> JobsPublic:
+    jobs, next_cursor = await store.list(owner=principal.id, limit=limit, before=cursor, status=status, kind=kind)
+    return JobsPublic(
+        data=[job_public(job) for job in jobs],
+        next_cursor=repr(next_cursor) if next_cursor is not None else None,
+        has_more=next_cursor is not None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+async def get_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> JobPublic:
+    return job_public(await _owned(store, job_id, principal))
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobPublic)
+async def cancel_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> JobPublic:
+    outcome = await store.cancel(job_id, owner=principal.id)
+    if outcome is None:
+        raise NotFound(f"no job {job_id!r}", param="job_id")
+    if outcome not in (JobStatus.cancelled, JobStatus.cancelling):
+        raise Conflict(f"job {job_id} already ended as {outcome}; there is nothing to cancel")
+    return job_public(await _owned(store, job_id, principal))
+
+
+@router.get("/{job_id}/result")
+async def get_result(job_id: str, store: StoreDep, principal: PrincipalDep) -> Response:
+    job = await _owned(store, job_id, principal)
+    if job.status != JobStatus.succeeded:
+        error = Conflict(
+            f"job {job_id} is {job.status}"
+            + (f": {job.error['message']}" if job.error else "; its result is not ready")
+        )
+        error.code = "job_not_succeeded"
+        raise error
+    return JSONResponse(job.result)
+
+
+def _resume_point(header: str | None, query: str | None) -> str | None:
+    try:
+        return parse_event_id(query if query is not None else header)
+    except ValueError as exc:
+        raise Unprocessable(str(exc), param="Last-Event-ID") from exc
+
+
+@router.get("/{job_id}/events")
+async def job_events(
+    job_id: str,
+    state: StateDep,
+    principal: PrincipalDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[str | None, Query(description="resume after this event id (like Last-Event-ID)")] = None,
+) -> EventSourceResponse:
+    await _owned(state.store, job_id, principal)
+    start = _resume_point(last_event_id, after)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for event in follow(state, job_id, after=start):
+            yield ServerSentEvent(id=event.id, event=event.type, data=json.dumps(event.data))
+
+    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.websocket("/{job_id}/ws")
+async def job_websocket(websocket: WebSocket, job_id: str, after: str | None = None) -> None:
+    state = get_state(websocket)
+    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
+    if principal is None:
+        await websocket.close(code=4401, reason="missing or invalid API key")
+        return
+    job = await state.store.get(job_id, owner=principal.id)
+    if job is None:
+        await websocket.close(code=4404, reason=f"no job {job_id!r}")
+        return
+    try:
+        start = parse_event_id(after)
+    except ValueError as exc:
+        await websocket.close(code=1008, reason=str(exc))
+        return
+    await websocket.accept()
+    try:
+        async for event in follow(state, job_id, after=start):
+            await websocket.send_json({"id": event.id, "event": event.type, "data": event.data})
+    except WebSocketDisconnect:
+        return
+    except RedisError as exc:
+        await websocket.close(code=1011, reason=f"job store unreachable: {exc}"[:120])
+        return
+    await websocket.close(code=1000)

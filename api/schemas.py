@@ -1,0 +1,98 @@
+"""Public shapes of jobs: what the job routes answer. Internal records never leave the API as-is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.jobs import JobKind, JobRecord, JobStatus
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    result: str
+    ws: str
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobCreated(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    created_at: datetime
+    links: JobLinks
+
+
+class JobTimings(BaseModel):
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    total_seconds: float | None = None
+
+
+class JobPublic(JobCreated):
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    timestamps: dict[str, datetime]
+    timings: JobTimings
+    attempts: int
+    worker: str | None = None
+    progress: dict[str, Any] | None = None
+    error: JobError | None = None
+    result: dict[str, Any] | None = None
+    request_id: str | None = None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = None
+    has_more: bool
+
+
+def _when(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+
+def links(job_id: str) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(self=base, events=f"{base}/events", result=f"{base}/result", ws=f"{base}/ws")
+
+
+def job_created(job: JobRecord) -> JobCreated:
+    return JobCreated(
+        id=job.id, kind=job.kind, status=job.status, created_at=_when(job.times["created_at"]), links=links(job.id)
+    )
+
+
+def job_public(job: JobRecord) -> JobPublic:
+    t = job.times
+    created, started, finished = t.get("created_at"), t.get("started_at"), t.get("finished_at")
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        created_at=_when(created),
+        started_at=_when(started),
+        finished_at=_when(finished),
+        updated_at=_when(t.get("updated_at")),
+        timestamps={name: when for name, value in sorted(t.items()) if (when := _when(value)) is not None},
+        timings=JobTimings(
+            queue_seconds=round(started - created, 6) if started and created else None,
+            run_seconds=round(finished - started, 6) if finished and started else None,
+            total_seconds=round(finished - created, 6) if finished and created else None,
+        ),
+        attempts=job.attempts,
+        worker=job.worker,
+        progress=job.progress,
+        error=JobError(**job.error) if job.error else None,
+        result=job.result,
+        request_id=job.request_id,
+        links=links(job.id),
+    )

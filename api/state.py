@@ -1,0 +1,25 @@
+"""The resources one API process shares across requests, opened and closed by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from redis.asyncio import Redis
+
+from api.auth import KeyRing
+from api.metrics import ApiMetrics
+from config import Settings
+from tasks.events import EventHub
+from tasks.store import JobStore
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    redis: Redis
+    celery: Celery
+    store: JobStore
+    hub: EventHub
+    keys: KeyRing
+    metrics: ApiMetrics

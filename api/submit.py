@@ -1,0 +1,89 @@
+"""Submitting a job and waiting for it: shared by the job routes, the seed routes and the OpenAI routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from api.auth import Principal
+from api.errors import ApiError, BadRequest, Conflict, GatewayTimeout, QueueFullError, ServiceUnavailable, Unprocessable
+from api.state import AppState
+from tasks.events import Event, read_events
+from tasks.jobs import JobKind, JobRecord, JobStatus
+from tasks.store import IdempotencyConflict, QueueFull
+
+
+async def submit(
+    state: AppState,
+    kind: JobKind,
+    payload: BaseModel,
+    principal: Principal,
+    *,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """Create and enqueue a job; returns it and whether an Idempotency-Key replayed an existing one."""
+    try:
+        created = await state.store.create(
+            kind,
+            payload.model_dump(mode="json"),
+            owner=principal.id,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+        )
+    except QueueFull as exc:
+        state.metrics.rejections.labels("queue").inc()
+        raise QueueFullError(str(exc), headers={"Retry-After": "5"}) from exc
+    except IdempotencyConflict as exc:
+        raise Unprocessable(str(exc), param="Idempotency-Key") from exc
+    if not created.replayed:
+        state.metrics.jobs_created.labels(kind.value).inc()
+    return created.job, created.replayed
+
+
+async def follow(state: AppState, job_id: str, *, after: str | None = None) -> AsyncIterator[Event]:
+    async for event in read_events(state.redis, state.hub, job_id, after=after):
+        yield event
+
+
+async def wait_for(state: AppState, job: JobRecord, timeout: float | None = None) -> JobRecord:
+    """Block until the job ends; return it, or raise the API error its failure maps to."""
+    try:
+        async with asyncio.timeout(timeout or state.settings.job_wait_timeout_seconds):
+            async for _ in follow(state, job.id):
+                pass
+    except TimeoutError:
+        raise GatewayTimeout(
+            f"job {job.id} did not finish in time; it is still {job.status}: poll /v1/jobs/{job.id}"
+        ) from None
+    final = await state.store.get(job.id, owner=job.owner)
+    if final is None:
+        raise GatewayTimeout(f"job {job.id} expired before it finished")
+    raise_for_failure(final)
+    return final
+
+
+# How a failed job's error.type reaches a blocking client.
+_FAILURES: dict[str, type[ApiError]] = {
+    "invalid_input": BadRequest,
+    "context_length_exceeded": BadRequest,
+    "model_unavailable": ServiceUnavailable,
+    "timeout": GatewayTimeout,
+}
+
+
+def raise_for_failure(job: JobRecord) -> None:
+    if job.status == JobStatus.succeeded:
+        return
+    if job.status in (JobStatus.cancelled, JobStatus.cancelling):
+        raise Conflict(f"job {job.id} was cancelled")
+    if job.status == JobStatus.expired:
+        raise GatewayTimeout(f"job {job.id} expired in the queue before a worker took it")
+    error: dict[str, Any] = job.error or {"type": "internal_error", "message": "the job failed"}
+    error_class = _FAILURES.get(error["type"], ApiError)
+    failure = error_class(error["message"])
+    failure.code = error["type"]
+    raise failure

@@ -1,0 +1,1 @@
+"""The `speechq` command line."""

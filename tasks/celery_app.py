@@ -1,0 +1,38 @@
+"""The Celery app: JSON only, late acks, prefetch 1, one queue per model kind, routed by task name."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from config import Settings
+from tasks.jobs import QUEUES
+
+# Task names carry their queue: `speechq.<queue>.<name>`.
+TASK_ROUTES = {f"speechq.{queue}.*": {"queue": queue, "routing_key": queue} for queue in QUEUES}
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("speechq", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in the job store, not a Celery backend
+        task_acks_late=True,  # a message is acked only once its job has finished
+        task_reject_on_worker_lost=True,  # a pool process that dies gives its message back
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_seconds,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        task_routes=TASK_ROUTES,
+        task_default_queue="llm",
+        worker_send_task_events=True,  # Flower sees every task's state
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_soft_shutdown_timeout=min(60.0, float(settings.task_time_limit_seconds)),
+        worker_enable_soft_shutdown_on_idle=True,
+    )
+    return app

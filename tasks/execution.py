@@ -1,0 +1,139 @@
+"""`JobExecution`: the worker's side of a job — claim it, emit its events, keep its lease, finish it.
+
+Engines see only the `JobContext` protocol: `emit(type, data)` raises `JobCancelled` once the owner
+has asked to stop, so a generation loop that emits a token per step stops within a token or two.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis import Redis
+
+from tasks import keys, scripts
+from tasks.jobs import EventType, JobRecord, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """The job's owner cancelled it; the worker stops and records `cancelled`."""
+
+
+class JobTimedOut(Exception):
+    """The job ran past `TASK_TIME_LIMIT_SECONDS`."""
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was presumed dead); stop without recording anything."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    run: bool
+    reason: str  # 'run' or why not: 'missing', 'busy', 'cancelled', 'poison', or the job's status
+    attempt: int = 0
+
+
+class WorkerStore:
+    """The worker's sync Redis client and its registered scripts."""
+
+    def __init__(self, redis: Redis, *, ttl: int, lease: float, max_attempts: int) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.scripts = {name: redis.register_script(scripts.source(name)) for name in scripts.NAMES}
+
+    def load(self, job_id: str) -> JobRecord | None:
+        raw = cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
+        return JobRecord.from_hash(raw) if raw else None
+
+    def claim(self, job_id: str, worker: str) -> Claim:
+        outcome, detail = self.scripts["claim"](
+            keys=[keys.job(job_id), keys.events(job_id)],
+            args=[worker, self.lease, self.max_attempts, self.ttl, keys.notify(job_id)],
+        )
+        if outcome == "run":
+            return Claim(run=True, reason="run", attempt=int(detail))
+        return Claim(run=False, reason=detail)
+
+    def execution(self, job_id: str, worker: str, deadline: float) -> JobExecution:
+        return JobExecution(self, job_id, worker, deadline)
+
+
+class JobExecution:
+    """One claimed run of a job by this worker."""
+
+    def __init__(self, store: WorkerStore, job_id: str, worker: str, deadline: float) -> None:
+        self._stores = store
+        self.job_id = job_id
+        self.worker = worker
+        self.deadline = deadline
+        self._keys = [keys.job(job_id), keys.events(job_id)]
+        self._stop_renewing = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_lease, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> JobExecution:
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_renewing.set()
+        self._renewer.join(timeout=5)
+
+    def emit(self, event: EventType | str, data: Any) -> None:
+        """Append an event; raises `JobCancelled`/`JobTimedOut`/`LeaseLost` when the job must stop."""
+        status, _ = self._stores.scripts["emit"](
+            keys=self._keys,
+            args=[
+                str(event),
+                json.dumps(data),
+                self._stores.ttl,
+                keys.notify(self.job_id),
+                self._stores.lease,
+                self.worker,
+            ],
+        )
+        self._check(status)
+
+    def _check(self, status: str) -> None:
+        if status == JobStatus.cancelling:
+            raise JobCancelled()
+        if status != JobStatus.running:
+            raise LeaseLost(f"job {self.job_id} is {status}, not running on this worker")
+        if time.monotonic() > self.deadline:
+            raise JobTimedOut()
+
+    def finish(
+        self, status: JobStatus, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+    ) -> str:
+        return str(
+            self._stores.scripts["finish"](
+                keys=self._keys,
+                args=[
+                    status.value,
+                    json.dumps(result) if result is not None else "",
+                    json.dumps(error) if error is not None else "",
+                    self._stores.ttl,
+                    keys.notify(self.job_id),
+                    self.worker,
+                ],
+            )
+        )
+
+    def _renew_lease(self) -> None:
+        interval = self._stores.lease / 3
+        while not self._stop_renewing.wait(interval):
+            try:
+                status = self._stores.scripts["renew"](keys=self._keys[:1], args=[self._stores.lease, self.worker])
+            except Exception as exc:  # a Redis blip: the next renewal tries again
+                log.warning("could not renew the lease of %s: %s", self.job_id, exc)
+                continue
+            if status not in (JobStatus.running, JobStatus.cancelling):
+                return

@@ -1,0 +1,30 @@
+"""Names of every Redis key speechq writes, in one place."""
+
+PREFIX = "speechq"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def notify(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:notify"
+
+
+def owner_index(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}:jobs"
+
+
+def idempotency(owner: str, key: str) -> str:
+    return f"{PREFIX}:idem:{owner}:{key}"
+
+
+def worker(name: str) -> str:
+    return f"{PREFIX}:worker:{name}"
+
+
+WORKER_PATTERN = f"{PREFIX}:worker:*"

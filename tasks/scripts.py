@@ -1,0 +1,17 @@
+"""The Lua scripts behind every job state transition, each prefixed with the shared prelude."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of script `name` (a file in `tasks/lua/`), prelude included."""
+    folder = files("tasks").joinpath("lua")
+    prelude = folder.joinpath("_prelude.lua").read_text()
+    return prelude + "\n" + folder.joinpath(f"{name}.lua").read_text()
+
+
+NAMES = ("create", "claim", "emit", "renew", "finish", "cancel")

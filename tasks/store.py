@@ -1,0 +1,184 @@
+"""`JobStore`: the API's side of the job record — create (and enqueue), read, list, cancel.
+
+A job is a Redis hash (`keys.job`) that expires after `JOB_TTL_SECONDS`; every change of state is a
+Lua script (`tasks/lua/`), so two parties can never both move a job out of the same state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, cast
+
+from celery import Celery
+from redis.asyncio import Redis
+
+from tasks import keys, scripts
+from tasks.broker import is_redis_url, redis_message
+from tasks.jobs import TASKS, EventType, JobKind, JobRecord, JobStatus
+
+
+class JobStoreError(Exception):
+    """Base of the job store's errors."""
+
+
+class QueueFull(JobStoreError):
+    def __init__(self, queue: str, depth: int) -> None:
+        super().__init__(f"queue {queue!r} holds {depth} jobs, its limit; retry later")
+        self.queue = queue
+        self.depth = depth
+
+
+class IdempotencyConflict(JobStoreError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    job: JobRecord
+    replayed: bool  # True when an Idempotency-Key returned an existing job
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_urlsafe(18)
+
+
+def fingerprint(kind: JobKind, request: dict[str, Any]) -> str:
+    canonical = json.dumps([kind, request], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobStore:
+    def __init__(self, redis: Redis, celery: Celery, *, ttl: int, max_queue_depth: int) -> None:
+        self.redis = redis
+        self.celery = celery
+        self.ttl = ttl
+        self.max_queue_depth = max_queue_depth
+        self._direct = is_redis_url(str(celery.conf.broker_url))
+        self._scripts = {name: redis.register_script(scripts.source(name)) for name in ("create", "cancel")}
+
+    async def create(
+        self,
+        kind: JobKind,
+        request: dict[str, Any],
+        *,
+        owner: str,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        queue_timeout: float | None = None,
+    ) -> Created:
+        """Record a job and enqueue it; raises `QueueFull` or `IdempotencyConflict`."""
+        job_id = new_job_id()
+        task_name, queue = TASKS[kind]
+        fields: dict[str, str] = {
+            "id": job_id,
+            "kind": kind.value,
+            "status": JobStatus.queued.value,
+            "owner": owner,
+            "queue": queue,
+            "request": json.dumps(request),
+            "request_id": request_id or "",
+            "attempts": "0",
+        }
+        if queue_timeout is not None:
+            fields["expires_at"] = "%.6f" % (await self._server_time() + queue_timeout)
+        message = redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id}) if self._direct else ""
+        idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else ""
+        reply = await self._scripts["create"](
+            keys=[
+                keys.job(job_id),
+                keys.events(job_id),
+                keys.owner_index(owner),
+                queue if self._direct else "",
+                idem_key,
+            ],
+            args=[
+                job_id,
+                self.ttl,
+                self.max_queue_depth,
+                fingerprint(kind, request),
+                keys.notify(job_id),
+                message,
+                json.dumps({"queue": queue}),
+                *[item for pair in fields.items() for item in pair],
+            ],
+        )
+        outcome, value = reply[0], reply[1]
+        if outcome == "full":
+            raise QueueFull(queue, int(value))
+        if outcome == "conflict":
+            raise IdempotencyConflict(idempotency_key or "")
+        if not self._direct:
+            await self._send_through_celery(task_name, queue, job_id)
+        job = await self.get(value, owner=owner)
+        assert job is not None, "a job just created or replayed cannot be missing"
+        return Created(job=job, replayed=outcome == "existing")
+
+    async def _send_through_celery(self, task_name: str, queue: str, job_id: str) -> None:
+        # Another broker (RabbitMQ): kombu's client is synchronous, so publish from a thread.
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(
+            lambda: self.celery.send_task(task_name, kwargs={"job_id": job_id}, task_id=job_id, queue=queue)
+        )
+
+    async def _server_time(self) -> float:
+        seconds, micros = await self.redis.time()
+        return float(seconds) + micros / 1_000_000
+
+    async def get(self, job_id: str, *, owner: str) -> JobRecord | None:
+        """The job, or None when it does not exist, has expired, or belongs to someone else."""
+        raw = cast(dict[str, str], await self.redis.hgetall(keys.job(job_id)))
+        if not raw or raw.get("owner") != owner:
+            return None
+        return JobRecord.from_hash(raw)
+
+    async def list(
+        self,
+        *,
+        owner: str,
+        limit: int,
+        before: float | None = None,
+        status: JobStatus | None = None,
+        kind: JobKind | None = None,
+    ) -> tuple[list[JobRecord], float | None]:
+        """Newest first; returns the page and the cursor (a creation time) for the next, if any."""
+        found: list[JobRecord] = []
+        cursor = before
+        while len(found) < limit:
+            high = f"({cursor}" if cursor is not None else "+inf"
+            batch = cast(
+                list[tuple[str, float]],
+                await self.redis.zrevrangebyscore(
+                    keys.owner_index(owner), high, "-inf", start=0, num=max(limit * 2, 50), withscores=True
+                ),
+            )
+            if not batch:
+                return found, None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in batch:
+                    pipe.hgetall(keys.job(job_id))
+                rows = cast(list[dict[str, str]], await pipe.execute())
+            for (_, score), raw in zip(batch, rows, strict=True):
+                cursor = score
+                if not raw or raw.get("owner") != owner:
+                    continue
+                job = JobRecord.from_hash(raw)
+                if (status is None or job.status == status) and (kind is None or job.kind == kind):
+                    found.append(job)
+                    if len(found) == limit:
+                        return found, score
+        return found, cursor
+
+    async def cancel(self, job_id: str, *, owner: str) -> JobStatus | None:
+        """Cancel a queued job, or ask a running one to stop; None when there is no such job."""
+        status = await self._scripts["cancel"](
+            keys=[keys.job(job_id), keys.events(job_id)], args=[owner, self.ttl, keys.notify(job_id)]
+        )
+        return None if status == "missing" else JobStatus(status)
+
+
+__all__ = ["Created", "EventType", "IdempotencyConflict", "JobStore", "JobStoreError", "QueueFull"]

@@ -1,0 +1,56 @@
+"""Session-wide real services: one embedded Valkey (or REDIS_URL), one worker, one API over HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.embedded_redis import EmbeddedRedis
+from tests.stack import Process, base_env, start_api, start_worker, wait_for_worker
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    url: str
+    api: Process
+    worker: Process
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("valkey")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url: str, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = base_env(redis_url, tmp_path_factory.mktemp("data"))
+    worker = start_worker(env, logs_dir)
+    api, url = start_api(env, logs_dir)
+    try:
+        wait_for_worker(url, worker)
+        yield Stack(redis_url=redis_url, url=url, api=api, worker=worker, env=env)
+    finally:
+        api.stop()
+        worker.stop()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        yield http

@@ -1,0 +1,117 @@
+"""Real processes for the tests: an embedded Valkey, `speechq api` and `speechq worker` over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEECHQ = [sys.executable, "-m", "cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the thing we wait for is not up yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+class Process:
+    """A child process whose output goes to a log file the test can read."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+
+def base_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "JOB_", "API_", "QUEUE_", "BROKER_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        DATA_DIR=str(data_dir),
+        LLM_MODELS_DIR=str(ROOT / "var" / "models"),
+        LLM_N_CTX="2048",
+        LLM_N_THREADS="2",
+        LOG_LEVEL="INFO",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def start_worker(env: dict[str, str], log_dir: Path, queues: str = "llm,stt,tts,dialogue") -> Process:
+    return Process("worker", [*SPEECHQ, "worker", "--queues", queues], env, log_dir)
+
+
+def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    process = Process("api", [*SPEECHQ, "api", "--host", "127.0.0.1", "--port", str(port)], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"API exited:\n{process.log()}")
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+
+    wait_until(healthy, timeout=30, what="the API")
+    return process, url
+
+
+def wait_for_worker(url: str, process: Process, queue: str = "llm", timeout: float = 120.0) -> None:
+    def serving() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"worker exited:\n{process.log()}")
+        ready = httpx.get(f"{url}/ready", timeout=2).json()
+        return bool(ready.get("queues", {}).get(queue, {}).get("workers", 0) > 0)
+
+    wait_until(serving, timeout=timeout, what=f"a worker on {queue}")

@@ -1,0 +1,25 @@
+"""Errors a job can end with. Each has a string `code` that becomes the job's `error.type`.
+
+EngineError
+├── ModelUnavailable      the model cannot be found or loaded here
+└── InvalidJobInput       the request is well-formed but this engine cannot serve it
+    └── ContextOverflow   prompt + max_tokens exceed the model's context window
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    code = "engine_error"
+
+
+class ModelUnavailable(EngineError):
+    code = "model_unavailable"
+
+
+class InvalidJobInput(EngineError):
+    code = "invalid_input"
+
+
+class ContextOverflow(InvalidJobInput):
+    code = "context_length_exceeded"

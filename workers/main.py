@@ -1,0 +1,96 @@
+"""Start a worker process: one Celery consumer, its model cache, and its advertisement in Redis.
+
+The caller (`speechq worker`) has already set CUDA_VISIBLE_DEVICES; nothing here runs before that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from functools import partial
+
+from redis import Redis
+
+from config import Settings
+from tasks.celery_app import create_celery
+from tasks.definitions import JobRunner, register_tasks
+from tasks.execution import WorkerStore
+from tasks.registry import WorkerInfo, advertise, withdraw
+from workers.handlers import run_llm_job
+from workers.models import ModelCache
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Keeps this worker's advertisement (queues, device, loaded models) fresh until it stops."""
+
+    def __init__(self, redis: Redis, info: WorkerInfo, models: ModelCache, interval: float) -> None:
+        super().__init__(name="speechq-heartbeat", daemon=True)
+        self.redis, self.info, self.models, self.interval = redis, info, models, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.info.models = self.models.loaded
+            try:
+                advertise(self.redis, self.info, ttl=self.interval * 3)
+            except Exception as exc:  # Redis away for a moment: say so and keep beating
+                log.warning("heartbeat failed: %s", exc)
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            withdraw(self.redis, self.info.id)
+        except Exception as exc:
+            log.warning("could not withdraw worker advertisement: %s", exc)
+
+
+def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, device: str | None = None) -> None:
+    if settings.redis_url is None:
+        raise RuntimeError("REDIS_URL must be set for a worker")
+    hostname = socket.gethostname()
+    worker_id = f"{hostname}:{os.getpid()}"
+    redis = Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+    )
+    store = WorkerStore(
+        redis, ttl=settings.job_ttl_seconds, lease=settings.job_lease_seconds, max_attempts=settings.job_max_attempts
+    )
+    models = ModelCache(settings)
+    handlers = {"llm": partial(run_llm_job, models=models)}
+    app = create_celery(settings)
+    register_tasks(app, JobRunner(settings, store, worker_id, handlers))
+
+    if "llm" in queues and settings.llm_preload:
+        models.llm()
+    info = WorkerInfo(
+        id=worker_id, hostname=hostname, pid=os.getpid(), queues=queues, device=device, started_at=time.time()
+    )
+    heartbeat = Heartbeat(redis, info, models, settings.worker_heartbeat_seconds)
+    heartbeat.start()
+    node = f"speechq-{'-'.join(queues)}{'-gpu' + device if device else ''}-{os.getpid()}@{hostname}"
+    log.info("worker %s serving queues %s on %s", worker_id, ",".join(queues), f"cuda:{device}" if device else "cpu")
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                ",".join(queues),
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                node,
+                "--loglevel",
+                settings.log_level,
+                "--without-mingle",
+            ]
+        )
+    finally:
+        heartbeat.stop()
