@@ -90,8 +90,8 @@ class LlmEngine:
             vocab = self._llm
             self._formatter = Jinja2ChatFormatter(
                 template=template,
-                eos_token=vocab.detokenize([vocab.token_eos()]).decode(errors="ignore"),
-                bos_token=vocab.detokenize([vocab.token_bos()]).decode(errors="ignore"),
+                eos_token=self._token_text(vocab.token_eos()),
+                bos_token=self._token_text(vocab.token_bos()),
             )
         log.info("loaded %s from %s in %.2fs (chat template: %s)", name, path, self.load_seconds, bool(template))
 
@@ -103,9 +103,13 @@ class LlmEngine:
         if self._formatter is None:
             return Prompt(gemma_turns(messages), (GEMMA_END_OF_TURN,), add_bos=True, gemma_turns=True)
         formatted = self._formatter(messages=[m.model_dump() for m in messages])
-        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
-        bos = self._llm.detokenize([self._llm.token_bos()]).decode(errors="ignore")
-        return Prompt(formatted.prompt, tuple(stop), add_bos=not formatted.prompt.startswith(bos))
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+        bos = self._token_text(self._llm.token_bos())
+        add_bos = not (bos and formatted.prompt.startswith(bos))
+        return Prompt(formatted.prompt, tuple(s for s in stop if s), add_bos=add_bos)
+
+    def _token_text(self, token: int) -> str:
+        return "" if token < 0 else self._llm.detokenize([token], special=True).decode(errors="ignore")
 
     def generate(self, prompt: Prompt, params: GenerationParams, on_text: TokenSink) -> Generation:
         """Stream a completion of `prompt`; `on_text` gets each delta and may raise to stop early."""

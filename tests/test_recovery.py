@@ -1,0 +1,142 @@
+"""Cancelling, dead workers, poison jobs and a missing Redis: the client gets a clear answer, no job is lost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from cli.embedded_redis import EmbeddedRedis
+from tests.conftest import Stack
+from tests.sse import read_events
+from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
+from tests.test_jobs_api import submit, wait_done
+
+RAMBLE = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 1900, "temperature": 0.9, "seed": 11}
+
+
+def wait_for_first_token(client: httpx.Client, job_id: str) -> None:
+    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
+        for event in source.iter_sse():
+            assert event.event != "done", "the job ended before it could be interrupted"
+            if event.event == "token":
+                return
+
+
+def test_cancelling_a_long_generation_stops_it_and_the_worker_moves_on(client: httpx.Client) -> None:
+    job_id = str(submit(client, "completion", **RAMBLE)["id"])
+    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "running", timeout=30)
+    time.sleep(0.5)
+    asked = time.monotonic()
+    response = client.delete(f"/v1/jobs/{job_id}")
+    assert response.status_code == 202
+    assert response.json()["status"] in ("cancelling", "cancelled")
+    job = wait_done(client, job_id, timeout=10)
+    assert job["status"] == "cancelled"
+    assert time.monotonic() - asked < 5
+    events = read_events(client, job_id)
+    assert events[-1].json() == {"status": "cancelled"}
+    tokens = sum(e.event == "token" for e in events)
+    assert 0 < tokens < 1900
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 202  # cancelling twice is harmless
+
+    nxt = wait_done(client, str(submit(client, prompt="Hi", max_tokens=4)["id"]))
+    assert nxt["status"] == "succeeded"
+
+
+def test_cancelling_a_queued_job_skips_it(client: httpx.Client) -> None:
+    blocker = str(submit(client, "completion", **RAMBLE)["id"])
+    queued = str(submit(client, prompt="never run", max_tokens=4)["id"])
+    assert client.delete(f"/v1/jobs/{queued}").json()["status"] == "cancelled"
+    client.delete(f"/v1/jobs/{blocker}")
+    assert wait_done(client, blocker)["status"] == "cancelled"
+    time.sleep(0.5)  # the queued message has been delivered and skipped by now
+    job = client.get(f"/v1/jobs/{queued}").json()
+    assert job["status"] == "cancelled" and job["attempts"] == 0
+    assert client.delete(f"/v1/jobs/{queued}").status_code == 202
+
+
+def test_cancelling_a_finished_job_is_409(client: httpx.Client) -> None:
+    job_id = str(submit(client, prompt="Hi", max_tokens=2)["id"])
+    wait_done(client, job_id)
+    response = client.delete(f"/v1/jobs/{job_id}")
+    assert response.status_code == 409
+    assert "succeeded" in response.json()["error"]["message"]
+
+
+def test_a_job_that_fails_leaves_the_worker_alive(client: httpx.Client, stack: Stack) -> None:
+    job = wait_done(client, str(submit(client, prompt="hi", model="/nonexistent/model.gguf", max_tokens=2)["id"]))
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == "model_unavailable"
+    assert "does not exist" in job["error"]["message"]
+    response = client.post("/v1/generate", json={"prompt": "hi", "model": "/nonexistent/model.gguf"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
+    assert stack.worker.alive()
+    assert wait_done(client, str(submit(client, prompt="Hi", max_tokens=2)["id"]))["status"] == "succeeded"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    with EmbeddedRedis(tmp_path / "valkey") as server:
+        yield server.url
+
+
+def test_a_job_whose_worker_is_killed_is_redelivered_and_finishes(private_redis: str, tmp_path: Path) -> None:
+    env = base_env(
+        private_redis,
+        tmp_path,
+        JOB_LEASE_SECONDS="2",
+        TASK_TIME_LIMIT_SECONDS="8",
+        BROKER_VISIBILITY_TIMEOUT_SECONDS="9",
+    )
+    doomed = start_worker(env, tmp_path, queues="llm")
+    api, url = start_api(env, tmp_path)
+    rescuer = None
+    try:
+        wait_for_worker(url, doomed)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            body = {**RAMBLE, "max_tokens": 300}
+            job_id = str(submit(client, "completion", **body)["id"])
+            wait_for_first_token(client, job_id)
+            doomed.kill()
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+            rescuer = start_worker(env, tmp_path, queues="llm")
+            job = wait_done(client, job_id, timeout=60)
+            assert job["status"] == "succeeded", job
+            assert job["attempts"] == 2
+            started = [e.json() for e in read_events(client, job_id) if e.event == "started"]
+            assert [s["redelivered"] for s in started] == [False, True]
+            assert started[0]["worker"] != started[1]["worker"]
+    finally:
+        api.stop()
+        doomed.stop()
+        if rescuer is not None:
+            rescuer.stop()
+
+
+def test_redis_unreachable_answers_503_not_a_traceback(tmp_path: Path) -> None:
+    env = base_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    api, url = start_api(env, tmp_path)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for method, path, body in [
+                ("POST", "/v1/jobs/generate", {"prompt": "hi"}),
+                ("GET", "/v1/jobs/job_x", None),
+                ("POST", "/v1/generate", {"prompt": "hi"}),
+            ]:
+                response = client.request(method, path, json=body)
+                assert response.status_code == 503, response.text
+                error = response.json()["error"]
+                assert error["code"] == "redis_unavailable"
+                assert "Redis" in error["message"]
+                assert response.headers["Retry-After"]
+            assert client.get("/health").status_code == 200
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and "unreachable" in ready.json()["redis"]
+        assert "Traceback" not in api.log()
+    finally:
+        api.stop()
