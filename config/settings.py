@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     """Longest a single job may run before it is stopped and failed."""
     broker_visibility_timeout_seconds: int | None = Field(None, ge=1)
     """Unacked messages of a dead worker are redelivered after this; must exceed the task time limit."""
+    broker_restore_interval_seconds: int = Field(10, ge=1)
+    """How often workers look for messages of dead workers whose visibility timeout has passed."""
     job_lease_seconds: float = Field(15.0, gt=0)
     """A running job whose worker has not renewed its lease for this long is taken over on redelivery."""
     job_max_attempts: int = Field(3, ge=1)

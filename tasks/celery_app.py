@@ -24,7 +24,12 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,  # a pool process that dies gives its message back
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for a dead worker's unacked messages every interval (kombu's default is 10 × 10 s).
+            "unacked_restore_interval": settings.broker_restore_interval_seconds,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_routes=TASK_ROUTES,

@@ -191,7 +191,9 @@ def test_result_of_an_unfinished_job_is_409(client: httpx.Client) -> None:
 
 def test_every_response_carries_a_request_id(client: httpx.Client) -> None:
     assert len(client.get("/health").headers["X-Request-ID"]) >= 16
-    response = client.post("/v1/jobs/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-ID": "abc-123"})
+    response = client.post(
+        "/v1/jobs/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-ID": "abc-123"}
+    )
     assert response.headers["X-Request-ID"] == "abc-123"
     job = client.get(f"/v1/jobs/{response.json()['id']}").json()
     assert job["request_id"] == "abc-123"

@@ -57,7 +57,9 @@ def test_text_completion(oai: openai.OpenAI) -> None:
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     streamed = "".join(
         c.choices[0].text
-        for c in oai.completions.create(model="gemma-3-270m", prompt="The sky is", max_tokens=8, temperature=0.0, stream=True)
+        for c in oai.completions.create(
+            model="gemma-3-270m", prompt="The sky is", max_tokens=8, temperature=0.0, stream=True
+        )
     )
     assert streamed == completion.choices[0].text  # temperature 0: same text either way
 

@@ -92,6 +92,7 @@ def test_a_job_whose_worker_is_killed_is_redelivered_and_finishes(private_redis:
         JOB_LEASE_SECONDS="2",
         TASK_TIME_LIMIT_SECONDS="8",
         BROKER_VISIBILITY_TIMEOUT_SECONDS="9",
+        BROKER_RESTORE_INTERVAL_SECONDS="1",
     )
     doomed = start_worker(env, tmp_path, queues="llm")
     api, url = start_api(env, tmp_path)
