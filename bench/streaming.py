@@ -15,6 +15,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from bench.harness import bench_stack, median
+from tasks.payloads import GenerationParams
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -22,12 +23,18 @@ PROMPT = "Once upon a time, in a small village by the sea,"
 def in_process(llm: object, tokens: int) -> tuple[float, float, int]:
     started = time.perf_counter()
     first = 0.0
-    count = 0
-    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True):  # type: ignore[attr-defined]
+    pieces = []
+    # The sampling a speechq job uses by default (tasks.payloads.GenerationParams), so both sides do the same work.
+    defaults = GenerationParams(temperature=0.0)
+    sampling = defaults.model_dump(include={"temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty"})
+    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, stream=True, **sampling):  # type: ignore[attr-defined]
         if chunk["choices"][0]["text"]:
             first = first or time.perf_counter() - started
-            count += 1
-    return count / (time.perf_counter() - started), first, count
+            pieces.append(chunk["choices"][0]["text"])
+    elapsed = time.perf_counter() - started
+    # Counted the way the worker counts usage.completion_tokens, so both sides use one measure.
+    count = len(llm.tokenize("".join(pieces).encode(), add_bos=False, special=False))  # type: ignore[attr-defined]
+    return count / elapsed, first, count
 
 
 def through_queue(client: httpx.Client, tokens: int) -> tuple[float, float, int]:
@@ -39,7 +46,8 @@ def through_queue(client: httpx.Client, tokens: int) -> tuple[float, float, int]
         for event in source.iter_sse():
             if event.event == "token":
                 first = first or time.perf_counter() - started
-                count += 1
+            elif event.event == "result":
+                count = event.json()["usage"]["completion_tokens"]
             elif event.event == "done":
                 break
     return count / (time.perf_counter() - started), first, count

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     llm_top_p: float = Field(0.95, gt=0.0, le=1.0)
     llm_top_k: int = Field(40, ge=0)
     llm_repeat_penalty: float = Field(1.1, gt=0.0)
+    llm_stream_batch_seconds: float = Field(0.05, ge=0.0, le=1.0)
+    """Token deltas arriving within this window after the last `token` event are sent together."""
     llm_preload: bool = True
     """Load the default LLM when a worker serving `llm` starts, so the first job is not slow."""
 
