@@ -42,9 +42,8 @@ class JobRunner:
                 raise task.retry(countdown=self.settings.job_lease_seconds + 1, max_retries=None)
             log.info("job %s not run: %s", job_id, claim.reason)
             return claim.reason
-        job = self.store.load(job_id)
-        if job is None:
-            return "missing"
+        job = claim.job
+        assert job is not None, "a claim to run carries the record"
         log.info("job %s (%s) attempt %d started", job_id, job.kind, claim.attempt)
         deadline = time.monotonic() + self.settings.task_time_limit_seconds
         with self.store.execution(job_id, self.worker, deadline) as run:

@@ -1,10 +1,11 @@
 """Reading a job's event log: replay from any point, then follow live until the terminal `done`.
 
 Events live in a Redis Stream per job (lossless, replayable, ids increase); every append also
-PUBLISHes the new id on the job's notify channel. An API process holds one pub/sub connection
-(`EventHub`) and wakes the readers of a job when its channel fires, so a live reader costs no Redis
-connection of its own and no polling. A reader reads the stream after the last id it gave out, so a
-missed notification delays it by at most `poll` seconds and never loses or repeats an event.
+PUBLISHes the event, with the id of the one before it, on the job's notify channel. An API process
+holds one pub/sub connection (`EventHub`) shared by every live reader, so a reader costs no Redis
+connection of its own. A reader takes a notified event directly when it continues from the last id it
+gave out, and otherwise reads the stream after that id: a missed notification delays it by at most
+`poll` seconds and never loses or repeats an event.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -50,12 +51,25 @@ def parse_event_id(value: str | None) -> str | None:
     return f"{ms}-{seq or 0}"
 
 
+def _order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(slots=True, eq=False)  # identity-hashed: a hub keeps a set of them
+class Watch:
+    """A live reader's mailbox: events as notified, each with the id of the event before it."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    notified: deque[tuple[str, Event]] = field(default_factory=deque)
+
+
 class EventHub:
-    """One pub/sub connection per process; `watch(job_id)` yields an `asyncio.Event` set on each append."""
+    """One pub/sub connection per process, fanning each job's notifications out to its live readers."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._watches: dict[str, set[Watch]] = defaultdict(set)
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -71,63 +85,94 @@ class EventHub:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+    async def watch(self, job_id: str) -> AsyncIterator[Watch]:
         channel = keys.notify(job_id)
-        wake = asyncio.Event()
-        first = not self._waiters[channel]
-        self._waiters[channel].add(wake)
+        watch = Watch()
+        first = not self._watches[channel]
+        self._watches[channel].add(watch)
         try:
             if first and self._pubsub is not None:
                 with contextlib.suppress(RedisError):
                     await self._pubsub.subscribe(channel)
-            yield wake
+            yield watch
         finally:
-            self._waiters[channel].discard(wake)
-            if not self._waiters[channel]:
-                del self._waiters[channel]
+            self._watches[channel].discard(watch)
+            if not self._watches[channel]:
+                del self._watches[channel]
                 if self._pubsub is not None:
                     with contextlib.suppress(RedisError):
                         await self._pubsub.unsubscribe(channel)
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        previous, event_id, event_type, data = payload.split(" ", 3)
+        event = Event(id=event_id, type=event_type, data=json.loads(data))
+        for watch in self._watches.get(channel, ()):
+            watch.notified.append((previous, event))
+            watch.wake.set()
 
     async def _run(self) -> None:
         while True:
             try:
                 self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.subscribe(_HUB_CHANNEL, *self._waiters)
+                await self._pubsub.subscribe(_HUB_CHANNEL, *self._watches)
                 while True:
                     message = await self._pubsub.get_message(timeout=5.0)
-                    if message is not None:
-                        for wake in self._waiters.get(message["channel"], ()):
-                            wake.set()
+                    if message is not None and message["channel"] != _HUB_CHANNEL:
+                        self._deliver(message["channel"], message["data"])
             except RedisError as exc:
                 log.warning("event hub lost Redis (%s); readers fall back to polling until it is back", exc)
-                for waiters in self._waiters.values():
-                    for wake in waiters:
-                        wake.set()
+                for watches in self._watches.values():
+                    for watch in watches:
+                        watch.wake.set()
                 await asyncio.sleep(1.0)
 
 
 async def read_events(
     redis: Redis, hub: EventHub, job_id: str, *, after: str | None = None, poll: float = 2.0
 ) -> AsyncIterator[Event]:
-    """Every event of the job after `after` (all of them when None), live, ending with `done`."""
+    """Every event of the job after `after` (all of them when None), live, ending with `done`.
+
+    Notified events that continue exactly from the last one given out are used as they come; any gap
+    (a reader that joined late, a lost notification, a reconnect) is filled from the stream.
+    """
     stream = keys.events(job_id)
     last = after or "0-0"
-    async with hub.watch(job_id) as wake:
+    async with hub.watch(job_id) as watch:
+        must_read = True
         while True:
-            wake.clear()
-            entries = cast(
-                list[tuple[str, dict[str, str]]], await redis.xrange(stream, min=f"({last}", max="+", count=1000)
-            )
-            for event_id, fields in entries:
-                last = event_id
-                event = Event(id=event_id, type=fields["type"], data=json.loads(fields["data"]))
+            if must_read:
+                must_read = False
+                watch.wake.clear()
+                entries = cast(
+                    list[tuple[str, dict[str, str]]], await redis.xrange(stream, min=f"({last}", max="+", count=1000)
+                )
+                for event_id, fields in entries:
+                    last = event_id
+                    event = Event(id=event_id, type=fields["type"], data=json.loads(fields["data"]))
+                    yield event
+                    if event.terminal:
+                        return
+                if len(entries) == 1000:
+                    must_read = True
+                    continue
+                if not entries and not await redis.exists(keys.job(job_id)):
+                    return  # the job expired while we were reading
+            while watch.notified:
+                previous, event = watch.notified.popleft()
+                if _order(event.id) <= _order(last):
+                    continue  # already read from the stream
+                if previous != last:
+                    watch.notified.clear()
+                    must_read = True
+                    break
+                last = event.id
                 yield event
                 if event.terminal:
                     return
-            if entries:
+            if must_read:
                 continue
-            if not await redis.exists(keys.job(job_id)):
-                return  # the job expired while we were reading
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), poll)
+            try:
+                await asyncio.wait_for(watch.wake.wait(), poll)
+            except TimeoutError:
+                must_read = True
+            watch.wake.clear()

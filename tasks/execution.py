@@ -38,6 +38,41 @@ class Claim:
     run: bool
     reason: str  # 'run' or why not: 'missing', 'busy', 'cancelled', 'poison', or the job's status
     attempt: int = 0
+    job: JobRecord | None = None  # the record as claimed, when `run`
+
+
+class LeaseKeeper(threading.Thread):
+    """One thread per worker renews the lease of every job this worker is running."""
+
+    def __init__(self, store: WorkerStore) -> None:
+        super().__init__(name="speechq-leases", daemon=True)
+        self.store = store
+        self.active: dict[str, str] = {}  # job id -> worker id
+        self._lock = threading.Lock()
+
+    def hold(self, job_id: str, worker: str) -> None:
+        with self._lock:
+            self.active[job_id] = worker
+            if not self.is_alive():
+                self.start()
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self.active.pop(job_id, None)
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.store.lease / 3)
+            with self._lock:
+                held = list(self.active.items())
+            for job_id, worker in held:
+                try:
+                    status = self.store.scripts["renew"](keys=[keys.job(job_id)], args=[self.store.lease, worker])
+                except Exception as exc:  # a Redis blip: the next round tries again
+                    log.warning("could not renew the lease of %s: %s", job_id, exc)
+                    continue
+                if status not in (JobStatus.running, JobStatus.cancelling):
+                    self.release(job_id)
 
 
 class WorkerStore:
@@ -49,19 +84,18 @@ class WorkerStore:
         self.lease = lease
         self.max_attempts = max_attempts
         self.scripts = {name: redis.register_script(scripts.source(name)) for name in scripts.NAMES}
-
-    def load(self, job_id: str) -> JobRecord | None:
-        raw = cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
-        return JobRecord.from_hash(raw) if raw else None
+        self.leases = LeaseKeeper(self)
 
     def claim(self, job_id: str, worker: str) -> Claim:
-        outcome, detail = self.scripts["claim"](
+        reply = self.scripts["claim"](
             keys=[keys.job(job_id), keys.events(job_id)],
             args=[worker, self.lease, self.max_attempts, self.ttl, keys.notify(job_id)],
         )
-        if outcome == "run":
-            return Claim(run=True, reason="run", attempt=int(detail))
-        return Claim(run=False, reason=detail)
+        if reply[0] != "run":
+            return Claim(run=False, reason=reply[1])
+        flat = cast(list[str], reply[2])
+        record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return Claim(run=True, reason="run", attempt=int(reply[1]), job=record)
 
     def execution(self, job_id: str, worker: str, deadline: float) -> JobExecution:
         return JobExecution(self, job_id, worker, deadline)
@@ -76,16 +110,13 @@ class JobExecution:
         self.worker = worker
         self.deadline = deadline
         self._keys = [keys.job(job_id), keys.events(job_id)]
-        self._stop_renewing = threading.Event()
-        self._renewer = threading.Thread(target=self._renew_lease, name=f"lease-{job_id}", daemon=True)
 
     def __enter__(self) -> JobExecution:
-        self._renewer.start()
+        self._stores.leases.hold(self.job_id, self.worker)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop_renewing.set()
-        self._renewer.join(timeout=5)
+        self._stores.leases.release(self.job_id)
 
     def emit(self, event: EventType | str, data: Any) -> None:
         """Append an event; raises `JobCancelled`/`JobTimedOut`/`LeaseLost` when the job must stop."""
@@ -126,14 +157,3 @@ class JobExecution:
                 ],
             )
         )
-
-    def _renew_lease(self) -> None:
-        interval = self._stores.lease / 3
-        while not self._stop_renewing.wait(interval):
-            try:
-                status = self._stores.scripts["renew"](keys=self._keys[:1], args=[self._stores.lease, self.worker])
-            except Exception as exc:  # a Redis blip: the next renewal tries again
-                log.warning("could not renew the lease of %s: %s", self.job_id, exc)
-                continue
-            if status not in (JobStatus.running, JobStatus.cancelling):
-                return

@@ -113,9 +113,14 @@ class JobStore:
             raise IdempotencyConflict(idempotency_key or "")
         if not self._direct:
             await self._send_through_celery(task_name, queue, job_id)
+        if outcome == "created":  # the record is what we just wrote: no need to read it back
+            created_at = reply[2]
+            record = {**fields, "created_at": created_at, "queued_at": created_at, "updated_at": created_at}
+            return Created(job=JobRecord.from_hash(record), replayed=False)
         job = await self.get(value, owner=owner)
-        assert job is not None, "a job just created or replayed cannot be missing"
-        return Created(job=job, replayed=outcome == "existing")
+        if job is None:
+            raise JobStoreError(f"job {value} vanished while being replayed")
+        return Created(job=job, replayed=True)
 
     async def _send_through_celery(self, task_name: str, queue: str, job_id: str) -> None:
         # Another broker (RabbitMQ): kombu's client is synchronous, so publish from a thread.

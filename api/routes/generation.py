@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from api.deps import PrincipalDep, RequestIdDep, StateDep, get_state
+from api.deps import PrincipalDep, RequestIdDep, StateDep, app_state
 from api.errors import ApiError, validation_summary
 from api.submit import follow, submit, wait_for
 from tasks.jobs import EventType, JobKind, JobRecord
@@ -69,7 +69,7 @@ async def generate_stream(
 
 @router.websocket("/generate_ws")
 async def generate_ws(websocket: WebSocket) -> None:
-    state = get_state(websocket)
+    state = app_state(websocket)
     principal = state.keys.authenticate(state.keys.presented(websocket.headers))
     if principal is None:
         await websocket.close(code=4401, reason="missing or invalid API key")

@@ -8,11 +8,15 @@ local function stamp(t)
   return string.format('%.6f', t)
 end
 
--- Append an event to the job's stream, keep the stream's TTL in step with the job, wake live readers.
-local function emit(stream, channel, ttl, etype, data)
+-- Append an event to the job's stream, keep the stream's TTL in step with the job, and publish it to
+-- live readers as "<previous id> <id> <type> <data>": a reader whose last id is the previous one can
+-- take the event straight from the notification; any other reader reads the stream.
+local function emit(job, stream, channel, ttl, etype, data)
+  local previous = redis.call('HGET', job, 'last_event_id') or '0-0'
   local id = redis.call('XADD', stream, '*', 'type', etype, 'data', data)
   redis.call('EXPIRE', stream, ttl)
-  redis.call('PUBLISH', channel, id)
+  redis.call('HSET', job, 'last_event_id', id)
+  redis.call('PUBLISH', channel, previous .. ' ' .. id .. ' ' .. etype .. ' ' .. data)
   return id
 end
 

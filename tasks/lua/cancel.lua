@@ -8,7 +8,7 @@ local t = now()
 if status == 'queued' then
   set_status(job, 'cancelled', t)
   redis.call('HSET', job, 'finished_at', stamp(t))
-  emit(stream, ARGV[3], tonumber(ARGV[2]), 'done', cjson.encode({status = 'cancelled'}))
+  emit(job, stream, ARGV[3], tonumber(ARGV[2]), 'done', cjson.encode({status = 'cancelled'}))
   return 'cancelled'
 end
 if status == 'running' then

@@ -26,10 +26,10 @@ local fields = {}
 for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', job, 'created_at', stamp(t), 'updated_at', stamp(t), 'queued_at', stamp(t), unpack(fields))
 redis.call('EXPIRE', job, ttl)
-emit(stream, channel, ttl, 'queued', queued_data)
+emit(job, stream, channel, ttl, 'queued', queued_data)
 redis.call('ZADD', index, t, id)
 redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
 redis.call('EXPIRE', index, ttl)
 if queue ~= '' then redis.call('LPUSH', queue, message) end
 if idem ~= '' then redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', ttl) end
-return {'created', id}
+return {'created', id, stamp(t)}

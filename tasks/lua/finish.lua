@@ -10,11 +10,11 @@ set_status(job, final, t)
 redis.call('HSET', job, 'finished_at', stamp(t), 'lease_until', '')
 if result ~= '' then
   redis.call('HSET', job, 'result', result)
-  emit(stream, channel, ttl, 'result', result)
+  emit(job, stream, channel, ttl, 'result', result)
 end
 if err ~= '' then
   redis.call('HSET', job, 'error', err)
-  emit(stream, channel, ttl, 'error', err)
+  emit(job, stream, channel, ttl, 'error', err)
 end
-emit(stream, channel, ttl, 'done', cjson.encode({status = final}))
+emit(job, stream, channel, ttl, 'done', cjson.encode({status = final}))
 return final
