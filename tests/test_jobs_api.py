@@ -204,3 +204,28 @@ def test_metrics_count_requests_by_route(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert 'app_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}' in text
     assert "app_http_request_duration_seconds_bucket" in text
+
+
+def test_readers_joining_mid_stream_see_exactly_the_history(client: httpx.Client, stack: object) -> None:
+    """Live readers take events from their notifications; whenever they join, none is missed or repeated."""
+    import threading
+
+    created = submit(client, "completion", prompt="The history of the river", max_tokens=120, seed=9)
+    job_id = str(created["id"])
+    seen: dict[int, list[tuple[str | None, str, str]]] = {}
+
+    def reader(index: int, delay: float) -> None:
+        time.sleep(delay)
+        with httpx.Client(base_url=client.base_url, timeout=60) as own:
+            seen[index] = [(e.id, e.event, e.data) for e in read_events(own, job_id)]
+
+    threads = [threading.Thread(target=reader, args=(i, i * 0.3)) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    history = [(e.id, e.event, e.data) for e in read_events(client, job_id)]
+    assert history[-1][1] == "done"
+    assert len(seen) == 5
+    for events in seen.values():
+        assert events == history

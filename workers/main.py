@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from functools import partial
@@ -52,9 +51,6 @@ class Heartbeat(threading.Thread):
 
 
 def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, device: str | None = None) -> None:
-    # The consumer thread hands each message to a pool thread; with the default 5 ms GIL switch interval
-    # that hand-off alone can add milliseconds to every job. Model code runs outside the GIL anyway.
-    sys.setswitchinterval(0.0005)
     if settings.redis_url is None:
         raise RuntimeError("REDIS_URL must be set for a worker")
     hostname = socket.gethostname()
