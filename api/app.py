@@ -11,10 +11,12 @@ from redis.asyncio import Redis
 from api.auth import KeyRing
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
 from api.request_id import RequestIdMiddleware
-from api.routes import generation, health, jobs, models
+from api.routes import generation, health, jobs, models, transcription
 from api.state import AppState
+from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
 from config.settings import SettingsError
 from tasks.celery_app import create_celery
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health_check_interval=30,
             max_connections=512,
         )
+        raw = Redis.from_url(settings.redis_url or "", socket_connect_timeout=2.0, socket_timeout=30.0)
         celery = create_celery(settings)
         hub = EventHub(redis)
         await hub.start()
@@ -45,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=redis,
             celery=celery,
-            store=JobStore(redis, celery, ttl=settings.job_ttl_seconds, max_queue_depth=settings.queue_max_depth),
+            store=JobStore(redis, raw, celery, ttl=settings.job_ttl_seconds, max_queue_depth=settings.queue_max_depth),
             hub=hub,
             keys=KeyRing(settings),
             metrics=metrics,
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await hub.stop()
             await redis.aclose()
+            await raw.aclose()
 
     app = FastAPI(
         title="speechq",
@@ -63,9 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, generation, models, health):
+    for module in (jobs, generation, transcription, models, health):
         app.include_router(module.router)
     app.include_router(openai_serving.router)
+    app.include_router(openai_audio.router)
+    app.include_router(jobs.fallback)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=upload_limit_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware, header=settings.request_id_header)
     return app

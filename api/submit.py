@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.auth import Principal
-from api.errors import ApiError, BadRequest, Conflict, GatewayTimeout, QueueFullError, ServiceUnavailable, Unprocessable
+from api.errors import ApiError, Conflict, GatewayTimeout, QueueFullError, Unprocessable
 from api.state import AppState
 from tasks.events import Event, read_events
 from tasks.jobs import JobKind, JobRecord, JobStatus
@@ -24,6 +24,7 @@ async def submit(
     *,
     request_id: str | None = None,
     idempotency_key: str | None = None,
+    input_file: bytes | None = None,
 ) -> tuple[JobRecord, bool]:
     """Create and enqueue a job; returns it and whether an Idempotency-Key replayed an existing one."""
     try:
@@ -33,6 +34,7 @@ async def submit(
             owner=principal.id,
             request_id=request_id,
             idempotency_key=idempotency_key,
+            input_file=input_file,
         )
     except QueueFull as exc:
         state.metrics.rejections.labels("queue").inc()
@@ -66,12 +68,16 @@ async def wait_for(state: AppState, job: JobRecord, timeout: float | None = None
     return final
 
 
-# How a failed job's error.type reaches a blocking client.
-_FAILURES: dict[str, type[ApiError]] = {
-    "invalid_input": BadRequest,
-    "context_length_exceeded": BadRequest,
-    "model_unavailable": ServiceUnavailable,
-    "timeout": GatewayTimeout,
+# How a failed job's error.type reaches a blocking client; anything else is a 500.
+FAILURE_STATUS = {
+    "invalid_input": 400,
+    "context_length_exceeded": 400,
+    "empty_file": 400,
+    "unsupported_media_type": 415,
+    "invalid_audio": 422,
+    "audio_too_long": 422,
+    "model_unavailable": 503,
+    "timeout": 504,
 }
 
 
@@ -83,7 +89,8 @@ def raise_for_failure(job: JobRecord) -> None:
     if job.status == JobStatus.expired:
         raise GatewayTimeout(f"job {job.id} expired in the queue before a worker took it")
     error: dict[str, Any] = job.error or {"type": "internal_error", "message": "the job failed"}
-    error_class = _FAILURES.get(error["type"], ApiError)
-    failure = error_class(error["message"])
+    failure = ApiError(error["message"])
+    failure.status = FAILURE_STATUS.get(error["type"], 500)
     failure.code = error["type"]
+    failure.type = "invalid_request_error" if failure.status < 500 else "server_error"
     raise failure

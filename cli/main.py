@@ -153,18 +153,22 @@ def models_list() -> None:
 
 @models_app.command("prepare")
 def models_prepare(
-    names: Annotated[list[str] | None, typer.Argument(help="models to prepare (default: every LLM)")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="models to prepare (default: all of them)")] = None,
 ) -> None:
     """Locate or assemble model files so the first job does not wait for it."""
     from tasks.catalog import CATALOG, ModelRole
     from workers.errors import ModelUnavailable
-    from workers.registry import resolve_llm
+    from workers.registry import resolve_llm, resolve_stt
 
     settings = settings_or_exit()
     failed = False
-    for name in names or [n for n, e in CATALOG.items() if e.role == ModelRole.llm]:
+    for name in names or list(CATALOG):
         try:
-            typer.echo(f"{name}: {resolve_llm(name, settings.models_dir)}")
+            if CATALOG.get(name) and CATALOG[name].role == ModelRole.stt:
+                path = resolve_stt(name, settings.models_dir, settings.local_whisper_model)[1]
+            else:
+                path = resolve_llm(name, settings.models_dir)
+            typer.echo(f"{name}: {path}")
         except ModelUnavailable as exc:
             typer.secho(f"{name}: {exc}", fg="red", err=True)
             failed = True

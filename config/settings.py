@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     openai_whisper_model: str = "whisper-1"
     openai_whisper_response_format: str = "verbose_json"
     openai_timeout_seconds: float = Field(60.0, gt=0)
+    openai_max_retries: int = Field(3, ge=0)
+    """Retries (with backoff) on 5xx and connection errors of the remote transcription API."""
+    stt_n_threads: int | None = Field(None, ge=1)
+    """CPU threads for faster-whisper; default: all cores."""
+    stt_preload: bool = True
+    """Load the default speech-to-text model when a worker serving `stt` starts."""
+    audio_decode_timeout_seconds: float = Field(120.0, gt=0)
+    """A file that takes longer than this to decode is refused as too complex."""
     openaudio_api_base: str = "http://127.0.0.1:8080"
     openaudio_tts_path: str = "/v1/tts"
     openaudio_api_key: SecretStr | None = None

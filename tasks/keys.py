@@ -11,6 +11,11 @@ def events(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def input(job_id: str) -> str:
+    """The job's input file (audio), stored as raw bytes beside the job and expiring with it."""
+    return f"{PREFIX}:job:{job_id}:input"
+
+
 def notify(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:notify"
 

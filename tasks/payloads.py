@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.catalog import CATALOG, is_known_llm
+from tasks.catalog import CATALOG, is_known_llm, is_known_stt
 
 
 class GenerationParams(BaseModel):
@@ -62,3 +62,34 @@ class CompletionRequest(GenerationParams):
     """`completion`: raw text continuation, no template."""
 
     prompt: str = Field(min_length=1, max_length=200_000)
+
+
+TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+class TranscribeRequest(BaseModel):
+    """`transcribe`: the audio travels beside the job (its input key); these are the options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, max_length=512)
+    language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")
+    prompt: str | None = Field(None, max_length=2_000)
+    response_format: TranscriptFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=lambda: ["segment"])  # type: ignore[arg-type]
+    task: Literal["transcribe", "translate"] = "transcribe"
+    vad_filter: bool = False
+    filename: str = Field("audio", max_length=255)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None) -> str | None:
+        if value is not None and not is_known_stt(value):
+            known = ", ".join(name for name, entry in CATALOG.items() if entry.role == "stt")
+            raise ValueError(f"unknown model {value!r}; use whisper-1, {known}, or a model folder path")
+        return value
+
+    @property
+    def words(self) -> bool:
+        return "word" in self.timestamp_granularities

@@ -46,14 +46,18 @@ def new_job_id() -> str:
     return "job_" + secrets.token_urlsafe(18)
 
 
-def fingerprint(kind: JobKind, request: dict[str, Any]) -> str:
+def fingerprint(kind: JobKind, request: dict[str, Any], input_file: bytes | None = None) -> str:
     canonical = json.dumps([kind, request], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    digest = hashlib.sha256(canonical.encode())
+    if input_file is not None:
+        digest.update(hashlib.sha256(input_file).digest())
+    return digest.hexdigest()
 
 
 class JobStore:
-    def __init__(self, redis: Redis, celery: Celery, *, ttl: int, max_queue_depth: int) -> None:
+    def __init__(self, redis: Redis, raw: Redis, celery: Celery, *, ttl: int, max_queue_depth: int) -> None:
         self.redis = redis
+        self.raw = raw  # the same server without response decoding, for binary inputs
         self.celery = celery
         self.ttl = ttl
         self.max_queue_depth = max_queue_depth
@@ -69,6 +73,7 @@ class JobStore:
         request_id: str | None = None,
         idempotency_key: str | None = None,
         queue_timeout: float | None = None,
+        input_file: bytes | None = None,
     ) -> Created:
         """Record a job and enqueue it; raises `QueueFull` or `IdempotencyConflict`."""
         job_id = new_job_id()
@@ -85,6 +90,11 @@ class JobStore:
         }
         if queue_timeout is not None:
             fields["expires_at"] = "%.6f" % (await self._server_time() + queue_timeout)
+        if input_file is not None:
+            # Stored first: a job is never queued without its input. A leftover from a refused create
+            # (full queue, idempotent replay) expires on its own.
+            await self.raw.set(keys.input(job_id), input_file, ex=self.ttl)
+            fields["input_bytes"] = str(len(input_file))
         message = redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id}) if self._direct else ""
         idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else ""
         reply = await self._scripts["create"](
@@ -99,7 +109,7 @@ class JobStore:
                 job_id,
                 self.ttl,
                 self.max_queue_depth,
-                fingerprint(kind, request),
+                fingerprint(kind, request, input_file),
                 keys.notify(job_id),
                 message,
                 json.dumps({"queue": queue}),

@@ -39,7 +39,7 @@ def create(store_url: str, *, owner: str = "tester", max_depth: int = 0, **kwarg
         celery = create_celery(Settings(redis_url=store_url, celery_broker_url="memory://"))
         celery.send_task = lambda *_, **__: None  # type: ignore[method-assign]
         try:
-            store = JobStore(redis, celery, ttl=600, max_queue_depth=max_depth)
+            store = JobStore(redis, redis, celery, ttl=600, max_queue_depth=max_depth)
             return await store.create(JobKind.generate, {"prompt": "x"}, owner=owner, **kwargs)  # type: ignore[arg-type]
         finally:
             await redis.aclose()
@@ -115,7 +115,7 @@ def test_idempotency_conflict_raises(store_url: str) -> None:
         celery = create_celery(Settings(redis_url=store_url, celery_broker_url="memory://"))
         celery.send_task = lambda *_, **__: None  # type: ignore[method-assign]
         try:
-            store = JobStore(redis, celery, ttl=600, max_queue_depth=0)
+            store = JobStore(redis, redis, celery, ttl=600, max_queue_depth=0)
             await store.create(JobKind.generate, {"prompt": "y"}, owner="tester", idempotency_key=key)
         finally:
             await redis.aclose()
@@ -129,7 +129,7 @@ def test_a_full_queue_refuses_and_records_nothing(store_url: str) -> None:
         redis = AsyncRedis.from_url(store_url, decode_responses=True)
         settings = Settings(redis_url=store_url)
         celery = create_celery(settings)
-        store = JobStore(redis, celery, ttl=600, max_queue_depth=1)
+        store = JobStore(redis, redis, celery, ttl=600, max_queue_depth=1)
         queue = "llm"
         try:
             await redis.lpush(queue, "placeholder")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+from tasks.audio import decode
 from tasks.execution import JobExecution
 from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import ChatMessage, ChatRequest, CompletionRequest, GenerateRequest
+from tasks.payloads import ChatMessage, ChatRequest, CompletionRequest, GenerateRequest, TranscribeRequest
+from workers.errors import InvalidJobInput
 from workers.llm import Prompt
 from workers.models import ModelCache
+from workers.stt import RemoteWhisperEngine
+
+InputReader = Callable[[str], bytes | None]
 
 
 class TokenBatcher:
@@ -76,3 +82,29 @@ def run_llm_job(job: JobRecord, run: JobExecution, models: ModelCache) -> dict[s
             ),
         },
     }
+
+
+def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: InputReader) -> dict[str, Any]:
+    """transcribe: decode the stored audio, stream `segment` and `progress` events, return the transcript."""
+    request = TranscribeRequest.model_validate(job.request)
+    data = inputs(job.id)
+    if data is None:
+        raise InvalidJobInput("the job's audio is no longer stored (it expired with JOB_TTL_SECONDS)")
+    engine = models.stt(request.model)
+    if isinstance(engine, RemoteWhisperEngine):
+        run.emit(EventType.progress, {"fraction": 0.0, "stage": "uploading"})
+        result = engine.transcribe_file(data, request)
+        for segment in result["segments"]:
+            run.emit(EventType.segment, segment)
+        return result
+    settings = models.settings
+    run.emit(EventType.progress, {"fraction": 0.0, "stage": "decoding"})
+    pcm = decode(data, max_seconds=settings.max_audio_seconds, time_limit=settings.audio_decode_timeout_seconds)
+    duration = pcm.size / 16_000
+
+    def on_segment(segment: dict[str, Any], done_seconds: float) -> None:
+        run.emit(EventType.segment, {k: segment[k] for k in ("id", "start", "end", "text")})
+        fraction = min(1.0, done_seconds / duration) if duration else 1.0
+        run.emit(EventType.progress, {"fraction": round(fraction, 4), "stage": "transcribing"})
+
+    return engine.transcribe(pcm, request, on_segment)

@@ -15,11 +15,12 @@ from functools import partial
 from redis import Redis
 
 from config import Settings
+from tasks import keys
 from tasks.celery_app import create_celery
 from tasks.definitions import JobRunner, register_tasks
 from tasks.execution import WorkerStore
 from tasks.registry import WorkerInfo, advertise, withdraw
-from workers.handlers import run_llm_job
+from workers.handlers import run_llm_job, run_stt_job
 from workers.models import ModelCache
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,23 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         redis, ttl=settings.job_ttl_seconds, lease=settings.job_lease_seconds, max_attempts=settings.job_max_attempts
     )
     models = ModelCache(settings)
-    handlers = {"llm": partial(run_llm_job, models=models)}
+    raw = Redis.from_url(settings.redis_url, socket_connect_timeout=5)  # bytes, for input files
+
+    def read_input(job_id: str) -> bytes | None:
+        value = raw.get(keys.input(job_id))
+        return value if isinstance(value, bytes) else None
+
+    handlers = {
+        "llm": partial(run_llm_job, models=models),
+        "stt": partial(run_stt_job, models=models, inputs=read_input),
+    }
     app = create_celery(settings)
     register_tasks(app, JobRunner(settings, store, worker_id, handlers))
 
     if "llm" in queues and settings.llm_preload:
         models.llm()
+    if "stt" in queues and settings.stt_preload:
+        models.stt()
     info = WorkerInfo(
         id=worker_id, hostname=hostname, pid=os.getpid(), queues=queues, device=device, started_at=time.time()
     )

@@ -7,7 +7,8 @@ import threading
 
 from config import Settings
 from workers.llm import LlmEngine
-from workers.registry import resolve_llm
+from workers.registry import resolve_llm, resolve_stt
+from workers.stt import RemoteWhisperEngine, WhisperEngine
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +17,27 @@ class ModelCache:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._llms: dict[str, LlmEngine] = {}
+        self._stts: dict[str, WhisperEngine | RemoteWhisperEngine] = {}
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> list[str]:
-        return sorted(self._llms)
+        return sorted([*self._llms, *self._stts])
+
+    def stt(self, name: str | None = None) -> WhisperEngine | RemoteWhisperEngine:
+        """The local Whisper model asked for, or the remote API when ENABLE_LOCAL_WHISPER is false."""
+        s = self.settings
+        with self._lock:
+            if not s.enable_local_whisper:
+                engine = self._stts.get("remote")
+                if engine is None:
+                    engine = self._stts["remote"] = RemoteWhisperEngine(s)
+                return engine
+            model, path = resolve_stt(name or s.local_whisper_model, s.models_dir, s.local_whisper_model)
+            engine = self._stts.get(model)
+            if engine is None:
+                engine = self._stts[model] = WhisperEngine(model, path, cpu_threads=s.stt_n_threads)
+            return engine
 
     def llm(self, name: str | None = None) -> LlmEngine:
         name = name or self.settings.llm_model

@@ -55,11 +55,6 @@ async def create_completion(
     return await _created(state, JobKind.completion, body, principal, rid, idem)
 
 
-@router.post("/{kind}", include_in_schema=False)
-async def unknown_kind(kind: str, _: PrincipalDep) -> None:
-    raise NotFound(f"unknown job kind {kind!r}; kinds: {', '.join(k.value for k in JobKind)}", param="kind")
-
-
 async def _owned(store: JobStore, job_id: str, principal: Principal) -> JobRecord:
     job = await store.get(job_id, owner=principal.id)
     if job is None:
@@ -163,3 +158,12 @@ async def job_websocket(websocket: WebSocket, job_id: str, after: str | None = N
         await websocket.close(code=1011, reason=f"job store unreachable: {exc}"[:120])
         return
     await websocket.close(code=1000)
+
+
+# Registered after every router: a POST to any other /v1/jobs/<kind> names the kinds there are.
+fallback = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@fallback.post("/{kind}", include_in_schema=False)
+async def unknown_kind(kind: str, _: PrincipalDep) -> None:
+    raise NotFound(f"unknown job kind {kind!r}; kinds: {', '.join(k.value for k in JobKind)}", param="kind")

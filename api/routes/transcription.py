@@ -1,0 +1,185 @@
+"""Speech to text: the job route and the seed API's `/v1/speech-to-text` (HTTP and WebSocket)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile, WebSocket, status
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketDisconnect
+
+from api.auth import Principal
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, app_state
+from api.errors import ApiError, GatewayTimeout, Unprocessable, validation_summary
+from api.schemas import job_created
+from api.state import AppState
+from api.submit import follow, raise_for_failure, submit, wait_for
+from api.uploads import check_audio, read_audio, too_large, upload_limit_bytes
+from tasks.jobs import EventType, JobKind, JobRecord
+from tasks.payloads import TranscribeRequest
+from tasks.transcripts import MEDIA_TYPES, render, to_seed
+
+router = APIRouter(tags=["speech to text"])
+
+Granularities = Annotated[list[str] | None, Form(alias="timestamp_granularities[]")]
+
+
+def transcribe_request(**fields: Any) -> TranscribeRequest:
+    """Form fields → a validated request; a bad one is a 422 naming it."""
+    try:
+        return TranscribeRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        message, param = validation_summary(list(exc.errors()))
+        raise Unprocessable(message, param=param) from exc
+
+
+async def submit_transcription(
+    state: AppState,
+    request: TranscribeRequest,
+    audio: bytes,
+    principal: Principal,
+    *,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> JobRecord:
+    job, _ = await submit(
+        state,
+        JobKind.transcribe,
+        request,
+        principal,
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        input_file=audio,
+    )
+    return job
+
+
+def formatted(result: dict[str, Any], response_format: str, seed: bool = False) -> Response:
+    body = render(result, response_format)
+    if isinstance(body, str):
+        return PlainTextResponse(body, media_type=MEDIA_TYPES[response_format])
+    return JSONResponse(to_seed(result) if seed else body)
+
+
+@router.post("/v1/jobs/transcribe", status_code=202, tags=["jobs"])
+async def create_transcription_job(
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    file: Annotated[UploadFile, File(description="the recording")],
+    model: Annotated[str | None, Form()] = None,
+    language: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form()] = None,
+    temperature: Annotated[float | None, Form()] = None,
+    timestamp_granularities: Granularities = None,
+    task: Annotated[str | None, Form()] = None,
+    vad_filter: Annotated[bool | None, Form()] = None,
+    idem: IdempotencyKeyDep = None,
+) -> JSONResponse:
+    request = transcribe_request(
+        model=model,
+        language=language,
+        prompt=prompt,
+        response_format=response_format,
+        temperature=temperature,
+        timestamp_granularities=timestamp_granularities,
+        task=task,
+        vad_filter=vad_filter,
+        filename=file.filename or "audio",
+    )
+    audio = await read_audio(file, state.settings)
+    job = await submit_transcription(state, request, audio, principal, request_id=rid, idempotency_key=idem)
+    body = job_created(job).model_dump(mode="json")
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.post("/v1/speech-to-text", response_model=None)
+async def speech_to_text(
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    file: Annotated[UploadFile, File()],
+    language: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form()] = None,
+    temperature: Annotated[float | None, Form()] = None,
+) -> Response:
+    """The seed endpoint: blocks until the transcript is ready; `{text, language, segments}`."""
+    request = transcribe_request(
+        language=language,
+        prompt=prompt,
+        response_format=response_format,
+        temperature=temperature,
+        filename=file.filename or "audio",
+    )
+    audio = await read_audio(file, state.settings)
+    job = await submit_transcription(state, request, audio, principal, request_id=rid)
+    final = await wait_for(state, job)
+    assert final.result is not None
+    return formatted(final.result, request.response_format, seed=True)
+
+
+def _ws_audio(message: dict[str, Any], state: AppState) -> bytes:
+    encoded = message.get("audio_base64")
+    if not isinstance(encoded, str) or not encoded:
+        raise Unprocessable("audio_base64: the audio is missing", param="audio_base64")
+    limit = upload_limit_bytes(state.settings)
+    if len(encoded) > limit * 4 // 3 + 4:
+        raise too_large(limit)
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Unprocessable("audio_base64: not valid base64", param="audio_base64") from None
+
+
+@router.websocket("/v1/speech-to-text/ws")
+async def speech_to_text_ws(websocket: WebSocket) -> None:
+    """Send one JSON request; get `segment` events as they are decoded, then one `transcript` event."""
+    state = app_state(websocket)
+    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
+    if principal is None:
+        await websocket.close(code=4401, reason="missing or invalid API key")
+        return
+    await websocket.accept()
+    try:
+        message = await websocket.receive_json()
+        if not isinstance(message, dict):
+            raise Unprocessable("the message must be a JSON object")
+        request = transcribe_request(
+            language=message.get("language"),
+            prompt=message.get("prompt"),
+            response_format=message.get("response_format"),
+            temperature=message.get("temperature"),
+            filename=message.get("filename") or "audio",
+        )
+        audio = _ws_audio(message, state)
+        await check_audio(audio, state.settings, param="audio_base64")
+        job = await submit_transcription(state, request, audio, principal)
+        async for event in follow(state, job.id):
+            if event.type == EventType.segment:
+                await websocket.send_json({"event": "segment", "data": event.data})
+        final = await state.store.get(job.id, owner=principal.id)
+        if final is None:
+            raise GatewayTimeout(f"job {job.id} expired before it finished")
+        raise_for_failure(final)
+        assert final.result is not None
+        await websocket.send_json({"event": "transcript", "data": render_for_ws(final.result, request)})
+        await websocket.close(code=1000)
+    except WebSocketDisconnect:
+        return
+    except (ApiError, json.JSONDecodeError, RedisError) as exc:
+        detail = exc.message if isinstance(exc, ApiError) else f"invalid request: {exc}"
+        code = exc.code if isinstance(exc, ApiError) else "bad_request"
+        await websocket.send_json({"event": "error", "detail": detail, "code": code})
+        await websocket.close(code=1008 if isinstance(exc, ApiError) and exc.status < 500 else 1011)
+
+
+def render_for_ws(result: dict[str, Any], request: TranscribeRequest) -> Any:
+    body = render(result, request.response_format)
+    return body if isinstance(body, str) else {**to_seed(result), **body}

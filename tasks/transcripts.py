@@ -1,0 +1,73 @@
+"""Rendering a transcription result in the formats clients ask for: json, text, srt, vtt, verbose_json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MEDIA_TYPES = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def to_srt(result: dict[str, Any]) -> str:
+    blocks = [
+        f"{n}\n{_clock(s['start'], ',')} --> {_clock(s['end'], ',')}\n{s['text'].strip()}\n"
+        for n, s in enumerate(result["segments"], start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(result: dict[str, Any]) -> str:
+    blocks = [
+        f"{_clock(s['start'], '.')} --> {_clock(s['end'], '.')}\n{s['text'].strip()}\n" for s in result["segments"]
+    ]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def to_verbose_json(result: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": result.get("task", "transcribe"),
+        "language": result["language"],
+        "duration": result["duration"],
+        "text": result["text"],
+        "segments": [{k: v for k, v in s.items() if k != "words"} for s in result["segments"]],
+    }
+    if "words" in result:
+        body["words"] = result["words"]
+    return body
+
+
+def to_seed(result: dict[str, Any]) -> dict[str, Any]:
+    """The seed API's `/v1/speech-to-text` answer."""
+    return {
+        "text": result["text"],
+        "language": result["language"],
+        "segments": [
+            {"id": s["id"], "start": s["start"], "end": s["end"], "text": s["text"]} for s in result["segments"]
+        ],
+    }
+
+
+def render(result: dict[str, Any], response_format: str) -> str | dict[str, Any]:
+    """The result in `response_format`: a string for text/srt/vtt, a JSON object otherwise."""
+    if response_format == "text":
+        return str(result["text"]).strip() + "\n"
+    if response_format == "srt":
+        return to_srt(result)
+    if response_format == "vtt":
+        return to_vtt(result)
+    if response_format == "verbose_json":
+        return to_verbose_json(result)
+    return {"text": result["text"]}

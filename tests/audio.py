@@ -1,0 +1,63 @@
+"""Test speech, synthesized from known sentences (hibari-tts, voice heart), and word error rate."""
+
+from __future__ import annotations
+
+import io
+import re
+from functools import cache
+
+import av
+import jiwer
+import numpy as np
+
+SENTENCES = {
+    "fox": "The quick brown fox jumps over the lazy dog.",
+    "report": "Please send the quarterly report to the finance team by Friday.",
+    "weather": "The weather today will be sunny with a light breeze from the west.",
+    "library": "She borrowed three books from the library and returned them on Monday.",
+}
+
+
+@cache
+def _tts() -> object:
+    from hibari import Hibari
+
+    return Hibari()
+
+
+def speak(text: str) -> tuple[np.ndarray, int]:
+    tts = _tts()
+    audio = tts(text)  # type: ignore[operator]
+    return np.asarray(audio, dtype=np.float32), int(tts.sample_rate)  # type: ignore[attr-defined]
+
+
+def encode(pcm: np.ndarray, rate: int, fmt: str = "wav") -> bytes:
+    """PCM in the container `fmt` (wav, mp3, flac, ogg), encoded with PyAV."""
+    codec = {"wav": "pcm_s16le", "mp3": "libmp3lame", "flac": "flac", "ogg": "libopus"}[fmt]
+    out_rate = 48_000 if fmt == "ogg" else rate
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=out_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=out_rate)
+        for resampled in resampler.resample(frame):
+            for packet in stream.encode(resampled):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@cache
+def spoken(name: str, fmt: str = "wav") -> bytes:
+    pcm, rate = speak(SENTENCES[name])
+    return encode(pcm, rate, fmt)
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).strip()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(_normal(reference), _normal(hypothesis)))

@@ -1,0 +1,173 @@
+"""Speech-to-text engines: faster-whisper on this host, or OpenAI's transcription API over HTTP.
+
+Both return the same result dict (see `tasks.transcripts`): text, language, duration, task, segments
+(id, start, end, text, and words when asked), words, model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.payloads import TranscribeRequest
+from workers.errors import EngineError, InvalidJobInput, ModelUnavailable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from config import Settings
+
+log = logging.getLogger(__name__)
+
+SegmentSink = Callable[[dict[str, Any], float], None]  # (segment, seconds of audio done)
+# faster-whisper's fallback ladder when temperature is 0 and a segment decodes badly.
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def _words(segment: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "word": w.word.strip(),
+            "start": round(w.start, 3),
+            "end": round(w.end, 3),
+            "probability": round(w.probability, 4),
+        }
+        for w in segment.words or ()
+    ]
+
+
+class WhisperEngine:
+    """faster-whisper (CTranslate2): int8 on CPU, float16 on CUDA."""
+
+    remote = False
+
+    def __init__(self, name: str, path: Path, *, cpu_threads: int | None) -> None:
+        try:
+            import ctranslate2
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise ModelUnavailable("this worker has no faster-whisper: pip install 'speechq[stt]'") from exc
+        cuda = ctranslate2.get_cuda_device_count() > 0
+        self.device, self.compute_type = ("cuda", "float16") if cuda else ("cpu", "int8")
+        started = time.perf_counter()
+        self.name = name
+        self.english_only = name.endswith(".en")
+        self._model = WhisperModel(
+            str(path), device=self.device, compute_type=self.compute_type, cpu_threads=cpu_threads or 0
+        )
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s on %s (%s) in %.2fs", name, self.device, self.compute_type, self.load_seconds)
+
+    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> dict[str, Any]:
+        if self.english_only and request.language not in (None, "en"):
+            raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
+        temperature = FALLBACK_TEMPERATURES if request.temperature == 0 else request.temperature
+        started = time.perf_counter()
+        segments, info = self._model.transcribe(
+            pcm,
+            language=request.language,
+            task=request.task,
+            initial_prompt=request.prompt,
+            temperature=temperature,
+            word_timestamps=request.words,
+            vad_filter=request.vad_filter,
+            beam_size=1,
+        )
+        collected: list[dict[str, Any]] = []
+        for number, segment in enumerate(segments):
+            item: dict[str, Any] = {
+                "id": number,
+                "seek": segment.seek,
+                "start": round(segment.start, 3),
+                "end": round(segment.end, 3),
+                "text": segment.text.strip(),
+                "tokens": list(segment.tokens),
+                "temperature": segment.temperature,
+                "avg_logprob": round(segment.avg_logprob, 4),
+                "compression_ratio": round(segment.compression_ratio, 4),
+                "no_speech_prob": round(segment.no_speech_prob, 4),
+            }
+            if request.words:
+                item["words"] = _words(segment)
+            collected.append(item)
+            on_segment(item, segment.end)
+        seconds = time.perf_counter() - started
+        result: dict[str, Any] = {
+            "text": " ".join(s["text"] for s in collected).strip(),
+            "language": info.language,
+            "language_probability": round(info.language_probability, 4),
+            "duration": round(info.duration, 3),
+            "task": request.task,
+            "segments": collected,
+            "model": self.name,
+            "timings": {
+                "seconds": round(seconds, 4),
+                "real_time_factor": round(seconds / info.duration, 4) if info.duration else None,
+            },
+        }
+        if request.words:
+            result["words"] = [w for s in collected for w in s.get("words", [])]
+        return result
+
+
+class RemoteWhisperEngine:
+    """OpenAI's transcription API (or any server speaking it), with retries on 5xx and connection errors."""
+
+    remote = True
+
+    def __init__(self, settings: Settings) -> None:
+        import openai
+
+        if settings.openai_api_key is None:
+            raise ModelUnavailable("ENABLE_LOCAL_WHISPER is false but OPENAI_API_KEY is not set")
+        self.name = settings.openai_whisper_model
+        self._openai = openai
+        self._client = openai.OpenAI(
+            api_key=settings.openai_api_key.get_secret_value(),
+            base_url=settings.openai_api_base,
+            timeout=settings.openai_timeout_seconds,
+            max_retries=settings.openai_max_retries,
+        )
+
+    def transcribe_file(self, data: bytes, request: TranscribeRequest) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "file": (request.filename, data),
+            "model": self.name,
+            "response_format": "verbose_json",
+            "temperature": request.temperature,
+        }
+        if request.prompt:
+            options["prompt"] = request.prompt
+        started = time.perf_counter()
+        try:
+            if request.task == "translate":
+                answer = self._client.audio.translations.create(**options)
+            else:
+                if request.language:
+                    options["language"] = request.language
+                options["timestamp_granularities"] = request.timestamp_granularities
+                answer = self._client.audio.transcriptions.create(**options)
+        except self._openai.APIStatusError as exc:
+            error = InvalidJobInput if 400 <= exc.status_code < 500 else EngineError
+            raise error(f"the transcription service answered {exc.status_code}: {exc.message}") from None
+        except self._openai.APIConnectionError as exc:
+            raise EngineError(f"the transcription service is unreachable: {exc}") from None
+        body = answer.model_dump()
+        segments = [
+            {**s, "id": n, "text": str(s.get("text", "")).strip()} for n, s in enumerate(body.get("segments") or [])
+        ]
+        result: dict[str, Any] = {
+            "text": str(body.get("text", "")).strip(),
+            "language": body.get("language") or request.language or "",
+            "duration": float(body.get("duration") or 0.0),
+            "task": request.task,
+            "segments": segments,
+            "model": self.name,
+            "timings": {"seconds": round(time.perf_counter() - started, 4)},
+        }
+        if body.get("words"):
+            result["words"] = body["words"]
+        return result
