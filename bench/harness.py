@@ -20,13 +20,14 @@ class BenchStack:
 
 
 @contextmanager
-def bench_stack(**env_overrides: str) -> Iterator[BenchStack]:
+def bench_stack(queues: str = "llm", **env_overrides: str) -> Iterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="speechq-bench-") as tmp, EmbeddedRedis(Path(tmp) / "valkey") as redis:
         env = base_env(redis.url, Path(tmp), **env_overrides)
-        worker = start_worker(env, Path(tmp), queues="llm")
+        worker = start_worker(env, Path(tmp), queues=queues)
         api, url = start_api(env, Path(tmp))
         try:
-            wait_for_worker(url, worker)
+            for queue in queues.split(","):
+                wait_for_worker(url, worker, queue=queue)
             yield BenchStack(url=url, redis_url=redis.url)
         finally:
             api.stop()

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     # --- speech (used by the stt/tts workers) --------------------------------------------------------
     enable_local_whisper: bool = True
     local_whisper_model: str = "whisper-tiny.en"
+    local_whisper_engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
+    """faster-whisper (CTranslate2, the default) or openai-whisper (PyTorch `.pt`, optional extra)."""
     openai_api_key: SecretStr | None = None
     openai_api_base: str = "https://api.openai.com/v1"
     openai_whisper_model: str = "whisper-1"

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from config import Settings
 from workers.llm import LlmEngine
 from workers.registry import resolve_llm, resolve_stt
 from workers.stt import RemoteWhisperEngine, WhisperEngine
+
+if TYPE_CHECKING:
+    from workers.openai_whisper import OpenAIWhisperEngine
+
+SpeechEngine: TypeAlias = "WhisperEngine | OpenAIWhisperEngine | RemoteWhisperEngine"
 
 log = logging.getLogger(__name__)
 
@@ -17,14 +24,14 @@ class ModelCache:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._llms: dict[str, LlmEngine] = {}
-        self._stts: dict[str, WhisperEngine | RemoteWhisperEngine] = {}
+        self._stts: dict[str, SpeechEngine] = {}
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> list[str]:
         return sorted([*self._llms, *self._stts])
 
-    def stt(self, name: str | None = None) -> WhisperEngine | RemoteWhisperEngine:
+    def stt(self, name: str | None = None) -> SpeechEngine:
         """The local Whisper model asked for, or the remote API when ENABLE_LOCAL_WHISPER is false."""
         s = self.settings
         with self._lock:
@@ -33,11 +40,23 @@ class ModelCache:
                 if engine is None:
                     engine = self._stts["remote"] = RemoteWhisperEngine(s)
                 return engine
-            model, path = resolve_stt(name or s.local_whisper_model, s.models_dir, s.local_whisper_model)
-            engine = self._stts.get(model)
+            engine = self._stts.get(name or s.local_whisper_model)
             if engine is None:
-                engine = self._stts[model] = WhisperEngine(model, path, cpu_threads=s.stt_n_threads)
+                engine = self._load_stt(name or s.local_whisper_model)
+                self._stts[name or s.local_whisper_model] = engine
             return engine
+
+    def _load_stt(self, name: str) -> SpeechEngine:
+        s = self.settings
+        if s.local_whisper_engine == "openai-whisper":
+            from workers.openai_whisper import OpenAIWhisperEngine, find_checkpoint
+
+            if name.endswith(".pt"):
+                return OpenAIWhisperEngine(Path(name).stem, find_checkpoint(name, None, s.models_dir))
+            model, path = resolve_stt(name, s.models_dir, s.local_whisper_model)
+            return OpenAIWhisperEngine(model, find_checkpoint(model, path, s.models_dir))
+        model, path = resolve_stt(name, s.models_dir, s.local_whisper_model)
+        return WhisperEngine(model, path, cpu_threads=s.stt_n_threads)
 
     def llm(self, name: str | None = None) -> LlmEngine:
         name = name or self.settings.llm_model
