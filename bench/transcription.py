@@ -52,6 +52,29 @@ def in_process(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[str, 
     return times
 
 
+def openai_whisper(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[str, list[float]] | None:
+    """The same files through openai-whisper (PyTorch, CPU, 2 threads) on tiny.en converted from the same weights."""
+    try:
+        import torch
+        import whisper
+    except ImportError:
+        return None
+    from tasks.audio import decode
+    from workers.openai_whisper import find_checkpoint
+    from workers.registry import resolve_stt
+
+    torch.set_num_threads(2)
+    path = resolve_stt("whisper-tiny.en", Path("var/models"), "whisper-tiny.en")[1]
+    model = whisper.load_model(str(find_checkpoint("whisper-tiny.en", path, Path("var/models"))), device="cpu")
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, (data, _) in files.items():
+            started = time.perf_counter()
+            model.transcribe(decode(data, max_seconds=3600, time_limit=120), fp16=False, language="en")
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
 def through_queue(url: str, files: dict[str, tuple[bytes, float]], rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in files}
     with httpx.Client(base_url=url, timeout=300) as client:
@@ -91,6 +114,7 @@ def main() -> None:
         local_s, queue_s = median(local[name]), median(queued[name])
         rtf = f"{local_s / duration:.4f} | {queue_s / duration:.4f}"
         print(f"| {name} | {duration:.1f} | {rtf} | {local_s / queue_s:.3f} |")
+    reference = openai_whisper(files, args.rounds)
     total_audio = sum(d for _, d in files.values())
     total_local = sum(median(v) for v in local.values())
     total_queue = sum(median(v) for v in queued.values())
@@ -98,6 +122,20 @@ def main() -> None:
         f"| all | {total_audio:.1f} | {total_local / total_audio:.4f} | {total_queue / total_audio:.4f} "
         f"| {total_local / total_queue:.3f} |"
     )
+
+    if reference is None:
+        print("openai-whisper: not installed (extra `openai-whisper`); comparison skipped")
+        return
+    total_reference = sum(median(v) for v in reference.values())
+    print()
+    print("| path (whisper tiny.en, 2 threads) | RTF | speed vs openai-whisper |")
+    print("| --- | ---: | ---: |")
+    print(f"| openai-whisper in-process (PyTorch fp32) | {total_reference / total_audio:.4f} | 1.00 |")
+    print(
+        f"| faster-whisper in-process (int8) | {total_local / total_audio:.4f} | {total_reference / total_local:.2f}× |"
+    )
+    queue_speed = total_reference / total_queue
+    print(f"| faster-whisper through queue + SSE | {total_queue / total_audio:.4f} | {queue_speed:.2f}× |")
 
 
 if __name__ == "__main__":

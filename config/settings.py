@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_api_base: str = "https://api.openai.com/v1"
     openai_whisper_model: str = "whisper-1"
-    openai_whisper_response_format: str = "verbose_json"
+    openai_whisper_response_format: Literal["json", "text", "verbose_json"] = "verbose_json"
+    """What speechq asks the remote API for; only verbose_json brings segments, language and duration."""
     openai_timeout_seconds: float = Field(60.0, gt=0)
     openai_max_retries: int = Field(3, ge=0)
     """Retries (with backoff) on 5xx and connection errors of the remote transcription API."""

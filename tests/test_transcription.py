@@ -202,3 +202,15 @@ def test_an_english_only_model_refuses_another_language(client: httpx.Client) ->
     response = client.post("/v1/speech-to-text", files={"file": ("a.wav", spoken("fox"))}, data={"language": "fr"})
     assert response.status_code == 400
     assert "whisper-base" in response.json()["error"]["message"]
+
+
+def test_vad_filter_and_language_detection(client: httpx.Client) -> None:
+    job = client.post(
+        "/v1/jobs/transcribe",
+        files={"file": ("a.wav", spoken("library"))},
+        data={"model": "whisper-base", "vad_filter": "true"},
+    ).json()
+    assert read_events(client, job["id"])[-1].json() == {"status": "succeeded"}
+    result = client.get(f"/v1/jobs/{job['id']}/result").json()
+    assert result["language"] == "en"  # detected: no language was given to the multilingual model
+    assert wer(SENTENCES["library"], result["text"]) <= 0.15

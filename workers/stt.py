@@ -124,6 +124,7 @@ class RemoteWhisperEngine:
         if settings.openai_api_key is None:
             raise ModelUnavailable("ENABLE_LOCAL_WHISPER is false but OPENAI_API_KEY is not set")
         self.name = settings.openai_whisper_model
+        self.response_format = settings.openai_whisper_response_format
         self._openai = openai
         self._client = openai.OpenAI(
             api_key=settings.openai_api_key.get_secret_value(),
@@ -136,7 +137,7 @@ class RemoteWhisperEngine:
         options: dict[str, Any] = {
             "file": (request.filename, data),
             "model": self.name,
-            "response_format": "verbose_json",
+            "response_format": self.response_format,
             "temperature": request.temperature,
         }
         if request.prompt:
@@ -148,14 +149,15 @@ class RemoteWhisperEngine:
             else:
                 if request.language:
                     options["language"] = request.language
-                options["timestamp_granularities"] = request.timestamp_granularities
+                if self.response_format == "verbose_json":
+                    options["timestamp_granularities"] = request.timestamp_granularities
                 answer = self._client.audio.transcriptions.create(**options)
         except self._openai.APIStatusError as exc:
             error = InvalidJobInput if 400 <= exc.status_code < 500 else EngineError
             raise error(f"the transcription service answered {exc.status_code}: {exc.message}") from None
         except self._openai.APIConnectionError as exc:
             raise EngineError(f"the transcription service is unreachable: {exc}") from None
-        body = answer.model_dump()
+        body: dict[str, Any] = {"text": answer} if isinstance(answer, str) else answer.model_dump()
         segments = [
             {**s, "id": n, "text": str(s.get("text", "")).strip()} for n, s in enumerate(body.get("segments") or [])
         ]
