@@ -50,6 +50,7 @@ test: lint typecheck pytest
 bench: $(MODELS)
 	$(BIN)/python -m bench.queue_overhead $(ARGS)
 	$(BIN)/python -m bench.streaming $(ARGS)
+	$(BIN)/python -m bench.transcription $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
