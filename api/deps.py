@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, WebSocket
 from starlette.requests import HTTPConnection
 
 from api.auth import Principal
@@ -52,4 +52,15 @@ async def get_request_id(conn: HTTPConnection) -> str:
 
 
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal | None]:
+    """The app state and the caller; a caller without a valid key is closed with 4401 (and gets None)."""
+    state = app_state(websocket)
+    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
+    if principal is None:
+        await websocket.close(code=4401, reason="missing or invalid API key")
+    return state, principal
+
+
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]

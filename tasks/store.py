@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from tasks import keys, scripts
 from tasks.broker import is_redis_url, redis_message
-from tasks.jobs import TASKS, EventType, JobKind, JobRecord, JobStatus
+from tasks.jobs import TASKS, JobKind, JobRecord, JobStatus
 
 
 class JobStoreError(Exception):
@@ -194,6 +194,3 @@ class JobStore:
             keys=[keys.job(job_id), keys.events(job_id)], args=[owner, self.ttl, keys.notify(job_id)]
         )
         return None if status == "missing" else JobStatus(status)
-
-
-__all__ = ["Created", "EventType", "IdempotencyConflict", "JobStore", "JobStoreError", "QueueFull"]

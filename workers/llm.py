@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -158,6 +158,3 @@ class LlmEngine:
             stream=True,
         )
         return cast(Iterator[dict[str, Any]], stream)
-
-
-EngineFactory = Callable[[str], LlmEngine]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from api.deps import PrincipalDep, RequestIdDep, StateDep, app_state
+from api.deps import PrincipalDep, RequestIdDep, StateDep, websocket_principal
 from api.errors import ApiError, validation_summary
 from api.submit import follow, submit, wait_for
 from tasks.jobs import EventType, JobKind, JobRecord
@@ -69,10 +69,8 @@ async def generate_stream(
 
 @router.websocket("/generate_ws")
 async def generate_ws(websocket: WebSocket) -> None:
-    state = app_state(websocket)
-    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
+    state, principal = await websocket_principal(websocket)
     if principal is None:
-        await websocket.close(code=4401, reason="missing or invalid API key")
         return
     await websocket.accept()
     try:

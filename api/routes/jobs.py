@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
-from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, app_state
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, websocket_principal
 from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
 from api.submit import follow, submit
@@ -134,10 +134,8 @@ async def job_events(
 
 @router.websocket("/{job_id}/ws")
 async def job_websocket(websocket: WebSocket, job_id: str, after: str | None = None) -> None:
-    state = app_state(websocket)
-    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
+    state, principal = await websocket_principal(websocket)
     if principal is None:
-        await websocket.close(code=4401, reason="missing or invalid API key")
         return
     job = await state.store.get(job_id, owner=principal.id)
     if job is None:

@@ -7,14 +7,14 @@ import binascii
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile, WebSocket, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, WebSocket, status
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
-from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, app_state
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, websocket_principal
 from api.errors import ApiError, GatewayTimeout, Unprocessable, validation_summary
 from api.schemas import job_created
 from api.state import AppState
@@ -26,11 +26,37 @@ from tasks.transcripts import MEDIA_TYPES, render, to_seed
 
 router = APIRouter(tags=["speech to text"])
 
-Granularities = Annotated[list[str] | None, Form(alias="timestamp_granularities[]")]
+
+async def transcription_options(
+    model: Annotated[str | None, Form()] = None,
+    language: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form()] = None,
+    temperature: Annotated[float | None, Form()] = None,
+    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    task: Annotated[str | None, Form()] = None,
+    vad_filter: Annotated[bool | None, Form()] = None,
+) -> dict[str, Any]:
+    """The form fields every transcription route accepts, those that were sent."""
+    sent = {
+        "model": model,
+        "language": language,
+        "prompt": prompt,
+        "response_format": response_format,
+        "temperature": temperature,
+        "timestamp_granularities": timestamp_granularities,
+        "task": task,
+        "vad_filter": vad_filter,
+    }
+    return {name: value for name, value in sent.items() if value is not None}
 
 
-def transcribe_request(**fields: Any) -> TranscribeRequest:
-    """Form fields → a validated request; a bad one is a 422 naming it."""
+OptionsDep = Annotated[dict[str, Any], Depends(transcription_options)]
+AudioFile = Annotated[UploadFile, File(description="the recording")]
+
+
+def transcribe_request(fields: dict[str, Any]) -> TranscribeRequest:
+    """Fields → a validated request; a bad one is a 422 naming it."""
     try:
         return TranscribeRequest.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -38,15 +64,18 @@ def transcribe_request(**fields: Any) -> TranscribeRequest:
         raise Unprocessable(message, param=param) from exc
 
 
-async def submit_transcription(
+async def submit_upload(
     state: AppState,
-    request: TranscribeRequest,
-    audio: bytes,
     principal: Principal,
+    file: UploadFile,
+    options: dict[str, Any],
     *,
-    request_id: str | None = None,
+    request_id: str | None,
     idempotency_key: str | None = None,
-) -> JobRecord:
+) -> tuple[JobRecord, TranscribeRequest]:
+    """Validate the options, read and probe the upload, and queue the transcription."""
+    request = transcribe_request({**options, "filename": file.filename or "audio"})
+    audio = await read_audio(file, state.settings)
     job, _ = await submit(
         state,
         JobKind.transcribe,
@@ -56,7 +85,7 @@ async def submit_transcription(
         idempotency_key=idempotency_key,
         input_file=audio,
     )
-    return job
+    return job, request
 
 
 def formatted(result: dict[str, Any], response_format: str, seed: bool = False) -> Response:
@@ -71,55 +100,21 @@ async def create_transcription_job(
     state: StateDep,
     principal: PrincipalDep,
     rid: RequestIdDep,
-    file: Annotated[UploadFile, File(description="the recording")],
-    model: Annotated[str | None, Form()] = None,
-    language: Annotated[str | None, Form()] = None,
-    prompt: Annotated[str | None, Form()] = None,
-    response_format: Annotated[str | None, Form()] = None,
-    temperature: Annotated[float | None, Form()] = None,
-    timestamp_granularities: Granularities = None,
-    task: Annotated[str | None, Form()] = None,
-    vad_filter: Annotated[bool | None, Form()] = None,
+    file: AudioFile,
+    options: OptionsDep,
     idem: IdempotencyKeyDep = None,
 ) -> JSONResponse:
-    request = transcribe_request(
-        model=model,
-        language=language,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        timestamp_granularities=timestamp_granularities,
-        task=task,
-        vad_filter=vad_filter,
-        filename=file.filename or "audio",
-    )
-    audio = await read_audio(file, state.settings)
-    job = await submit_transcription(state, request, audio, principal, request_id=rid, idempotency_key=idem)
+    job, _ = await submit_upload(state, principal, file, options, request_id=rid, idempotency_key=idem)
     body = job_created(job).model_dump(mode="json")
     return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 @router.post("/v1/speech-to-text", response_model=None)
 async def speech_to_text(
-    state: StateDep,
-    principal: PrincipalDep,
-    rid: RequestIdDep,
-    file: Annotated[UploadFile, File()],
-    language: Annotated[str | None, Form()] = None,
-    prompt: Annotated[str | None, Form()] = None,
-    response_format: Annotated[str | None, Form()] = None,
-    temperature: Annotated[float | None, Form()] = None,
+    state: StateDep, principal: PrincipalDep, rid: RequestIdDep, file: AudioFile, options: OptionsDep
 ) -> Response:
     """The seed endpoint: blocks until the transcript is ready; `{text, language, segments}`."""
-    request = transcribe_request(
-        language=language,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        filename=file.filename or "audio",
-    )
-    audio = await read_audio(file, state.settings)
-    job = await submit_transcription(state, request, audio, principal, request_id=rid)
+    job, request = await submit_upload(state, principal, file, options, request_id=rid)
     final = await wait_for(state, job)
     assert final.result is not None
     return formatted(final.result, request.response_format, seed=True)
@@ -141,26 +136,21 @@ def _ws_audio(message: dict[str, Any], state: AppState) -> bytes:
 @router.websocket("/v1/speech-to-text/ws")
 async def speech_to_text_ws(websocket: WebSocket) -> None:
     """Send one JSON request; get `segment` events as they are decoded, then one `transcript` event."""
-    state = app_state(websocket)
-    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
+    state, principal = await websocket_principal(websocket)
     if principal is None:
-        await websocket.close(code=4401, reason="missing or invalid API key")
         return
     await websocket.accept()
     try:
         message = await websocket.receive_json()
         if not isinstance(message, dict):
             raise Unprocessable("the message must be a JSON object")
+        fields = ("language", "prompt", "response_format", "temperature")
         request = transcribe_request(
-            language=message.get("language"),
-            prompt=message.get("prompt"),
-            response_format=message.get("response_format"),
-            temperature=message.get("temperature"),
-            filename=message.get("filename") or "audio",
+            {**{k: message.get(k) for k in fields}, "filename": message.get("filename") or "audio"}
         )
         audio = _ws_audio(message, state)
         await check_audio(audio, state.settings, param="audio_base64")
-        job = await submit_transcription(state, request, audio, principal)
+        job, _ = await submit(state, JobKind.transcribe, request, principal, input_file=audio)
         async for event in follow(state, job.id):
             if event.type == EventType.segment:
                 await websocket.send_json({"event": "segment", "data": event.data})
