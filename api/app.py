@@ -13,8 +13,9 @@ from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
+from api.openai import speech as openai_speech
 from api.request_id import RequestIdMiddleware
-from api.routes import generation, health, jobs, models, transcription
+from api.routes import generation, health, jobs, models, synthesis, transcription
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
@@ -67,10 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, generation, transcription, models, health):
+    for module in (jobs, generation, transcription, synthesis, models, health):
         app.include_router(module.router)
     app.include_router(openai_serving.router)
     app.include_router(openai_audio.router)
+    app.include_router(openai_speech.router)
     app.include_router(jobs.fallback)
     app.add_middleware(BodyLimitMiddleware, max_bytes=upload_limit_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)

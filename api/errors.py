@@ -79,6 +79,15 @@ class GatewayTimeout(ApiError):
     status, code, type = 504, "job_timeout", "server_error"
 
 
+def websocket_failure(exc: Exception) -> tuple[dict[str, Any], int]:
+    """What a WebSocket route sends when a request fails, and the close code that follows."""
+    if isinstance(exc, ApiError):
+        return {"event": "error", "detail": exc.message, "code": exc.code}, 1008 if exc.status < 500 else 1011
+    if isinstance(exc, ValueError):  # a message that is not JSON
+        return {"event": "error", "detail": f"invalid request: {exc}", "code": "bad_request"}, 1008
+    return {"event": "error", "detail": f"the job store is unreachable: {exc}", "code": "redis_unavailable"}, 1011
+
+
 def envelope(message: str, *, code: str, type_: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

@@ -77,6 +77,8 @@ FAILURE_STATUS = {
     "invalid_audio": 422,
     "audio_too_long": 422,
     "model_unavailable": 503,
+    "upstream_error": 502,
+    "upstream_timeout": 504,
     "timeout": 504,
 }
 

@@ -158,17 +158,26 @@ def models_prepare(
     """Locate or assemble model files so the first job does not wait for it."""
     from tasks.catalog import CATALOG, ModelRole
     from workers.errors import ModelUnavailable
+    from workers.models import ModelCache
     from workers.registry import resolve_llm, resolve_stt
 
     settings = settings_or_exit()
     failed = False
     for name in names or list(CATALOG):
+        entry = CATALOG.get(name)
         try:
-            if CATALOG.get(name) and CATALOG[name].role == ModelRole.stt:
-                path = resolve_stt(name, settings.models_dir, settings.local_whisper_model)[1]
+            where: object
+            if entry and entry.role == ModelRole.stt:
+                where = resolve_stt(name, settings.models_dir, settings.local_whisper_model)[1]
+            elif entry and entry.role == ModelRole.tts:
+                if entry.any_voice:
+                    where = f"remote, {settings.openaudio_api_base}{settings.openaudio_tts_path}"
+                else:
+                    engine = ModelCache(settings).tts(name)  # loads it: proves the package is installed
+                    where = f"{len(entry.voices)} voice(s) at {engine.sample_rate} Hz"
             else:
-                path = resolve_llm(name, settings.models_dir)
-            typer.echo(f"{name}: {path}")
+                where = resolve_llm(name, settings.models_dir)
+            typer.echo(f"{name}: {where}")
         except ModelUnavailable as exc:
             typer.secho(f"{name}: {exc}", fg="red", err=True)
             failed = True

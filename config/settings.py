@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     """Load the default speech-to-text model when a worker serving `stt` starts."""
     audio_decode_timeout_seconds: float = Field(120.0, gt=0)
     """A file that takes longer than this to decode is refused as too complex."""
+    tts_model: Literal["hibari", "piper-en_US-joe-medium", "openaudio-s1-mini"] = "hibari"
+    """The text-to-speech engine for requests that name none (and for OpenAI's tts-1, tts-1-hd, ...):
+    `hibari`, `piper-en_US-joe-medium` (optional extra) or `openaudio-s1-mini` (remote)."""
+    tts_n_threads: int = Field(1, ge=1)
+    """onnxruntime threads per local TTS engine; one core runs hibari far faster than real time."""
+    tts_preload: bool = True
+    """Load the default local text-to-speech engine when a worker serving `tts` starts."""
     openaudio_api_base: str = "http://127.0.0.1:8080"
     openaudio_tts_path: str = "/v1/tts"
     openaudio_api_key: SecretStr | None = None

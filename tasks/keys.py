@@ -16,6 +16,11 @@ def input(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:input"
 
 
+def output(job_id: str) -> str:
+    """The job's binary result (synthesized audio), stored beside the job and expiring with it."""
+    return f"{PREFIX}:job:{job_id}:output"
+
+
 def notify(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:notify"
 

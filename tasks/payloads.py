@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from tasks.catalog import CATALOG, is_known_llm, is_known_stt
+from tasks.catalog import CATALOG, ModelRole, is_known_llm, is_known_stt, is_known_tts
+from tasks.speech import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    OPENAI_TTS_MODELS,
+    OPENAI_VOICES,
+    AudioFormat,
+    output_sample_rate,
+)
 
 
 class GenerationParams(BaseModel):
@@ -93,3 +103,109 @@ class TranscribeRequest(BaseModel):
     @property
     def words(self) -> bool:
         return "word" in self.timestamp_granularities
+
+
+MAX_SPEECH_CHARS = 4_096
+
+
+class ReferenceAudio(BaseModel):
+    """A voice sample for OpenAudio's in-context cloning: the audio (base64) and what it says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str = Field(min_length=1, description="the sample, base64-encoded (wav, mp3, flac)")
+    text: str = Field(min_length=1, max_length=2_000)
+
+    @field_validator("audio")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the audio is not valid base64") from None
+        return value
+
+
+class SynthesizeRequest(BaseModel):
+    """`synthesize`: text in, audio out. Field names are the seed API's (`text`, alias OpenAI's `input`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    text: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS, validation_alias=AliasChoices("text", "input"))
+    model: str | None = Field(None, min_length=1, max_length=128)
+    voice: str | None = Field(None, min_length=1, max_length=128)
+    response_format: AudioFormat = Field("wav", validation_alias=AliasChoices("response_format", "format"))
+    sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    normalize: bool = True
+    # OpenAudio (fish-speech) only; local engines have no use for them.
+    reference_id: str | None = Field(None, min_length=1, max_length=255)
+    references: list[ReferenceAudio] = Field(default_factory=list, max_length=8)
+    top_p: float | None = Field(None, ge=0.1, le=1.0)
+    temperature: float | None = Field(None, ge=0.1, le=1.0)
+    repetition_penalty: float | None = Field(None, ge=0.9, le=2.0)
+    chunk_length: int | None = Field(None, ge=100, le=300)
+    max_new_tokens: int | None = Field(None, ge=1, le=4_096)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is blank")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None) -> str | None:
+        if value is not None and not is_known_tts(value):
+            known = ", ".join(name for name, entry in CATALOG.items() if entry.role == ModelRole.tts)
+            raise ValueError(f"unknown model {value!r}; use one of {known} (or tts-1, tts-1-hd, gpt-4o-mini-tts)")
+        return value
+
+
+class InvalidField(ValueError):
+    """A request that is well-formed but asks for something the chosen engine cannot do."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+def resolve_synthesis(request: SynthesizeRequest, default_model: str) -> SynthesizeRequest:
+    """Fill in the engine, voice and output rate, so the worker runs exactly what was accepted.
+
+    OpenAI model names are served by `default_model`; an OpenAI voice name by the engine's voice of that
+    name, else its default voice; OpenAudio takes any voice as a reference id on its server.
+    """
+    model = request.model if request.model and request.model not in OPENAI_TTS_MODELS else default_model
+    entry = CATALOG.get(model)
+    if entry is None or entry.role != ModelRole.tts:
+        raise InvalidField("model", f"TTS_MODEL {model!r} is not a text-to-speech model")
+    voice = request.voice
+    reference_id = request.reference_id
+    if entry.any_voice:
+        if reference_id is None and voice is not None and voice not in OPENAI_VOICES and voice not in entry.voices:
+            reference_id = voice
+        voice = reference_id or entry.voices[0]
+    else:
+        if request.references:
+            raise InvalidField("references", f"reference audio needs openaudio-s1-mini; {model} has fixed voices")
+        if reference_id is not None:
+            if reference_id not in entry.voices:
+                raise InvalidField(
+                    "reference_id", f"{model} has no voice {reference_id!r}; voices: {', '.join(entry.voices)}"
+                )
+            voice = voice or reference_id
+        if voice is None or (voice in OPENAI_VOICES and voice not in entry.voices):
+            voice = entry.voices[0]
+        if voice not in entry.voices:
+            raise InvalidField("voice", f"unknown voice {voice!r} for {model}; voices: {', '.join(entry.voices)}")
+    assert entry.sample_rate is not None
+    try:
+        rate = output_sample_rate(request.response_format, request.sample_rate, entry.sample_rate)
+    except ValueError as exc:
+        raise InvalidField("sample_rate", str(exc)) from None
+    return request.model_copy(
+        update={"model": model, "voice": voice, "reference_id": reference_id, "sample_rate": rate}
+    )

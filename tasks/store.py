@@ -188,6 +188,11 @@ class JobStore:
                         return found, score
         return found, cursor
 
+    async def output(self, job_id: str) -> bytes | None:
+        """The job's binary result (synthesized audio), while it is stored."""
+        value = await self.raw.get(keys.output(job_id))
+        return value if isinstance(value, bytes) else None
+
     async def cancel(self, job_id: str, *, owner: str) -> JobStatus | None:
         """Cancel a queued job, or ask a running one to stop; None when there is no such job."""
         status = await self._scripts["cancel"](

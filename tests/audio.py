@@ -61,3 +61,21 @@ def _normal(text: str) -> str:
 
 def wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(_normal(reference), _normal(hypothesis)))
+
+
+def decode_audio(data: bytes, fmt: str, rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Audio bytes in `fmt` → mono float32 and its sample rate, decoded by PyAV (raw pcm needs `rate`)."""
+    if fmt == "pcm":
+        assert rate is not None, "raw PCM carries no rate"
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, rate
+    parts: list[np.ndarray] = []
+    found = 0
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(audio=0):
+            found = frame.sample_rate
+            parts.append(frame.to_ndarray().astype(np.float32).reshape(frame.samples, -1).mean(axis=1))
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), found
+
+
+def as_wav(pcm: np.ndarray, rate: int) -> bytes:
+    return encode(pcm, rate, "wav")

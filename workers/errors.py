@@ -2,8 +2,10 @@
 
 EngineError
 ├── ModelUnavailable      the model cannot be found or loaded here
-└── InvalidJobInput       the request is well-formed but this engine cannot serve it
-    └── ContextOverflow   prompt + max_tokens exceed the model's context window
+├── InvalidJobInput       the request is well-formed but this engine cannot serve it
+│   └── ContextOverflow   prompt + max_tokens exceed the model's context window
+└── UpstreamError         a remote engine (OpenAudio) failed or answered nonsense
+    └── UpstreamTimeout   a remote engine did not answer in time
 """
 
 from __future__ import annotations
@@ -23,3 +25,11 @@ class InvalidJobInput(EngineError):
 
 class ContextOverflow(InvalidJobInput):
     code = "context_length_exceeded"
+
+
+class UpstreamError(EngineError):
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"

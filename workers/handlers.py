@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,13 +10,22 @@ from typing import Any
 from tasks.audio import decode
 from tasks.execution import JobExecution
 from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import ChatMessage, ChatRequest, CompletionRequest, GenerateRequest, TranscribeRequest
+from tasks.payloads import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    GenerateRequest,
+    SynthesizeRequest,
+    TranscribeRequest,
+)
+from workers.audio_out import AudioEncoder, Tempo, normalize_loudness
 from workers.errors import InvalidJobInput
 from workers.llm import Prompt
 from workers.models import ModelCache
 from workers.stt import RemoteWhisperEngine
 
 InputReader = Callable[[str], bytes | None]
+OutputWriter = Callable[[str, bytes], None]
 
 
 class TokenBatcher:
@@ -108,3 +118,66 @@ def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: I
         run.emit(EventType.progress, {"fraction": round(fraction, 4), "stage": "transcribing"})
 
     return engine.transcribe(pcm, request, on_segment)
+
+
+def run_tts_job(job: JobRecord, run: JobExecution, models: ModelCache, outputs: OutputWriter) -> dict[str, Any]:
+    """synthesize: speak sentence by sentence, send each as an `audio_chunk` event, store the whole file."""
+    request = SynthesizeRequest.model_validate(job.request)
+    engine = models.tts(request.model)
+    rate = request.sample_rate or engine.sample_rate
+    encoder = AudioEncoder(request.response_format, rate)
+    started = time.perf_counter()
+    first_chunk: float | None = None
+    chunks = 0
+    spoken = 0
+
+    def send(data: bytes, text: str | None) -> None:
+        nonlocal chunks, first_chunk
+        if not data:
+            return
+        if first_chunk is None:
+            first_chunk = time.perf_counter() - started
+        event = {"index": chunks, "audio": base64.b64encode(data).decode(), "format": request.response_format}
+        event.update({"sample_rate": rate, "end": round(encoder.seconds, 3), "text": text})
+        run.emit(EventType.audio_chunk, event)
+        chunks += 1
+
+    run.emit(EventType.progress, {"fraction": 0.0, "stage": "synthesizing"})
+    tempo: Tempo | None = None
+    for chunk in engine.stream(request):
+        pcm = chunk.pcm
+        if request.speed != 1.0 and not engine.native_speed:
+            tempo = tempo or Tempo(request.speed, chunk.rate)
+            pcm = tempo(pcm)
+        if request.normalize:
+            pcm = normalize_loudness(pcm)
+        send(encoder.encode(pcm, chunk.rate), chunk.text)
+        if chunk.text:
+            spoken += len(chunk.text)
+            fraction = min(0.99, spoken / len(request.text))
+            run.emit(EventType.progress, {"fraction": round(fraction, 4), "stage": "synthesizing"})
+    if tempo is not None:
+        send(encoder.encode(tempo(None), tempo.rate), None)
+    tail, whole = encoder.close()
+    if encoder.samples == 0:
+        raise InvalidJobInput("the text has nothing to speak (no words the voice can pronounce)")
+    send(tail, None)
+    outputs(job.id, whole)
+    seconds = time.perf_counter() - started
+    return {
+        "format": request.response_format,
+        "media_type": encoder.media_type,
+        "sample_rate": rate,
+        "duration": round(encoder.seconds, 3),
+        "bytes": len(whole),
+        "chunks": chunks,
+        "model": engine.name,
+        "voice": request.voice,
+        "reference_id": request.reference_id,
+        "characters": len(request.text),
+        "timings": {
+            "seconds": round(seconds, 4),
+            "first_chunk_seconds": round(first_chunk, 4) if first_chunk is not None else None,
+            "real_time_factor": round(seconds / encoder.seconds, 4),
+        },
+    }

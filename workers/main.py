@@ -20,7 +20,7 @@ from tasks.celery_app import create_celery
 from tasks.definitions import JobRunner, register_tasks
 from tasks.execution import WorkerStore
 from tasks.registry import WorkerInfo, advertise, withdraw
-from workers.handlers import run_llm_job, run_stt_job
+from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.models import ModelCache
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,13 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         value = raw.get(keys.input(job_id))
         return value if isinstance(value, bytes) else None
 
+    def write_output(job_id: str, data: bytes) -> None:
+        raw.set(keys.output(job_id), data, ex=settings.job_ttl_seconds)
+
     handlers = {
         "llm": partial(run_llm_job, models=models),
         "stt": partial(run_stt_job, models=models, inputs=read_input),
+        "tts": partial(run_tts_job, models=models, outputs=write_output),
     }
     app = create_celery(settings)
     register_tasks(app, JobRunner(settings, store, worker_id, handlers))
@@ -80,6 +84,8 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         models.llm()
     if "stt" in queues and settings.stt_preload:
         models.stt()
+    if "tts" in queues and settings.tts_preload and settings.tts_model != "openaudio-s1-mini":
+        models.tts()
     info = WorkerInfo(
         id=worker_id, hostname=hostname, pid=os.getpid(), queues=queues, device=device, started_at=time.time()
     )

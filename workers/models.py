@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 from config import Settings
+from workers.errors import ModelUnavailable
 from workers.llm import LlmEngine
 from workers.registry import resolve_llm, resolve_stt
 from workers.stt import RemoteWhisperEngine, WhisperEngine
 
 if TYPE_CHECKING:
     from workers.openai_whisper import OpenAIWhisperEngine
+    from workers.tts import HibariEngine, OpenAudioEngine, PiperEngine
 
 SpeechEngine: TypeAlias = "WhisperEngine | OpenAIWhisperEngine | RemoteWhisperEngine"
+VoiceEngine: TypeAlias = "HibariEngine | PiperEngine | OpenAudioEngine"
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,31 @@ class ModelCache:
         self.settings = settings
         self._llms: dict[str, LlmEngine] = {}
         self._stts: dict[str, SpeechEngine] = {}
+        self._ttss: dict[str, VoiceEngine] = {}
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> list[str]:
-        return sorted([*self._llms, *self._stts])
+        return sorted([*self._llms, *self._stts, *self._ttss])
+
+    def tts(self, name: str | None = None) -> VoiceEngine:
+        """A text-to-speech engine by catalogue name (TTS_MODEL when none is given)."""
+        name = name or self.settings.tts_model
+        with self._lock:
+            engine = self._ttss.get(name)
+            if engine is None:
+                from workers import tts
+
+                if name == "hibari":
+                    engine = tts.HibariEngine(threads=self.settings.tts_n_threads)
+                elif name == "piper-en_US-joe-medium":
+                    engine = tts.PiperEngine()
+                elif name == "openaudio-s1-mini":
+                    engine = tts.OpenAudioEngine(self.settings)
+                else:
+                    raise ModelUnavailable(f"no text-to-speech engine {name!r}")
+                self._ttss[name] = engine
+            return engine
 
     def stt(self, name: str | None = None) -> SpeechEngine:
         """The local Whisper model asked for, or the remote API when ENABLE_LOCAL_WHISPER is false."""

@@ -25,7 +25,7 @@ from tasks.store import JobStore
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-async def _created(
+async def accepted(
     state: StateDep, kind: JobKind, payload: Any, principal: Principal, request_id: str, idem: str | None
 ) -> JSONResponse:
     job, replayed = await submit(state, kind, payload, principal, request_id=request_id, idempotency_key=idem)
@@ -38,21 +38,21 @@ async def _created(
 async def create_generate(
     body: GenerateRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
 ) -> JSONResponse:
-    return await _created(state, JobKind.generate, body, principal, rid, idem)
+    return await accepted(state, JobKind.generate, body, principal, rid, idem)
 
 
 @router.post("/chat", status_code=202, response_model=JobCreated)
 async def create_chat(
     body: ChatRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
 ) -> JSONResponse:
-    return await _created(state, JobKind.chat, body, principal, rid, idem)
+    return await accepted(state, JobKind.chat, body, principal, rid, idem)
 
 
 @router.post("/completion", status_code=202, response_model=JobCreated)
 async def create_completion(
     body: CompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
 ) -> JSONResponse:
-    return await _created(state, JobKind.completion, body, principal, rid, idem)
+    return await accepted(state, JobKind.completion, body, principal, rid, idem)
 
 
 async def _owned(store: JobStore, job_id: str, principal: Principal) -> JobRecord:
@@ -104,6 +104,12 @@ async def get_result(job_id: str, store: StoreDep, principal: PrincipalDep) -> R
         )
         error.code = "job_not_succeeded"
         raise error
+    if job.kind == JobKind.synthesize and job.result is not None:
+        audio = await store.output(job_id)
+        if audio is None:
+            raise NotFound(f"the audio of job {job_id} is no longer stored", param="job_id")
+        headers = {"x-audio-format": job.result["format"], "x-sample-rate": str(job.result["sample_rate"])}
+        return Response(audio, media_type=job.result["media_type"], headers=headers)
     return JSONResponse(job.result)
 
 

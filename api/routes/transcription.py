@@ -15,7 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, GatewayTimeout, Unprocessable, validation_summary
+from api.errors import ApiError, GatewayTimeout, Unprocessable, validation_summary, websocket_failure
 from api.schemas import job_created
 from api.state import AppState
 from api.submit import follow, raise_for_failure, submit, wait_for
@@ -164,10 +164,9 @@ async def speech_to_text_ws(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     except (ApiError, json.JSONDecodeError, RedisError) as exc:
-        detail = exc.message if isinstance(exc, ApiError) else f"invalid request: {exc}"
-        code = exc.code if isinstance(exc, ApiError) else "bad_request"
-        await websocket.send_json({"event": "error", "detail": detail, "code": code})
-        await websocket.close(code=1008 if isinstance(exc, ApiError) and exc.status < 500 else 1011)
+        message, close_code = websocket_failure(exc)
+        await websocket.send_json(message)
+        await websocket.close(code=close_code)
 
 
 def render_for_ws(result: dict[str, Any], request: TranscribeRequest) -> Any:

@@ -1,0 +1,73 @@
+"""OpenAI-compatible `POST /v1/audio/speech`, served by a `synthesize` job: the audio streams back as it is
+synthesized (`stream_format: audio`), or as `speech.audio.delta` / `speech.audio.done` server-sent events."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import PrincipalDep, RequestIdDep, StateDep
+from api.errors import ModelNotFound
+from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
+from tasks.catalog import is_known_tts
+from tasks.payloads import MAX_SPEECH_CHARS, SynthesizeRequest
+from tasks.speech import MEDIA_TYPES, AudioFormat
+
+router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
+
+
+class VoiceId(BaseModel):
+    id: str = Field(min_length=1, max_length=128)
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=128)
+    input: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS)
+    voice: str | VoiceId
+    instructions: str | None = Field(None, max_length=MAX_SPEECH_CHARS)  # no local engine takes style prompts
+    response_format: AudioFormat = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+@router.post("/speech", response_model=None)
+async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> Response:
+    if not is_known_tts(body.model):
+        raise ModelNotFound(f"The model `{body.model}` does not exist", param="model")
+    voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
+    request = resolved(
+        state,
+        SynthesizeRequest(
+            text=body.input, model=body.model, voice=voice, response_format=body.response_format, speed=body.speed
+        ),
+    )
+    job = await submit_synthesis(state, request, principal, rid)
+    chunks = await started(audio_chunks(state, job))
+    if body.stream_format == "sse":
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            async for chunk in chunks:
+                delta = {"type": "speech.audio.delta", "audio": chunk["audio"]}
+                yield ServerSentEvent(data=json.dumps(delta), event="speech.audio.delta")
+            # Local engines have no tokenizer: input tokens are counted as words, output tokens not at all.
+            words = len(body.input.split())
+            usage = {"input_tokens": words, "output_tokens": 0, "total_tokens": words}
+            done = {"type": "speech.audio.done", "usage": usage}
+            yield ServerSentEvent(data=json.dumps(done), event="speech.audio.done")
+
+        return EventSourceResponse(events(), headers={"X-Job-ID": job.id, "Cache-Control": "no-store"})
+
+    async def audio() -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            yield base64.b64decode(chunk["audio"])
+
+    return StreamingResponse(audio(), media_type=MEDIA_TYPES[body.response_format], headers=audio_headers(request, job))

@@ -1,0 +1,189 @@
+"""Text to speech: the job route, the seed API's `/v1/text-to-speech` (HTTP and WebSocket), and the
+helpers the OpenAI `/v1/audio/speech` route shares: resolving a request and streaming its audio."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import Field, ValidationError
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketDisconnect
+
+from api.auth import Principal
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, websocket_principal
+from api.errors import ApiError, GatewayTimeout, NotFound, Unprocessable, validation_summary, websocket_failure
+from api.routes.jobs import accepted
+from api.state import AppState
+from api.submit import follow, raise_for_failure, submit, wait_for
+from tasks.jobs import EventType, JobKind, JobRecord
+from tasks.payloads import InvalidField, SynthesizeRequest, resolve_synthesis
+from tasks.speech import MEDIA_TYPES
+
+router = APIRouter(tags=["text to speech"])
+
+
+class TextToSpeechRequest(SynthesizeRequest):
+    """The seed endpoint's body: a synthesis request, and whether to stream the raw audio back."""
+
+    stream: bool = Field(False, description="answer with the raw audio bytes as they are synthesized")
+
+    def job_request(self) -> SynthesizeRequest:
+        return SynthesizeRequest.model_validate(self.model_dump(exclude={"stream"}))
+
+
+def resolved(state: AppState, request: SynthesizeRequest) -> SynthesizeRequest:
+    """Engine, voice and sample rate filled in; what no engine can do is a 422 naming the field."""
+    try:
+        return resolve_synthesis(request, state.settings.tts_model)
+    except InvalidField as exc:
+        raise Unprocessable(str(exc), param=exc.param) from None
+
+
+async def submit_synthesis(
+    state: AppState, request: SynthesizeRequest, principal: Principal, request_id: str | None
+) -> JobRecord:
+    job, _ = await submit(state, JobKind.synthesize, request, principal, request_id=request_id)
+    return job
+
+
+async def audio_chunks(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
+    """The job's `audio_chunk` events as they come; raises the job's failure, if it fails, at the end."""
+    async for event in follow(state, job.id):
+        if event.type == EventType.audio_chunk:
+            yield event.data
+    final = await state.store.get(job.id, owner=job.owner)
+    if final is None:
+        raise GatewayTimeout(f"job {job.id} expired before it finished")
+    raise_for_failure(final)
+
+
+async def started(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Wait for the first chunk before answering, so a job that fails early is an HTTP error, not an
+    empty 200; later failures cut the stream short, which the client sees as an incomplete body."""
+    first = await anext(chunks, None)
+
+    async def rest() -> AsyncIterator[dict[str, Any]]:
+        if first is not None:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return rest()
+
+
+async def stored_audio(state: AppState, job: JobRecord) -> bytes:
+    audio = await state.store.output(job.id)
+    if audio is None:
+        raise NotFound(f"the audio of job {job.id} is no longer stored", param="job_id")
+    return audio
+
+
+def audio_headers(request: SynthesizeRequest, job: JobRecord) -> dict[str, str]:
+    return {
+        "x-audio-format": request.response_format,
+        "x-sample-rate": str(request.sample_rate),
+        "X-Job-ID": job.id,
+        "Cache-Control": "no-store",
+    }
+
+
+@router.post("/v1/jobs/synthesize", status_code=202, tags=["jobs"])
+async def create_synthesis_job(
+    body: SynthesizeRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
+) -> JSONResponse:
+    """Queue a synthesis; the audio is at `GET /v1/jobs/{id}/result`, chunks arrive as `audio_chunk` events."""
+    return await accepted(state, JobKind.synthesize, resolved(state, body), principal, rid, idem)
+
+
+@router.post("/v1/text-to-speech", response_model=None)
+async def text_to_speech(
+    body: TextToSpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+) -> Response:
+    """The seed endpoint: `{audio_base64, response_format, media_type, sample_rate, reference_id}`, or with
+    `stream` the raw audio bytes as they are synthesized (headers `x-audio-format`, `x-sample-rate`)."""
+    request = resolved(state, body.job_request())
+    job = await submit_synthesis(state, request, principal, rid)
+    if body.stream:
+        chunks = await started(audio_chunks(state, job))
+
+        async def audio() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                yield base64.b64decode(chunk["audio"])
+
+        media_type = MEDIA_TYPES[request.response_format]
+        return StreamingResponse(audio(), media_type=media_type, headers=audio_headers(request, job))
+    final = await wait_for(state, job)
+    return JSONResponse(synthesis_body(final, await stored_audio(state, final)), headers={"X-Job-ID": job.id})
+
+
+def synthesis_body(job: JobRecord, audio: bytes) -> dict[str, Any]:
+    result = job.result or {}
+    return {
+        "audio_base64": base64.b64encode(audio).decode(),
+        "response_format": result.get("format"),
+        "media_type": result.get("media_type"),
+        "sample_rate": result.get("sample_rate"),
+        "reference_id": result.get("reference_id"),
+        "voice": result.get("voice"),
+        "model": result.get("model"),
+        "duration": result.get("duration"),
+        "job_id": job.id,
+    }
+
+
+def _ws_request(message: Any) -> TextToSpeechRequest:
+    if not isinstance(message, dict):
+        raise Unprocessable("the message must be a JSON object")
+    try:
+        return TextToSpeechRequest.model_validate(message)
+    except ValidationError as exc:
+        text, param = validation_summary(list(exc.errors()))
+        raise Unprocessable(text, param=param) from exc
+
+
+@router.websocket("/v1/text-to-speech/ws")
+async def text_to_speech_ws(websocket: WebSocket) -> None:
+    """Send one JSON request; with `stream`: `metadata`, `audio_chunk`…, `done`; else one `synthesis` event."""
+    state, principal = await websocket_principal(websocket)
+    if principal is None:
+        return
+    await websocket.accept()
+    try:
+        body = _ws_request(await websocket.receive_json())
+        request = resolved(state, body.job_request())
+        job = await submit_synthesis(state, request, principal, None)
+        if body.stream:
+            metadata = {
+                "job_id": job.id,
+                "response_format": request.response_format,
+                "media_type": MEDIA_TYPES[request.response_format],
+                "sample_rate": request.sample_rate,
+                "reference_id": request.reference_id,
+                "voice": request.voice,
+                "model": request.model,
+            }
+            await websocket.send_json({"event": "metadata", "data": metadata})
+            async for chunk in audio_chunks(state, job):
+                data = {"index": chunk["index"], "audio_base64": chunk["audio"], "text": chunk.get("text")}
+                await websocket.send_json({"event": "audio_chunk", "data": data})
+            final = await state.store.get(job.id, owner=principal.id)
+            assert final is not None and final.result is not None
+            done = {k: final.result[k] for k in ("duration", "chunks", "bytes", "sample_rate", "format")}
+            await websocket.send_json({"event": "done", "data": {"job_id": job.id, **done}})
+        else:
+            final = await wait_for(state, job)
+            await websocket.send_json(
+                {"event": "synthesis", "data": synthesis_body(final, await stored_audio(state, final))}
+            )
+        await websocket.close(code=1000)
+    except WebSocketDisconnect:
+        return
+    except (ApiError, json.JSONDecodeError, RedisError) as exc:
+        message, close_code = websocket_failure(exc)
+        await websocket.send_json(message)
+        await websocket.close(code=close_code)
