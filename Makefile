@@ -51,6 +51,7 @@ bench: $(MODELS)
 	$(BIN)/python -m bench.queue_overhead $(ARGS)
 	$(BIN)/python -m bench.streaming $(ARGS)
 	$(BIN)/python -m bench.transcription $(ARGS)
+	$(BIN)/python -m bench.synthesis $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

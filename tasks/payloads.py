@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -172,16 +172,22 @@ class InvalidField(ValueError):
         self.param = param
 
 
-def resolve_synthesis(request: SynthesizeRequest, default_model: str) -> SynthesizeRequest:
+def resolve_synthesis(
+    request: SynthesizeRequest, default_model: str, remote_defaults: dict[str, Any] | None = None
+) -> SynthesizeRequest:
     """Fill in the engine, voice and output rate, so the worker runs exactly what was accepted.
 
     OpenAI model names are served by `default_model`; an OpenAI voice name by the engine's voice of that
-    name, else its default voice; OpenAudio takes any voice as a reference id on its server.
+    name, else its default voice; OpenAudio takes any voice as a reference id on its server, and
+    `remote_defaults` (OPENAUDIO_DEFAULT_FORMAT / _SAMPLE_RATE) fill the fields a request left out.
     """
     model = request.model if request.model and request.model not in OPENAI_TTS_MODELS else default_model
     entry = CATALOG.get(model)
     if entry is None or entry.role != ModelRole.tts:
         raise InvalidField("model", f"TTS_MODEL {model!r} is not a text-to-speech model")
+    if entry.any_voice and remote_defaults:
+        unset = {k: v for k, v in remote_defaults.items() if k not in request.model_fields_set and v is not None}
+        request = request.model_copy(update=unset)
     voice = request.voice
     reference_id = request.reference_id
     if entry.any_voice:

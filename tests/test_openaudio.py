@@ -125,6 +125,7 @@ def openaudio(tmp_path: Path) -> Iterator[tuple[str, FishSpeechServer]]:
             OPENAUDIO_API_KEY=API_KEY,
             OPENAUDIO_TIMEOUT_SECONDS="2",
             OPENAUDIO_MAX_RETRIES="2",
+            OPENAUDIO_DEFAULT_FORMAT="mp3",
         )
         worker = start_worker(env, tmp_path, queues="tts")
         api, url = start_api(env, tmp_path)
@@ -214,4 +215,7 @@ def test_a_server_that_keeps_failing_is_a_502_after_the_retries(openaudio: tuple
         assert len(server.calls) == 3  # the first try and OPENAUDIO_MAX_RETRIES=2
         # The worker lives on: the next request is served.
         server.failures = 0
-        assert client.post("/v1/text-to-speech", json={"text": "Hello again."}).status_code == 200
+        again = client.post("/v1/text-to-speech", json={"text": "Hello again."})
+        assert again.status_code == 200, again.text
+        # A request that names no format gets OPENAUDIO_DEFAULT_FORMAT.
+        assert again.json()["response_format"] == "mp3" and again.json()["media_type"] == "audio/mpeg"

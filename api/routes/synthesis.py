@@ -33,13 +33,15 @@ class TextToSpeechRequest(SynthesizeRequest):
     stream: bool = Field(False, description="answer with the raw audio bytes as they are synthesized")
 
     def job_request(self) -> SynthesizeRequest:
-        return SynthesizeRequest.model_validate(self.model_dump(exclude={"stream"}))
+        return SynthesizeRequest.model_validate(self.model_dump(exclude={"stream"}, exclude_unset=True))
 
 
 def resolved(state: AppState, request: SynthesizeRequest) -> SynthesizeRequest:
     """Engine, voice and sample rate filled in; what no engine can do is a 422 naming the field."""
+    s = state.settings
+    remote = {"response_format": s.openaudio_default_format, "sample_rate": s.openaudio_default_sample_rate}
     try:
-        return resolve_synthesis(request, state.settings.tts_model)
+        return resolve_synthesis(request, s.tts_model, remote)
     except InvalidField as exc:
         raise Unprocessable(str(exc), param=exc.param) from None
 
