@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from api.auth import KeyRing
 from api.errors import install_error_handlers
+from api.limits import RateLimiter
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
@@ -49,9 +50,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=redis,
             celery=celery,
-            store=JobStore(redis, raw, celery, ttl=settings.job_ttl_seconds, max_queue_depth=settings.queue_max_depth),
+            store=JobStore(
+                redis,
+                raw,
+                celery,
+                ttl=settings.job_ttl_seconds,
+                max_queue_depth=settings.queue_max_depth,
+                max_active=settings.max_active_jobs_per_key,
+            ),
             hub=hub,
             keys=KeyRing(settings),
+            limiter=RateLimiter(redis, settings),
             metrics=metrics,
         )
         try:

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Header, WebSocket
 from starlette.requests import HTTPConnection
 
-from api.auth import Principal
-from api.errors import Unauthorized
+from api.auth import ANONYMOUS, Principal
+from api.errors import TooManyRequests, Unauthorized
 from api.state import AppState
+from config.logs import bind
 from tasks.store import JobStore
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread,
@@ -35,12 +36,37 @@ async def get_store(state: StateDep) -> JobStore:
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
-async def get_principal(conn: HTTPConnection, state: StateDep) -> Principal:
+async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
+    """The caller, after its key (or, without one, its IP) has passed the rate limit.
+
+    Callers without a valid key are limited by IP too, so guessing keys is as slow as the limit.
+    """
     principal = state.keys.authenticate(state.keys.presented(conn.headers))
+    limited = state.limiter.enabled
+    if limited:
+        if principal is None or principal.id == ANONYMOUS:
+            scope = f"ip:{conn.client.host if conn.client else 'unknown'}"
+        else:
+            scope = principal.id
+        anonymous = scope.startswith("ip:")
+        decision = await state.limiter.check(scope)
+        conn.scope.setdefault("state", {})["response_headers"] = decision.headers
+        if not decision.allowed:
+            state.metrics.rejections.labels("ip" if anonymous else "key").inc()
+            raise TooManyRequests(
+                f"rate limit exceeded: {state.settings.rate_limit_requests} requests per "
+                f"{state.settings.rate_limit_window_seconds:g}s; retry in {decision.headers['Retry-After']}s",
+                headers=decision.headers,
+            )
     if principal is None:
         header = state.keys.header
         raise Unauthorized(f"missing or invalid API key: send it in {header} or as Authorization: Bearer <key>")
+    bind(owner=principal.id)
     return principal
+
+
+async def get_principal(conn: HTTPConnection, state: StateDep) -> Principal:
+    return await authenticate(conn, state)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -55,12 +81,16 @@ RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 
 async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal | None]:
-    """The app state and the caller; a caller without a valid key is closed with 4401 (and gets None)."""
+    """The app state and the caller; a caller without a valid key is closed with 4401, one over the rate
+    limit with 4429 (and gets None)."""
     state = app_state(websocket)
-    principal = state.keys.authenticate(state.keys.presented(websocket.headers))
-    if principal is None:
+    try:
+        return state, await authenticate(websocket, state)
+    except TooManyRequests as exc:
+        await websocket.close(code=4429, reason=exc.message[:120])
+    except Unauthorized:
         await websocket.close(code=4401, reason="missing or invalid API key")
-    return state, principal
+    return state, None
 
 
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]

@@ -7,6 +7,8 @@
     │   └── ModelNotFound (404 model_not_found)
     ├── Conflict (409)
     ├── Unprocessable (422 validation_error)
+    ├── TooManyRequests (429 rate_limit_exceeded, Retry-After)
+    │   └── QuotaExceeded (429 too_many_active_jobs)
     ├── ServiceUnavailable (503)
     │   └── QueueFullError (503 queue_full, Retry-After)
     └── GatewayTimeout (504 job_timeout)
@@ -65,6 +67,14 @@ class Conflict(ApiError):
 
 class Unprocessable(ApiError):
     status, code, type = 422, "validation_error", "invalid_request_error"
+
+
+class TooManyRequests(ApiError):
+    status, code, type = 429, "rate_limit_exceeded", "requests"
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "too_many_active_jobs"
 
 
 class ServiceUnavailable(ApiError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -27,7 +27,22 @@ class ApiMetrics:
             "app_jobs_created_total", "Jobs accepted, by kind", ("kind",), registry=self.registry
         )
         self.rejections = Counter(
-            "app_rate_limit_rejections_total", "Requests refused by a limit", ("scope",), registry=self.registry
+            "app_rate_limit_rejections_total",
+            "Requests refused by a limit: key / ip (rate), quota (active jobs), queue (depth)",
+            ("scope",),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "app_queue_depth",
+            "Messages waiting in each queue (read at scrape time)",
+            ("queue",),
+            registry=self.registry,
+        )
+        self.queue_workers = Gauge(
+            "app_queue_workers",
+            "Live workers serving each queue (read at scrape time)",
+            ("queue",),
+            registry=self.registry,
         )
 
 

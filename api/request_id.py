@@ -1,13 +1,19 @@
-"""Request ids: taken from the configured header (default X-Request-ID) or made up, and returned."""
+"""Request ids: taken from the configured header (default X-Request-ID) or made up, returned on the
+response, put on every log line written while the request is served, and closed by an access line."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from config.logs import log_context
+
 _SAFE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+access_log = logging.getLogger("speechq.access")
 
 
 class RequestIdMiddleware:
@@ -21,12 +27,28 @@ class RequestIdMiddleware:
             return
         given = dict(scope["headers"]).get(self.header, b"").decode("latin-1")
         request_id = given if _SAFE.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
 
-        async def with_header(message: Message) -> None:
+        async def with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (self.header, request_id.encode())]
+                status = message["status"]
+                # Headers a dependency decided on (rate limits) travel in the request state.
+                extra = [(k.lower().encode(), v.encode()) for k, v in state.get("response_headers", {}).items()]
+                message["headers"] = [*message.get("headers", []), (self.header, request_id.encode()), *extra]
             await send(message)
 
-        await self.app(scope, receive, with_header)
+        with log_context(request_id=request_id):
+            try:
+                await self.app(scope, receive, with_headers)
+            finally:
+                access_log.info(
+                    "%s %s %s %.1fms",
+                    scope.get("method", "WS"),
+                    scope["path"],
+                    status or "-",
+                    (time.perf_counter() - started) * 1000,
+                )

@@ -8,6 +8,7 @@ from celery import Celery
 from redis.asyncio import Redis
 
 from api.auth import KeyRing
+from api.limits import RateLimiter
 from api.metrics import ApiMetrics
 from config import Settings
 from tasks.events import EventHub
@@ -22,4 +23,5 @@ class AppState:
     store: JobStore
     hub: EventHub
     keys: KeyRing
+    limiter: RateLimiter
     metrics: ApiMetrics

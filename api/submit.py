@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.auth import Principal
-from api.errors import ApiError, Conflict, GatewayTimeout, QueueFullError, Unprocessable
+from api.errors import ApiError, Conflict, GatewayTimeout, QueueFullError, QuotaExceeded, Unprocessable
 from api.state import AppState
 from tasks.events import Event, read_events
 from tasks.jobs import JobKind, JobRecord, JobStatus
-from tasks.store import IdempotencyConflict, QueueFull
+from tasks.store import IdempotencyConflict, QueueFull, TooManyActive
 
 
 async def submit(
@@ -39,6 +39,9 @@ async def submit(
     except QueueFull as exc:
         state.metrics.rejections.labels("queue").inc()
         raise QueueFullError(str(exc), headers={"Retry-After": "5"}) from exc
+    except TooManyActive as exc:
+        state.metrics.rejections.labels("quota").inc()
+        raise QuotaExceeded(str(exc), headers={"Retry-After": "5"}) from exc
     except IdempotencyConflict as exc:
         raise Unprocessable(str(exc), param="Idempotency-Key") from exc
     if not created.replayed:

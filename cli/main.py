@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Annotated
@@ -10,6 +9,7 @@ from typing import Annotated
 import typer
 
 from config import Settings, SettingsError, load_settings
+from config.logs import configure_logging
 
 app = typer.Typer(help="speechq: queue-based speech and language inference.", no_args_is_help=True)
 models_app = typer.Typer(help="List and prepare the models of the registry.", no_args_is_help=True)
@@ -22,12 +22,6 @@ def settings_or_exit(**overrides: object) -> Settings:
     except SettingsError as exc:
         typer.secho(f"speechq: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s", stream=sys.stderr
-    )
 
 
 def with_redis(settings: Settings) -> Settings:
@@ -60,7 +54,7 @@ def up(
     from cli.stack import run_stack
 
     settings = settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "supervisor")
     overrides = {k: v for k, v in {"api_port": port, "api_host": host}.items() if v is not None}
     raise typer.Exit(run_stack(settings.model_copy(update=overrides), queues=queues, flower=flower))
 
@@ -75,7 +69,7 @@ def api(
     import uvicorn
 
     settings = with_redis(settings_or_exit())
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "api")
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -83,6 +77,8 @@ def api(
         port=port or settings.api_port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep speechq's handler; the API writes its own access lines (with request ids)
+        access_log=False,
         proxy_headers=True,
     )
 
@@ -112,7 +108,7 @@ def worker(
         # Before anything can import CUDA: the process then sees only this card, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
     settings = with_redis(settings_or_exit())
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, "worker")
     from workers.main import run_worker
 
     run_worker(settings, chosen, concurrency=concurrency, device=devices[0] if devices else None)
@@ -122,8 +118,11 @@ def worker(
 def flower(
     port: Annotated[int | None, typer.Option(help="default FLOWER_PORT, 5555")] = None,
 ) -> None:
-    """Serve Flower, the Celery monitor, for speechq's broker."""
+    """Serve Flower, the Celery monitor, for speechq's broker (with a login when FLOWER_BASIC_AUTH is set)."""
     settings = with_redis(settings_or_exit())
+    if settings.flower_basic_auth is not None:
+        # Flower reads its options from FLOWER_* variables: the password stays out of the command line.
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
     argv = [
         sys.executable,
         "-m",

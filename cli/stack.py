@@ -107,7 +107,9 @@ def run_stack(settings: Settings, *, queues: str, flower: bool) -> int:
 def run_per_device(devices: list[str], *, queues: str, concurrency: int) -> int:
     """One worker process per GPU, each pinned with its own --device."""
     supervisor = Supervisor()
-    for device in devices:
+    metrics_port = int(os.environ.get("WORKER_METRICS_PORT", "9400"))
+    for index, device in enumerate(devices):
         argv = [*SPEECHQ, "worker", "--queues", queues, "--device", device, "--concurrency", str(concurrency)]
-        supervisor.start(f"worker[cuda:{device}]", argv, dict(os.environ))
+        env = {**os.environ, "WORKER_METRICS_PORT": str(metrics_port + index if metrics_port else 0)}
+        supervisor.start(f"worker[cuda:{device}]", argv, env)
     return supervisor.wait()

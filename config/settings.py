@@ -33,8 +33,14 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(6666, ge=1, le=65535)
     flower_port: int = Field(5555, ge=1, le=65535)
+    flower_basic_auth: SecretStr | None = None
+    """`user:password` (comma-separated for several) that Flower asks for; unset: no login."""
     log_level: LogLevel = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    """JSON lines (with request_id, job_id and owner) or plain text for a terminal."""
     request_id_header: str = "X-Request-ID"
+    worker_metrics_port: int = Field(9400, ge=0, le=65535)
+    """Each worker serves Prometheus metrics here (one process per GPU: this port + its index); 0: off."""
 
     # --- jobs and queues -------------------------------------------------------------------------
     job_ttl_seconds: int = Field(86_400, ge=60)
@@ -43,6 +49,8 @@ class Settings(BaseSettings):
     """How long the blocking endpoints (`/v1/generate`, non-streaming chat) wait for a job."""
     queue_max_depth: int = Field(10_000, ge=0)
     """A queue holding this many messages answers 503 with Retry-After; 0 turns the check off."""
+    max_active_jobs_per_key: int = Field(1_000, ge=0)
+    """Queued + running jobs one API key (or, without keys, everyone) may have; beyond it 429; 0: off."""
     task_time_limit_seconds: int = Field(1_800, ge=1)
     """Longest a single job may run before it is stopped and failed."""
     broker_visibility_timeout_seconds: int | None = Field(None, ge=1)
@@ -124,6 +132,8 @@ class Settings(BaseSettings):
     rate_limit_requests: int = Field(60, ge=1)
     rate_limit_window_seconds: float = Field(60.0, gt=0)
     rate_limit_burst_multiplier: float = Field(1.0, ge=1.0)
+    metrics_require_key: bool = False
+    """Whether `/metrics` asks for an API key when keys are enabled (Prometheus can send a bearer token)."""
 
     @model_validator(mode="before")
     @classmethod

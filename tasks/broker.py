@@ -19,18 +19,21 @@ def is_redis_url(url: str) -> bool:
     return url.split("://", 1)[0] in {"redis", "rediss", "unix", "valkey", "valkeys"}
 
 
-def redis_message(app: Celery, task_name: str, queue: str, task_id: str, kwargs: dict[str, Any]) -> str:
-    """The JSON string kombu's Redis transport would LPUSH onto `queue` for this task."""
+def redis_message(
+    app: Celery, task_name: str, queue: str, task_id: str, kwargs: dict[str, Any], headers: dict[str, str] | None = None
+) -> str:
+    """The JSON string kombu's Redis transport would LPUSH onto `queue` for this task; `headers` (the
+    request id) reach the task as attributes of `task.request`."""
     # argsrepr/kwargsrepr given, so Celery skips its (slow) safe repr of the arguments.
     message = app.amqp.as_task_v2(
         task_id, task_name, args=(), kwargs=kwargs, ignore_result=True, argsrepr="()", kwargsrepr=repr(kwargs)
     )
-    headers, properties, body, _ = message
+    task_headers, properties, body, _ = message
     envelope = {
         "body": base64.b64encode(json.dumps(body).encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": headers,
+        "headers": {**task_headers, **(headers or {})},
         "properties": {
             **properties,
             "delivery_mode": 2,

@@ -8,17 +8,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery, Task
 
 from config import Settings
+from config.logs import log_context
 from tasks.execution import JobCancelled, JobExecution, JobTimedOut, LeaseLost, WorkerStore
 from tasks.jobs import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
 JobHandler = Callable[[JobRecord, JobExecution], dict[str, Any]]
+
+
+class JobObserver(Protocol):
+    """What a worker wants to know about its jobs (metrics); every call must be cheap and never raise."""
+
+    def claimed(self, job: JobRecord) -> None: ...
+
+    def finished(
+        self, job: JobRecord, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None, seconds: float
+    ) -> None: ...
+
 
 # Task name -> the handler key the worker supplies; the queue is in the name (see celery_app.TASK_ROUTES).
 TASK_NAMES = {"speechq.llm.generate": "llm", "speechq.stt.transcribe": "stt", "speechq.tts.synthesize": "tts"}
@@ -27,13 +39,26 @@ TASK_NAMES = {"speechq.llm.generate": "llm", "speechq.stt.transcribe": "stt", "s
 class JobRunner:
     """Runs one delivered job message through claim → handler → finish."""
 
-    def __init__(self, settings: Settings, store: WorkerStore, worker: str, handlers: Mapping[str, JobHandler]):
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        worker: str,
+        handlers: Mapping[str, JobHandler],
+        observer: JobObserver | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.worker = worker
         self.handlers = handlers
+        self.observer = observer
 
     def __call__(self, task: Task[Any, Any], job_id: str, handler_key: str) -> str:
+        # The API puts its request id in the message headers; every line logged for this job carries it.
+        with log_context(job_id=job_id, request_id=getattr(task.request, "request_id", None)):
+            return self._claim_and_run(task, job_id, handler_key)
+
+    def _claim_and_run(self, task: Task[Any, Any], job_id: str, handler_key: str) -> str:
         claim = self.store.claim(job_id, self.worker)
         if not claim.run:
             if claim.reason == "busy":
@@ -44,23 +69,33 @@ class JobRunner:
             return claim.reason
         job = claim.job
         assert job is not None, "a claim to run carries the record"
-        log.info("job %s (%s) attempt %d started", job_id, job.kind, claim.attempt)
-        deadline = time.monotonic() + self.settings.task_time_limit_seconds
-        with self.store.execution(job_id, self.worker, deadline) as run:
-            return self._run(job, run, self.handlers[handler_key])
+        with log_context(request_id=job.request_id, owner=job.owner):
+            log.info("job %s (%s) attempt %d started", job_id, job.kind, claim.attempt)
+            if self.observer is not None:
+                self.observer.claimed(job)
+            deadline = time.monotonic() + self.settings.task_time_limit_seconds
+            started = time.perf_counter()
+            with self.store.execution(job_id, self.worker, deadline) as run:
+                status, result, error = self._run(job, run, self.handlers[handler_key])
+            if self.observer is not None and status != "lost":
+                self.observer.finished(job, status, result, error, time.perf_counter() - started)
+            return status
 
-    def _run(self, job: JobRecord, run: JobExecution, handler: JobHandler) -> str:
+    def _run(
+        self, job: JobRecord, run: JobExecution, handler: JobHandler
+    ) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+        """Run the handler and record the outcome; returns (status, result, error)."""
         try:
             result = handler(job, run)
         except JobCancelled:
-            return run.finish(JobStatus.cancelled)
+            return run.finish(JobStatus.cancelled), None, None
         except LeaseLost as exc:
             log.warning("job %s: %s; leaving it to the worker that holds it", job.id, exc)
-            return "lost"
+            return "lost", None, None
         except JobTimedOut:
             limit = self.settings.task_time_limit_seconds
             error = {"type": "timeout", "message": f"the job ran longer than TASK_TIME_LIMIT_SECONDS={limit}"}
-            return run.finish(JobStatus.failed, error=error)
+            return run.finish(JobStatus.failed, error=error), None, error
         except Exception as exc:
             code = getattr(exc, "code", None)
             if not isinstance(code, str):
@@ -68,10 +103,11 @@ class JobRunner:
                 code = "internal_error"
             else:
                 log.warning("job %s failed: %s: %s", job.id, code, exc)
-            return run.finish(JobStatus.failed, error={"type": code, "message": str(exc) or type(exc).__name__})
+            error = {"type": code, "message": str(exc) or type(exc).__name__}
+            return run.finish(JobStatus.failed, error=error), None, error
         status = run.finish(JobStatus.succeeded, result=result)
         log.info("job %s %s", job.id, status)
-        return status
+        return status, result, None
 
 
 def register_tasks(app: Celery, runner: JobRunner) -> None:

@@ -33,6 +33,16 @@ def idempotency(owner: str, key: str) -> str:
     return f"{PREFIX}:idem:{owner}:{key}"
 
 
+def rate_limit(scope: str) -> str:
+    """A rate-limit bucket: `key_<id>` or `ip:<address>`."""
+    return f"{PREFIX}:ratelimit:{scope}"
+
+
+def active_jobs(owner: str) -> str:
+    """The owner's queued and running jobs (pruned lazily), for MAX_ACTIVE_JOBS_PER_KEY."""
+    return f"{PREFIX}:owner:{owner}:active"
+
+
 def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 

@@ -31,6 +31,13 @@ class QueueFull(JobStoreError):
         self.depth = depth
 
 
+class TooManyActive(JobStoreError):
+    def __init__(self, owner: str, count: int) -> None:
+        super().__init__(f"{count} jobs of yours are queued or running, the limit; wait for some to finish")
+        self.owner = owner
+        self.count = count
+
+
 class IdempotencyConflict(JobStoreError):
     def __init__(self, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
@@ -55,12 +62,15 @@ def fingerprint(kind: JobKind, request: dict[str, Any], input_file: bytes | None
 
 
 class JobStore:
-    def __init__(self, redis: Redis, raw: Redis, celery: Celery, *, ttl: int, max_queue_depth: int) -> None:
+    def __init__(
+        self, redis: Redis, raw: Redis, celery: Celery, *, ttl: int, max_queue_depth: int, max_active: int = 0
+    ) -> None:
         self.redis = redis
         self.raw = raw  # the same server without response decoding, for binary inputs
         self.celery = celery
         self.ttl = ttl
         self.max_queue_depth = max_queue_depth
+        self.max_active = max_active
         self._direct = is_redis_url(str(celery.conf.broker_url))
         self._scripts = {name: redis.register_script(scripts.source(name)) for name in ("create", "cancel")}
 
@@ -75,7 +85,7 @@ class JobStore:
         queue_timeout: float | None = None,
         input_file: bytes | None = None,
     ) -> Created:
-        """Record a job and enqueue it; raises `QueueFull` or `IdempotencyConflict`."""
+        """Record a job and enqueue it; raises `QueueFull`, `TooManyActive` or `IdempotencyConflict`."""
         job_id = new_job_id()
         task_name, queue = TASKS[kind]
         fields: dict[str, str] = {
@@ -95,7 +105,10 @@ class JobStore:
             # (full queue, idempotent replay) expires on its own.
             await self.raw.set(keys.input(job_id), input_file, ex=self.ttl)
             fields["input_bytes"] = str(len(input_file))
-        message = redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id}) if self._direct else ""
+        headers = {"request_id": request_id} if request_id else None
+        message = (
+            redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id}, headers) if self._direct else ""
+        )
         idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else ""
         reply = await self._scripts["create"](
             keys=[
@@ -104,6 +117,7 @@ class JobStore:
                 keys.owner_index(owner),
                 queue if self._direct else "",
                 idem_key,
+                keys.active_jobs(owner),
             ],
             args=[
                 job_id,
@@ -113,16 +127,19 @@ class JobStore:
                 keys.notify(job_id),
                 message,
                 json.dumps({"queue": queue}),
+                self.max_active,
                 *[item for pair in fields.items() for item in pair],
             ],
         )
         outcome, value = reply[0], reply[1]
         if outcome == "full":
             raise QueueFull(queue, int(value))
+        if outcome == "quota":
+            raise TooManyActive(owner, int(value))
         if outcome == "conflict":
             raise IdempotencyConflict(idempotency_key or "")
         if not self._direct:
-            await self._send_through_celery(task_name, queue, job_id)
+            await self._send_through_celery(task_name, queue, job_id, request_id)
         if outcome == "created":  # the record is what we just wrote: no need to read it back
             created_at = reply[2]
             record = {**fields, "created_at": created_at, "queued_at": created_at, "updated_at": created_at}
@@ -132,12 +149,15 @@ class JobStore:
             raise JobStoreError(f"job {value} vanished while being replayed")
         return Created(job=job, replayed=True)
 
-    async def _send_through_celery(self, task_name: str, queue: str, job_id: str) -> None:
+    async def _send_through_celery(self, task_name: str, queue: str, job_id: str, request_id: str | None) -> None:
         # Another broker (RabbitMQ): kombu's client is synchronous, so publish from a thread.
         import anyio.to_thread
 
+        headers = {"request_id": request_id} if request_id else {}
         await anyio.to_thread.run_sync(
-            lambda: self.celery.send_task(task_name, kwargs={"job_id": job_id}, task_id=job_id, queue=queue)
+            lambda: self.celery.send_task(
+                task_name, kwargs={"job_id": job_id}, task_id=job_id, queue=queue, headers=headers
+            )
         )
 
     async def _server_time(self) -> float:

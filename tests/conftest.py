@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from cli.embedded_redis import EmbeddedRedis
-from tests.stack import Process, base_env, start_api, start_worker, wait_for_worker
+from tests.stack import Process, base_env, free_port, start_api, start_worker, wait_for_worker
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Stack:
     api: Process
     worker: Process
     env: dict[str, str]
+    metrics_url: str  # the worker's /metrics
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +40,20 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def stack(redis_url: str, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = base_env(redis_url, tmp_path_factory.mktemp("data"))
+    metrics_port = free_port()
+    env = base_env(redis_url, tmp_path_factory.mktemp("data"), WORKER_METRICS_PORT=str(metrics_port))
     worker = start_worker(env, logs_dir)
     api, url = start_api(env, logs_dir)
     try:
         wait_for_worker(url, worker)
-        yield Stack(redis_url=redis_url, url=url, api=api, worker=worker, env=env)
+        yield Stack(
+            redis_url=redis_url,
+            url=url,
+            api=api,
+            worker=worker,
+            env=env,
+            metrics_url=f"http://127.0.0.1:{metrics_port}",
+        )
     finally:
         api.stop()
         worker.stop()

@@ -84,6 +84,8 @@ def base_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]
         LOG_LEVEL="INFO",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
+        WORKER_METRICS_PORT="0",
+        LOG_FORMAT="json",
     )
     env.update(overrides)
     return env

@@ -109,7 +109,9 @@ def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: I
         return result
     settings = models.settings
     run.emit(EventType.progress, {"fraction": 0.0, "stage": "decoding"})
+    decode_started = time.perf_counter()
     pcm = decode(data, max_seconds=settings.max_audio_seconds, time_limit=settings.audio_decode_timeout_seconds)
+    decode_seconds = time.perf_counter() - decode_started
     duration = pcm.size / 16_000
 
     def on_segment(segment: dict[str, Any], done_seconds: float) -> None:
@@ -117,7 +119,9 @@ def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: I
         fraction = min(1.0, done_seconds / duration) if duration else 1.0
         run.emit(EventType.progress, {"fraction": round(fraction, 4), "stage": "transcribing"})
 
-    return engine.transcribe(pcm, request, on_segment)
+    result = engine.transcribe(pcm, request, on_segment)
+    result.setdefault("timings", {})["decode_seconds"] = round(decode_seconds, 4)
+    return result
 
 
 def run_tts_job(job: JobRecord, run: JobExecution, models: ModelCache, outputs: OutputWriter) -> dict[str, Any]:

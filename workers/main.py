@@ -21,6 +21,7 @@ from tasks.definitions import JobRunner, register_tasks
 from tasks.execution import WorkerStore
 from tasks.registry import WorkerInfo, advertise, withdraw
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
+from workers.metrics import WorkerMetrics
 from workers.models import ModelCache
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,14 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     store = WorkerStore(
         redis, ttl=settings.job_ttl_seconds, lease=settings.job_lease_seconds, max_attempts=settings.job_max_attempts
     )
-    models = ModelCache(settings)
+    metrics = WorkerMetrics()
+    if settings.worker_metrics_port:
+        try:
+            metrics.serve(settings.worker_metrics_port)
+            log.info("metrics on :%d/metrics", settings.worker_metrics_port)
+        except OSError as exc:  # another worker on this host has the port: work on, without metrics
+            log.error("WORKER_METRICS_PORT %d: %s; this worker serves no metrics", settings.worker_metrics_port, exc)
+    models = ModelCache(settings, on_load=metrics.model_loaded)
     raw = Redis.from_url(settings.redis_url, socket_connect_timeout=5)  # bytes, for input files
 
     def read_input(job_id: str) -> bytes | None:
@@ -78,7 +86,7 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         "tts": partial(run_tts_job, models=models, outputs=write_output),
     }
     app = create_celery(settings)
-    register_tasks(app, JobRunner(settings, store, worker_id, handlers))
+    register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics))
 
     if "llm" in queues and settings.llm_preload:
         models.llm()

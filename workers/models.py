@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -24,12 +27,22 @@ log = logging.getLogger(__name__)
 
 
 class ModelCache:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_load: Callable[[str, float], None] | None = None) -> None:
         self.settings = settings
+        self.on_load = on_load
         self._llms: dict[str, LlmEngine] = {}
         self._stts: dict[str, SpeechEngine] = {}
         self._ttss: dict[str, VoiceEngine] = {}
         self._lock = threading.Lock()
+
+    @contextmanager
+    def _loading(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        log.info("model %s loaded in %.2fs", name, seconds)
+        if self.on_load is not None:
+            self.on_load(name, seconds)
 
     @property
     def loaded(self) -> list[str]:
@@ -41,17 +54,7 @@ class ModelCache:
         with self._lock:
             engine = self._ttss.get(name)
             if engine is None:
-                from workers import tts
-
-                if name == "hibari":
-                    engine = tts.HibariEngine(threads=self.settings.tts_n_threads)
-                elif name == "piper-en_US-joe-medium":
-                    engine = tts.PiperEngine()
-                elif name == "openaudio-s1-mini":
-                    engine = tts.OpenAudioEngine(self.settings)
-                else:
-                    raise ModelUnavailable(f"no text-to-speech engine {name!r}")
-                self._ttss[name] = engine
+                engine = self._ttss[name] = self._load_tts(name)
             return engine
 
     def stt(self, name: str | None = None) -> SpeechEngine:
@@ -63,11 +66,24 @@ class ModelCache:
                 if engine is None:
                     engine = self._stts["remote"] = RemoteWhisperEngine(s)
                 return engine
-            engine = self._stts.get(name or s.local_whisper_model)
+            name = name or s.local_whisper_model
+            engine = self._stts.get(name)
             if engine is None:
-                engine = self._load_stt(name or s.local_whisper_model)
-                self._stts[name or s.local_whisper_model] = engine
+                with self._loading(name):
+                    engine = self._stts[name] = self._load_stt(name)
             return engine
+
+    def _load_tts(self, name: str) -> VoiceEngine:
+        from workers import tts
+
+        with self._loading(name):
+            if name == "hibari":
+                return tts.HibariEngine(threads=self.settings.tts_n_threads)
+            if name == "piper-en_US-joe-medium":
+                return tts.PiperEngine()
+            if name == "openaudio-s1-mini":
+                return tts.OpenAudioEngine(self.settings)
+        raise ModelUnavailable(f"no text-to-speech engine {name!r}")
 
     def _load_stt(self, name: str) -> SpeechEngine:
         s = self.settings
@@ -87,13 +103,13 @@ class ModelCache:
             engine = self._llms.get(name)
             if engine is None:
                 s = self.settings
-                engine = LlmEngine(
-                    name,
-                    resolve_llm(name, s.models_dir),
-                    n_ctx=s.llm_n_ctx,
-                    n_threads=s.llm_n_threads,
-                    n_gpu_layers=s.llm_n_gpu_layers,
-                    n_batch=s.llm_n_batch,
-                )
-                self._llms[name] = engine
+                with self._loading(name):
+                    engine = self._llms[name] = LlmEngine(
+                        name,
+                        resolve_llm(name, s.models_dir),
+                        n_ctx=s.llm_n_ctx,
+                        n_threads=s.llm_n_threads,
+                        n_gpu_layers=s.llm_n_gpu_layers,
+                        n_batch=s.llm_n_batch,
+                    )
             return engine

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from api.deps import StateDep
+from api.deps import StateDep, authenticate
+from tasks.broker import is_redis_url
 from tasks.jobs import QUEUES
 from tasks.registry import live_workers
 
@@ -39,5 +40,14 @@ async def ready(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
+async def metrics(request: Request, state: StateDep) -> Response:
+    """Prometheus text format; queue depth and live workers per queue are read from Redis now."""
+    if state.settings.metrics_require_key:
+        await authenticate(request, state)
+    workers = await live_workers(state.redis)
+    redis_broker = is_redis_url(state.settings.broker_url)
+    for queue in QUEUES:
+        state.metrics.queue_workers.labels(queue).set(sum(queue in w.queues for w in workers))
+        if redis_broker:  # with RabbitMQ the depth is RabbitMQ's to report
+            state.metrics.queue_depth.labels(queue).set(await state.redis.llen(queue))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,11 +1,15 @@
 -- Create a job and, when the broker is this Redis, enqueue its Celery message in the same step:
 -- a job is never recorded without its message, nor queued without its record.
--- KEYS: job, stream, owner index, queue list ('' = no broker message), idempotency key ('' = none)
+-- KEYS: job, stream, owner index, queue list ('' = no broker message), idempotency key ('' = none),
+--       the owner's active-job set
 -- ARGV: job id, ttl, max queue depth (0 = unlimited), idempotency fingerprint, notify channel,
---       broker message, queued-event data, then field/value pairs of the job hash
-local job, stream, index, queue, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+--       broker message, queued-event data, max active jobs of the owner (0 = unlimited),
+--       then field/value pairs of the job hash
+local job, stream, index, queue, idem, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, ttl, max_depth = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fingerprint, channel, message, queued_data = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local max_active = tonumber(ARGV[8])
+local ended = {succeeded = true, failed = true, cancelled = true, expired = true}
 
 if idem ~= '' then
   local seen = redis.call('GET', idem)
@@ -16,6 +20,16 @@ if idem ~= '' then
   end
 end
 
+-- The active set is pruned only when it looks full: members whose job ended (or expired) leave it.
+if max_active > 0 and redis.call('SCARD', active) >= max_active then
+  for _, member in ipairs(redis.call('SMEMBERS', active)) do
+    local status = redis.call('HGET', 'speechq:job:' .. member, 'status')
+    if not status or ended[status] then redis.call('SREM', active, member) end
+  end
+  local count = redis.call('SCARD', active)
+  if count >= max_active then return {'quota', tostring(count)} end
+end
+
 if queue ~= '' and max_depth > 0 then
   local depth = redis.call('LLEN', queue)
   if depth >= max_depth then return {'full', tostring(depth)} end
@@ -23,7 +37,7 @@ end
 
 local t = now()
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', job, 'created_at', stamp(t), 'updated_at', stamp(t), 'queued_at', stamp(t), unpack(fields))
 redis.call('EXPIRE', job, ttl)
 emit(job, stream, channel, ttl, 'queued', queued_data)
@@ -32,4 +46,8 @@ redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
 redis.call('EXPIRE', index, ttl)
 if queue ~= '' then redis.call('LPUSH', queue, message) end
 if idem ~= '' then redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', ttl) end
+if max_active > 0 then
+  redis.call('SADD', active, id)
+  redis.call('EXPIRE', active, ttl)
+end
 return {'created', id, stamp(t)}

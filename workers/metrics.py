@@ -1,0 +1,97 @@
+"""Prometheus metrics of one worker process, served on its own port (`WORKER_METRICS_PORT`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from tasks.jobs import JobRecord
+
+_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.job_seconds = Histogram(
+            "worker_job_duration_seconds",
+            "Job time by kind and stage: queue (waiting for a worker), total (claim to finish), and the "
+            "handler's own stages (first_token, first_chunk, decode, run)",
+            ("kind", "stage"),
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "worker_queue_wait_seconds",
+            "From queued to claimed by this worker",
+            ("kind",),
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.jobs = Counter("worker_jobs_total", "Jobs finished, by kind and status", ("kind", "status"), registry=r)
+        self.failures = Counter(
+            "worker_job_failures_total", "Failed jobs by kind and error type", ("kind", "type"), registry=r
+        )
+        self.tokens = Counter("worker_generated_tokens_total", "Tokens generated", ("model",), registry=r)
+        self.tokens_per_second = Histogram(
+            "worker_tokens_per_second",
+            "Generation speed per job",
+            ("model",),
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "worker_audio_seconds_total", "Audio transcribed (stt) or synthesized (tts)", ("kind", "model"), registry=r
+        )
+        self.real_time_factor = Histogram(
+            "worker_real_time_factor",
+            "Processing seconds per audio second, per job",
+            ("kind", "model"),
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "worker_model_load_seconds", "How long each loaded model took to load", ("model",), registry=r
+        )
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def model_loaded(self, name: str, seconds: float) -> None:
+        self.model_load_seconds.labels(name).set(seconds)
+
+    def claimed(self, job: JobRecord) -> None:
+        queued, started = job.times.get("queued_at"), job.times.get("started_at")
+        if queued is not None and started is not None:
+            wait = max(0.0, started - queued)
+            self.queue_wait.labels(job.kind.value).observe(wait)
+            self.job_seconds.labels(job.kind.value, "queue").observe(wait)
+
+    def finished(
+        self, job: JobRecord, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None, seconds: float
+    ) -> None:
+        kind = job.kind.value
+        self.jobs.labels(kind, status).inc()
+        self.job_seconds.labels(kind, "total").observe(seconds)
+        if error is not None:
+            self.failures.labels(kind, str(error.get("type", "internal_error"))).inc()
+        if result is None:
+            return
+        timings = result.get("timings") or {}
+        for name, value in timings.items():
+            if name.endswith("seconds") and isinstance(value, int | float):
+                stage = name.removesuffix("_seconds") if name != "seconds" else "run"
+                self.job_seconds.labels(kind, stage).observe(value)
+        model = str(result.get("model", ""))
+        usage = result.get("usage") or {}
+        if usage.get("completion_tokens"):
+            self.tokens.labels(model).inc(usage["completion_tokens"])
+            if timings.get("tokens_per_second"):
+                self.tokens_per_second.labels(model).observe(timings["tokens_per_second"])
+        duration = result.get("duration")
+        if isinstance(duration, int | float) and duration > 0:
+            self.audio_seconds.labels(kind, model).inc(duration)
+            run = timings.get("seconds")
+            if isinstance(run, int | float):
+                self.real_time_factor.labels(kind, model).observe(run / duration)
