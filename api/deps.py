@@ -87,10 +87,17 @@ async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal
     try:
         return state, await authenticate(websocket, state)
     except TooManyRequests as exc:
-        await websocket.close(code=4429, reason=exc.message[:120])
+        await refuse(websocket, 4429, exc.message)
     except Unauthorized:
-        await websocket.close(code=4401, reason="missing or invalid API key")
+        await refuse(websocket, 4401, "missing or invalid API key")
     return state, None
+
+
+async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with an application code the client can read: closing before the handshake completes
+    would reach it only as an HTTP 403, so accept first."""
+    await websocket.accept()
+    await websocket.close(code=code, reason=reason[:120])
 
 
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]

@@ -37,8 +37,11 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Headers a dependency decided on (rate limits) travel in the request state.
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
                 extra = [(k.lower().encode(), v.encode()) for k, v in state.get("response_headers", {}).items()]
-                message["headers"] = [*message.get("headers", []), (self.header, request_id.encode()), *extra]
+                headers += [(name, value) for name, value in extra if name not in present]
+                message["headers"] = [*headers, (self.header, request_id.encode())]
             await send(message)
 
         with log_context(request_id=request_id):

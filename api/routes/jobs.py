@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
-from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, websocket_principal
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, refuse, websocket_principal
 from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
 from api.submit import follow, submit
@@ -145,12 +145,12 @@ async def job_websocket(websocket: WebSocket, job_id: str, after: str | None = N
         return
     job = await state.store.get(job_id, owner=principal.id)
     if job is None:
-        await websocket.close(code=4404, reason=f"no job {job_id!r}")
+        await refuse(websocket, 4404, f"no job {job_id!r}")
         return
     try:
         start = parse_event_id(after)
     except ValueError as exc:
-        await websocket.close(code=1008, reason=str(exc))
+        await refuse(websocket, 1008, str(exc))
         return
     await websocket.accept()
     try:
