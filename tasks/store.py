@@ -61,6 +61,103 @@ def fingerprint(kind: JobKind, request: dict[str, Any], input_file: bytes | None
     return digest.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    """The keys and arguments of `lua/create.lua` for one new job; shared by the API (async) and the
+    dialogue worker (sync), which creates its stage jobs the same way."""
+
+    job_id: str
+    task_name: str
+    queue: str
+    owner: str
+    idempotency_key: str | None
+    fields: dict[str, str]
+    keys: list[str]
+    args: list[Any]
+
+    @classmethod
+    def build(
+        cls,
+        celery: Celery,
+        kind: JobKind,
+        request: dict[str, Any],
+        *,
+        owner: str,
+        ttl: int,
+        max_queue_depth: int,
+        max_active: int,
+        direct: bool,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        input_file: bytes | None = None,
+        expires_at: float | None = None,
+        parent: str | None = None,
+    ) -> CreatePlan:
+        job_id = new_job_id()
+        task_name, queue = TASKS[kind]
+        fields: dict[str, str] = {
+            "id": job_id,
+            "kind": kind.value,
+            "status": JobStatus.queued.value,
+            "owner": owner,
+            "queue": queue,
+            "request": json.dumps(request),
+            "request_id": request_id or "",
+            "attempts": "0",
+        }
+        if expires_at is not None:
+            fields["expires_at"] = f"{expires_at:.6f}"
+        if input_file is not None:
+            fields["input_bytes"] = str(len(input_file))
+        if parent is not None:
+            fields["parent"] = parent
+        headers = {"request_id": request_id} if request_id else None
+        message = redis_message(celery, task_name, queue, job_id, {"job_id": job_id}, headers) if direct else ""
+        return cls(
+            job_id=job_id,
+            task_name=task_name,
+            queue=queue,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            fields=fields,
+            keys=[
+                keys.job(job_id),
+                keys.events(job_id),
+                keys.owner_index(owner),
+                queue if direct else "",
+                keys.idempotency(owner, idempotency_key) if idempotency_key else "",
+                keys.active_jobs(owner),
+            ],
+            args=[
+                job_id,
+                ttl,
+                max_queue_depth,
+                fingerprint(kind, request, input_file),
+                keys.notify(job_id),
+                message,
+                json.dumps({"queue": queue}),
+                max_active,
+                *[item for pair in fields.items() for item in pair],
+            ],
+        )
+
+    def outcome(self, reply: list[Any]) -> JobRecord | None:
+        """The new job's record, or None when an Idempotency-Key replays an existing one (reply[1])."""
+        outcome, value = reply[0], reply[1]
+        if outcome == "full":
+            raise QueueFull(self.queue, int(value))
+        if outcome == "quota":
+            raise TooManyActive(self.owner, int(value))
+        if outcome == "conflict":
+            raise IdempotencyConflict(self.idempotency_key or "")
+        if outcome != "created":
+            return None
+        created_at = reply[2]  # the record is what was just written: no need to read it back
+        return JobRecord.from_hash(
+            {**self.fields, "created_at": created_at, "queued_at": created_at, "updated_at": created_at}
+        )
+
+
 class JobStore:
     def __init__(
         self, redis: Redis, raw: Redis, celery: Celery, *, ttl: int, max_queue_depth: int, max_active: int = 0
@@ -86,67 +183,33 @@ class JobStore:
         input_file: bytes | None = None,
     ) -> Created:
         """Record a job and enqueue it; raises `QueueFull`, `TooManyActive` or `IdempotencyConflict`."""
-        job_id = new_job_id()
-        task_name, queue = TASKS[kind]
-        fields: dict[str, str] = {
-            "id": job_id,
-            "kind": kind.value,
-            "status": JobStatus.queued.value,
-            "owner": owner,
-            "queue": queue,
-            "request": json.dumps(request),
-            "request_id": request_id or "",
-            "attempts": "0",
-        }
-        if queue_timeout is not None:
-            fields["expires_at"] = "%.6f" % (await self._server_time() + queue_timeout)
+        plan = CreatePlan.build(
+            self.celery,
+            kind,
+            request,
+            owner=owner,
+            ttl=self.ttl,
+            max_queue_depth=self.max_queue_depth,
+            max_active=self.max_active,
+            direct=self._direct,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            input_file=input_file,
+            expires_at=await self._server_time() + queue_timeout if queue_timeout is not None else None,
+        )
         if input_file is not None:
             # Stored first: a job is never queued without its input. A leftover from a refused create
             # (full queue, idempotent replay) expires on its own.
-            await self.raw.set(keys.input(job_id), input_file, ex=self.ttl)
-            fields["input_bytes"] = str(len(input_file))
-        headers = {"request_id": request_id} if request_id else None
-        message = (
-            redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id}, headers) if self._direct else ""
-        )
-        idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else ""
-        reply = await self._scripts["create"](
-            keys=[
-                keys.job(job_id),
-                keys.events(job_id),
-                keys.owner_index(owner),
-                queue if self._direct else "",
-                idem_key,
-                keys.active_jobs(owner),
-            ],
-            args=[
-                job_id,
-                self.ttl,
-                self.max_queue_depth,
-                fingerprint(kind, request, input_file),
-                keys.notify(job_id),
-                message,
-                json.dumps({"queue": queue}),
-                self.max_active,
-                *[item for pair in fields.items() for item in pair],
-            ],
-        )
-        outcome, value = reply[0], reply[1]
-        if outcome == "full":
-            raise QueueFull(queue, int(value))
-        if outcome == "quota":
-            raise TooManyActive(owner, int(value))
-        if outcome == "conflict":
-            raise IdempotencyConflict(idempotency_key or "")
+            await self.raw.set(keys.input(plan.job_id), input_file, ex=self.ttl)
+        reply = await self._scripts["create"](keys=plan.keys, args=plan.args)
+        created = plan.outcome(reply)
         if not self._direct:
-            await self._send_through_celery(task_name, queue, job_id, request_id)
-        if outcome == "created":  # the record is what we just wrote: no need to read it back
-            created_at = reply[2]
-            record = {**fields, "created_at": created_at, "queued_at": created_at, "updated_at": created_at}
-            return Created(job=JobRecord.from_hash(record), replayed=False)
-        job = await self.get(value, owner=owner)
+            await self._send_through_celery(plan.task_name, plan.queue, plan.job_id, request_id)
+        if created is not None:
+            return Created(job=created, replayed=False)
+        job = await self.get(reply[1], owner=owner)
         if job is None:
-            raise JobStoreError(f"job {value} vanished while being replayed")
+            raise JobStoreError(f"job {reply[1]} vanished while being replayed")
         return Created(job=job, replayed=True)
 
     async def _send_through_celery(self, task_name: str, queue: str, job_id: str, request_id: str | None) -> None:
