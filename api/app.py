@@ -16,7 +16,7 @@ from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
 from api.openai import speech as openai_speech
 from api.request_id import RequestIdMiddleware
-from api.routes import generation, health, jobs, models, synthesis, transcription
+from api.routes import dialogue, generation, health, jobs, models, synthesis, transcription
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, generation, transcription, synthesis, models, health):
+    for module in (jobs, generation, transcription, synthesis, dialogue, models, health):
         app.include_router(module.router)
     app.include_router(openai_serving.router)
     app.include_router(openai_audio.router)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+from typing import Any
+
 import anyio.to_thread
 from fastapi import UploadFile
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, envelope
+from api.errors import ApiError, Unprocessable, envelope
 from config import Settings
 from tasks.audio import InvalidAudio, probe
 
@@ -99,3 +103,19 @@ async def check_audio(data: bytes, settings: Settings, param: str = "file") -> N
         await anyio.to_thread.run_sync(lambda: probe(data, max_seconds=settings.max_audio_seconds))
     except InvalidAudio as exc:
         raise AudioRefused(exc, param) from None
+
+
+async def websocket_audio(message: dict[str, Any], settings: Settings) -> bytes:
+    """The audio of a WebSocket request (`audio_base64`), decoded, capped and probed like an upload."""
+    encoded = message.get("audio_base64")
+    if not isinstance(encoded, str) or not encoded:
+        raise Unprocessable("audio_base64: the audio is missing", param="audio_base64")
+    limit = upload_limit_bytes(settings)
+    if len(encoded) > limit * 4 // 3 + 4:
+        raise too_large(limit)
+    try:
+        audio = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Unprocessable("audio_base64: not valid base64", param="audio_base64") from None
+    await check_audio(audio, settings, param="audio_base64")
+    return audio

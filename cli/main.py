@@ -89,9 +89,16 @@ def worker(
     device: Annotated[
         str | None, typer.Option(help="CUDA device id(s); several ids start one process per device")
     ] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="jobs at once in this process")] = 1,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="jobs at once per process (default: one per queue; dialogue: DIALOGUE_CONCURRENCY)"),
+    ] = None,
 ) -> None:
-    """Run a worker for the given queues, pinned to a GPU with --device."""
+    """Run a worker for the given queues, pinned to a GPU with --device.
+
+    The `dialogue` queue always gets a process of its own: a dialogue waits on its stages, so sharing
+    a pool with the model queues could leave no thread to run them.
+    """
     from tasks.jobs import QUEUES
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()]
@@ -100,10 +107,12 @@ def worker(
         typer.secho(f"speechq: unknown queue(s) {unknown}; choose from {', '.join(QUEUES)}", fg="red", err=True)
         raise typer.Exit(2)
     devices = [d.strip() for d in device.split(",") if d.strip()] if device else []
-    if len(devices) > 1:
-        from cli.stack import run_per_device
+    model_queues = [q for q in chosen if q != "dialogue"]
+    if len(devices) > 1 or (model_queues and "dialogue" in chosen):
+        from cli.stack import run_workers
 
-        raise typer.Exit(run_per_device(devices, queues=",".join(chosen), concurrency=concurrency))
+        dialogue = "dialogue" in chosen
+        raise typer.Exit(run_workers(devices, model_queues, dialogue=dialogue, concurrency=concurrency))
     if devices:
         # Before anything can import CUDA: the process then sees only this card, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
@@ -111,6 +120,8 @@ def worker(
     configure_logging(settings.log_level, settings.log_format, "worker")
     from workers.main import run_worker
 
+    if concurrency is None:  # a thread per model queue: speech jobs run beside a long generation
+        concurrency = settings.dialogue_concurrency if chosen == ["dialogue"] else len(chosen)
     run_worker(settings, chosen, concurrency=concurrency, device=devices[0] if devices else None)
 
 

@@ -104,12 +104,23 @@ def run_stack(settings: Settings, *, queues: str, flower: bool) -> int:
         return supervisor.wait()
 
 
-def run_per_device(devices: list[str], *, queues: str, concurrency: int) -> int:
-    """One worker process per GPU, each pinned with its own --device."""
+def run_workers(devices: list[str], model_queues: list[str], *, dialogue: bool, concurrency: int | None) -> int:
+    """One worker process per GPU (each pinned with its own --device) for the model queues, and one
+    for the `dialogue` queue; each takes the next metrics port."""
     supervisor = Supervisor()
     metrics_port = int(os.environ.get("WORKER_METRICS_PORT", "9400"))
-    for index, device in enumerate(devices):
-        argv = [*SPEECHQ, "worker", "--queues", queues, "--device", device, "--concurrency", str(concurrency)]
+    jobs = ["--concurrency", str(concurrency)] if concurrency else []
+    children: list[tuple[str, list[str]]] = []
+    if model_queues:
+        queues = ",".join(model_queues)
+        pinned_to: list[str | None] = list(devices) or [None]
+        for device in pinned_to:
+            pinned = ["--device", device] if device is not None else []
+            name = f"worker[cuda:{device}]" if device is not None else "worker"
+            children.append((name, [*SPEECHQ, "worker", "--queues", queues, *pinned, *jobs]))
+    if dialogue:
+        children.append(("worker[dialogue]", [*SPEECHQ, "worker", "--queues", "dialogue"]))
+    for index, (name, argv) in enumerate(children):
         env = {**os.environ, "WORKER_METRICS_PORT": str(metrics_port + index if metrics_port else 0)}
-        supervisor.start(f"worker[cuda:{device}]", argv, env)
+        supervisor.start(name, argv, env)
     return supervisor.wait()

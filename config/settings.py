@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     """A running job whose worker has not renewed its lease for this long is taken over on redelivery."""
     job_max_attempts: int = Field(3, ge=1)
     """Poison-job cap: after this many deliveries that lost their worker, the job fails."""
+    dialogue_concurrency: int = Field(8, ge=1)
+    """Dialogues one `dialogue` worker process runs at once; they mostly wait on their stage jobs."""
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
     """How often a worker advertises its queues and loaded models in Redis."""
 

@@ -6,6 +6,7 @@ Handlers are passed in by the worker (`workers.main`), so this module never impo
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -33,7 +34,12 @@ class JobObserver(Protocol):
 
 
 # Task name -> the handler key the worker supplies; the queue is in the name (see celery_app.TASK_ROUTES).
-TASK_NAMES = {"speechq.llm.generate": "llm", "speechq.stt.transcribe": "stt", "speechq.tts.synthesize": "tts"}
+TASK_NAMES = {
+    "speechq.llm.generate": "llm",
+    "speechq.stt.transcribe": "stt",
+    "speechq.tts.synthesize": "tts",
+    "speechq.dialogue.run": "dialogue",
+}
 
 
 class JobRunner:
@@ -46,17 +52,25 @@ class JobRunner:
         worker: str,
         handlers: Mapping[str, JobHandler],
         observer: JobObserver | None = None,
+        gates: Mapping[str, threading.Semaphore] | None = None,
     ):
         self.settings = settings
         self.store = store
         self.worker = worker
         self.handlers = handlers
         self.observer = observer
+        # One job at a time per model kind: a thread whose model is busy waits here, before claiming,
+        # so its job stays `queued` (and cancellable as such) instead of `running` behind a lock.
+        self.gates = gates or {}
 
     def __call__(self, task: Task[Any, Any], job_id: str, handler_key: str) -> str:
         # The API puts its request id in the message headers; every line logged for this job carries it.
         with log_context(job_id=job_id, request_id=getattr(task.request, "request_id", None)):
-            return self._claim_and_run(task, job_id, handler_key)
+            gate = self.gates.get(handler_key)
+            if gate is None:
+                return self._claim_and_run(task, job_id, handler_key)
+            with gate:
+                return self._claim_and_run(task, job_id, handler_key)
 
     def _claim_and_run(self, task: Task[Any, Any], job_id: str, handler_key: str) -> str:
         claim = self.store.claim(job_id, self.worker)

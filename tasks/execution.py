@@ -133,6 +133,12 @@ class JobExecution:
         )
         self._check(status)
 
+    def check(self) -> None:
+        """Renew the lease and stop (`JobCancelled`/`JobTimedOut`/`LeaseLost`) if the job must, without
+        writing an event: for a job that waits on others (a dialogue waiting for its stages)."""
+        status = self._stores.scripts["renew"](keys=[self._keys[0]], args=[self._stores.lease, self.worker])
+        self._check("running" if status == JobStatus.running else str(status))
+
     def _check(self, status: str) -> None:
         if status == JobStatus.cancelling:
             raise JobCancelled()

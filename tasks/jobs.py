@@ -14,6 +14,7 @@ class JobKind(StrEnum):
     completion = "completion"  # raw text completion, no template (OpenAI /v1/completions)
     transcribe = "transcribe"  # audio in, transcript out (or an English translation with task=translate)
     synthesize = "synthesize"  # text in, audio out (streamed sentence by sentence as `audio_chunk` events)
+    dialogue = "dialogue"  # speech in: transcribe, answer, speak; its stages are jobs on the stt/llm/tts queues
 
 
 class JobStatus(StrEnum):
@@ -39,8 +40,9 @@ class EventType(StrEnum):
     progress = "progress"  # {fraction, stage}
     token = "token"  # {text}: an LLM text delta
     segment = "segment"
+    metadata = "metadata"  # dialogue: what the job will use (models, format, conversation)
     transcript = "transcript"
-    assistant_text = "assistant_text"
+    assistant_text = "assistant_text"  # dialogue: {delta} as the answer is written, then {text, final}
     audio_chunk = "audio_chunk"
     result = "result"
     error = "error"  # {type, message}
@@ -54,6 +56,7 @@ TASKS: dict[JobKind, tuple[str, str]] = {
     JobKind.completion: ("speechq.llm.generate", "llm"),
     JobKind.transcribe: ("speechq.stt.transcribe", "stt"),
     JobKind.synthesize: ("speechq.tts.synthesize", "tts"),
+    JobKind.dialogue: ("speechq.dialogue.run", "dialogue"),
 }
 QUEUES = ("llm", "stt", "tts", "dialogue")
 

@@ -43,6 +43,11 @@ def active_jobs(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}:active"
 
 
+def conversation(owner: str, conversation_id: str) -> str:
+    """A dialogue's history (a list of JSON chat messages), expiring with the job TTL."""
+    return f"{PREFIX}:conversation:{owner}:{conversation_id}"
+
+
 def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 

@@ -215,3 +215,24 @@ def resolve_synthesis(
     return request.model_copy(
         update={"model": model, "voice": voice, "reference_id": reference_id, "sample_rate": rate}
     )
+
+
+class DialogueRequest(BaseModel):
+    """`dialogue`: the audio travels beside the job; these steer its three stages.
+
+    `synthesis_config` holds a resolved `SynthesizeRequest` without its text (the API fills in the
+    engine, voice and rate), so every sentence is spoken the same way.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    instructions: str | None = Field(None, max_length=8_000)
+    generation_config: GenerationParams = Field(default_factory=GenerationParams)
+    synthesis_config: dict[str, Any] = Field(default_factory=dict)
+    conversation_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:\-]{1,128}$")
+    language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")
+    filename: str = Field("audio", max_length=255)
+
+    def speech(self, text: str) -> SynthesizeRequest:
+        """The synthesis of one sentence, as raw PCM at the dialogue's rate (the dialogue encodes it)."""
+        return SynthesizeRequest.model_validate({**self.synthesis_config, "text": text, "response_format": "pcm"})

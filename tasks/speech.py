@@ -77,3 +77,15 @@ def split_sentences(text: str) -> list[str]:
             start = match.end()
         sentences.append(paragraph[start:].strip())
     return [s for s in sentences if s]
+
+
+def complete_sentences(text: str) -> tuple[list[str], str]:
+    """Text that is still being written → (the sentences it has finished, the unfinished rest).
+
+    A sentence counts as finished once the next one has begun, so "Dr." or "3." in the middle of a
+    sentence is not mistaken for its end.
+    """
+    sentences = split_sentences(text)
+    if len(sentences) < 2:
+        return [], text
+    return sentences[:-1], sentences[-1] + text[len(text.rstrip()) :]

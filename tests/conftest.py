@@ -41,7 +41,13 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def stack(redis_url: str, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     metrics_port = free_port()
-    env = base_env(redis_url, tmp_path_factory.mktemp("data"), WORKER_METRICS_PORT=str(metrics_port))
+    # OpenAudio is pointed at a closed port: a dialogue test uses it as a speech stage that fails.
+    env = base_env(
+        redis_url,
+        tmp_path_factory.mktemp("data"),
+        WORKER_METRICS_PORT=str(metrics_port),
+        OPENAUDIO_API_BASE=f"http://127.0.0.1:{free_port()}",
+    )
     worker = start_worker(env, logs_dir)
     api, url = start_api(env, logs_dir)
     try:

@@ -7,6 +7,7 @@ Prompts are built here: the GGUF's own chat template when it has one, else the G
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,9 +59,11 @@ def gemma_turns(messages: list[ChatMessage]) -> str:
 
 
 class LlmEngine:
-    """One loaded GGUF model; not thread-safe, so a worker runs one generation at a time per engine."""
+    """One loaded GGUF model. llama.cpp's context is not thread-safe: generations on one engine take
+    turns (a worker with several threads still runs speech jobs beside a generation)."""
 
     def __init__(self, name: str, path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int, n_batch: int):
+        self._busy = threading.Lock()
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -113,6 +116,10 @@ class LlmEngine:
 
     def generate(self, prompt: Prompt, params: GenerationParams, on_text: TokenSink) -> Generation:
         """Stream a completion of `prompt`; `on_text` gets each delta and may raise to stop early."""
+        with self._busy:
+            return self._generate(prompt, params, on_text)
+
+    def _generate(self, prompt: Prompt, params: GenerationParams, on_text: TokenSink) -> Generation:
         tokens = self._llm.tokenize(prompt.text.encode(), add_bos=prompt.add_bos, special=True)
         if len(tokens) + params.max_tokens > self.n_ctx:
             raise ContextOverflow(

@@ -20,6 +20,7 @@ from tasks.celery_app import create_celery
 from tasks.definitions import JobRunner, register_tasks
 from tasks.execution import WorkerStore
 from tasks.registry import WorkerInfo, advertise, withdraw
+from workers.dialogue import Stages, run_dialogue_job
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.metrics import WorkerMetrics
 from workers.models import ModelCache
@@ -80,13 +81,15 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     def write_output(job_id: str, data: bytes) -> None:
         raw.set(keys.output(job_id), data, ex=settings.job_ttl_seconds)
 
+    app = create_celery(settings)
     handlers = {
         "llm": partial(run_llm_job, models=models),
         "stt": partial(run_stt_job, models=models, inputs=read_input),
         "tts": partial(run_tts_job, models=models, outputs=write_output),
+        "dialogue": partial(run_dialogue_job, stages=Stages(redis, raw, store, app, settings)),
     }
-    app = create_celery(settings)
-    register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics))
+    gates = {queue: threading.Semaphore(1) for queue in ("llm", "stt", "tts")}  # the dialogue queue waits on others
+    register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics, gates=gates))
 
     if "llm" in queues and settings.llm_preload:
         models.llm()

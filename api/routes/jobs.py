@@ -104,13 +104,32 @@ async def get_result(job_id: str, store: StoreDep, principal: PrincipalDep) -> R
         )
         error.code = "job_not_succeeded"
         raise error
-    if job.kind == JobKind.synthesize and job.result is not None:
-        audio = await store.output(job_id)
-        if audio is None:
-            raise NotFound(f"the audio of job {job_id} is no longer stored", param="job_id")
-        headers = {"x-audio-format": job.result["format"], "x-sample-rate": str(job.result["sample_rate"])}
-        return Response(audio, media_type=job.result["media_type"], headers=headers)
+    if job.kind == JobKind.synthesize:
+        return await _audio(store, job)
+    if job.kind == JobKind.dialogue:
+        return JSONResponse({**(job.result or {}), "audio_url": f"/v1/jobs/{job_id}/audio"})
     return JSONResponse(job.result)
+
+
+@router.get("/{job_id}/audio")
+async def get_audio(job_id: str, store: StoreDep, principal: PrincipalDep) -> Response:
+    """The audio a synthesis or a dialogue produced, with its media type."""
+    job = await _owned(store, job_id, principal)
+    if job.kind not in (JobKind.synthesize, JobKind.dialogue):
+        raise NotFound(f"job {job_id} is a {job.kind} job; only synthesize and dialogue jobs make audio")
+    if job.status != JobStatus.succeeded:
+        raise Conflict(f"job {job_id} is {job.status}; its audio is not ready")
+    return await _audio(store, job)
+
+
+async def _audio(store: JobStore, job: JobRecord) -> Response:
+    result = job.result or {}
+    audio = await store.output(job.id)
+    if audio is None:
+        raise NotFound(f"the audio of job {job.id} is no longer stored", param="job_id")
+    fmt = result.get("format") or result.get("response_format")
+    headers = {"x-audio-format": str(fmt), "x-sample-rate": str(result.get("sample_rate"))}
+    return Response(audio, media_type=result.get("media_type"), headers=headers)
 
 
 def _resume_point(header: str | None, query: str | None) -> str | None:

@@ -36,12 +36,16 @@ class TextToSpeechRequest(SynthesizeRequest):
         return SynthesizeRequest.model_validate(self.model_dump(exclude={"stream"}, exclude_unset=True))
 
 
+def remote_defaults(state: AppState) -> dict[str, Any]:
+    """What OpenAudio requests get when they leave these out (OPENAUDIO_DEFAULT_*)."""
+    s = state.settings
+    return {"response_format": s.openaudio_default_format, "sample_rate": s.openaudio_default_sample_rate}
+
+
 def resolved(state: AppState, request: SynthesizeRequest) -> SynthesizeRequest:
     """Engine, voice and sample rate filled in; what no engine can do is a 422 naming the field."""
-    s = state.settings
-    remote = {"response_format": s.openaudio_default_format, "sample_rate": s.openaudio_default_sample_rate}
     try:
-        return resolve_synthesis(request, s.tts_model, remote)
+        return resolve_synthesis(request, state.settings.tts_model, remote_defaults(state))
     except InvalidField as exc:
         raise Unprocessable(str(exc), param=exc.param) from None
 

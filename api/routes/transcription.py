@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Annotated, Any
 
@@ -19,7 +17,7 @@ from api.errors import ApiError, GatewayTimeout, Unprocessable, validation_summa
 from api.schemas import job_created
 from api.state import AppState
 from api.submit import follow, raise_for_failure, submit, wait_for
-from api.uploads import check_audio, read_audio, too_large, upload_limit_bytes
+from api.uploads import read_audio, websocket_audio
 from tasks.jobs import EventType, JobKind, JobRecord
 from tasks.payloads import TranscribeRequest
 from tasks.transcripts import MEDIA_TYPES, render, to_seed
@@ -120,19 +118,6 @@ async def speech_to_text(
     return formatted(final.result, request.response_format, seed=True)
 
 
-def _ws_audio(message: dict[str, Any], state: AppState) -> bytes:
-    encoded = message.get("audio_base64")
-    if not isinstance(encoded, str) or not encoded:
-        raise Unprocessable("audio_base64: the audio is missing", param="audio_base64")
-    limit = upload_limit_bytes(state.settings)
-    if len(encoded) > limit * 4 // 3 + 4:
-        raise too_large(limit)
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise Unprocessable("audio_base64: not valid base64", param="audio_base64") from None
-
-
 @router.websocket("/v1/speech-to-text/ws")
 async def speech_to_text_ws(websocket: WebSocket) -> None:
     """Send one JSON request; get `segment` events as they are decoded, then one `transcript` event."""
@@ -148,8 +133,7 @@ async def speech_to_text_ws(websocket: WebSocket) -> None:
         request = transcribe_request(
             {**{k: message.get(k) for k in fields}, "filename": message.get("filename") or "audio"}
         )
-        audio = _ws_audio(message, state)
-        await check_audio(audio, state.settings, param="audio_base64")
+        audio = await websocket_audio(message, state.settings)
         job, _ = await submit(state, JobKind.transcribe, request, principal, input_file=audio)
         async for event in follow(state, job.id):
             if event.type == EventType.segment:
