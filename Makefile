@@ -52,6 +52,7 @@ bench: $(MODELS)
 	$(BIN)/python -m bench.streaming $(ARGS)
 	$(BIN)/python -m bench.transcription $(ARGS)
 	$(BIN)/python -m bench.synthesis $(ARGS)
+	$(BIN)/python -m bench.dialogue $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
