@@ -20,6 +20,7 @@ from tasks import keys
 from tests.audio import decode_audio, encode, speak, wer
 from tests.conftest import Stack
 from tests.sse import read_events
+from tests.stack import wait_until
 
 QUESTION = "What is the capital of France?"
 CHAT = {"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 48, "seed": 1}
@@ -185,3 +186,28 @@ def test_websocket_dialogue(stack: Stack) -> None:
     assert events[:2] == ["metadata", "transcript"] and events[-1] == "done"
     assert "audio_chunk" in events and received[-1]["data"]["status"] == "succeeded"
     assert "france" in received[1]["data"]["text"].lower()
+
+
+def test_cancelling_a_dialogue_cancels_its_stages(client: httpx.Client, stack: Stack) -> None:
+    job_id = client.post(
+        "/v1/jobs/dialogue",
+        files={"file": ("q.wav", question("Tell me about the city of Paris."))},
+        data=form(
+            instructions="Answer at great length.", generation_config={**CHAT, "max_tokens": 1500, "stop": ["@@"]}
+        ),
+    ).json()["id"]
+    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
+        for event in source.iter_sse():
+            if event.event == "assistant_text":
+                assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+                break
+    events = read_events(client, job_id)
+    assert events[-1].json() == {"status": "cancelled"}
+    redis = Redis.from_url(stack.redis_url, decode_responses=True)
+    stages = [redis.hgetall(keys.job(i)) for i in redis.zrange(keys.owner_index("anonymous:dialogue"), 0, -1)]
+    chat = next(s for s in stages if s.get("parent") == job_id and s["kind"] == "chat")
+
+    def chat_stopped() -> bool:
+        return redis.hget(keys.job(chat["id"]), "status") == "cancelled"
+
+    wait_until(chat_stopped, timeout=10, what="the generation stage to be cancelled")
