@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -145,6 +146,53 @@ def flower(
         f"--address={settings.api_host}",
     ]
     os.execv(sys.executable, argv)
+
+
+@app.command()
+def transcribe(
+    paths: Annotated[list[Path], typer.Argument(help="audio files or folders (searched recursively)")],
+    out: Annotated[
+        Path | None, typer.Option(help="write transcripts here, mirroring the tree (default: beside each file)")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="comma-separated: txt,srt,vtt,json,tsv")] = "txt,srt,vtt,json",
+    model: Annotated[str | None, typer.Option(help="speech model (default: the server's)")] = None,
+    language: Annotated[str | None, typer.Option(help="language spoken, e.g. en (default: detect)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="files in flight at once")] = 2,
+    server: Annotated[str | None, typer.Option(help="speechq URL (default: http://API_HOST:API_PORT)")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="SPEECHQ_API_KEY", help="API key, if the server wants one")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="transcribe again even when the transcripts are up to date")] = False,
+) -> None:
+    """Transcribe audio files and folder trees through a speechq server, with progress and resume."""
+    from rich.console import Console
+
+    from cli.transcribe import FORMATS, transcribe_paths
+
+    formats = [f.strip().lower() for f in format.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        typer.secho(f"speechq: unknown format(s) {unknown}; choose from {', '.join(FORMATS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    settings = settings_or_exit()
+    url = server or f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        status = transcribe_paths(
+            paths,
+            out=out,
+            formats=formats,
+            server=url,
+            api_key=api_key,
+            model=model,
+            language=language,
+            concurrency=concurrency,
+            force=force,
+            console=Console(),
+        )
+    except FileNotFoundError as exc:
+        typer.secho(f"speechq: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(status)
 
 
 @models_app.command("list")

@@ -36,6 +36,15 @@ def to_vtt(result: dict[str, Any]) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
+def to_tsv(result: dict[str, Any]) -> str:
+    """openai-whisper's tsv: start and end in integer milliseconds, then the text."""
+    rows = [
+        f"{round(s['start'] * 1000)}\t{round(s['end'] * 1000)}\t{' '.join(s['text'].split())}"
+        for s in result["segments"]
+    ]
+    return "start\tend\ttext\n" + "".join(row + "\n" for row in rows)
+
+
 def to_verbose_json(result: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task": result.get("task", "transcribe"),
