@@ -16,11 +16,12 @@ from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
 from api.openai import speech as openai_speech
 from api.request_id import RequestIdMiddleware
-from api.routes import dialogue, generation, health, jobs, models, synthesis, transcription
+from api.routes import batches, dialogue, generation, health, jobs, models, synthesis, transcription
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
 from config.settings import SettingsError
+from tasks.batches import BatchStore
 from tasks.celery_app import create_celery
 from tasks.events import EventHub
 from tasks.store import JobStore
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_queue_depth=settings.queue_max_depth,
                 max_active=settings.max_active_jobs_per_key,
             ),
+            batches=BatchStore(redis, raw, ttl=settings.job_ttl_seconds),
             hub=hub,
             keys=KeyRing(settings),
             limiter=RateLimiter(redis, settings),
@@ -77,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, generation, transcription, synthesis, dialogue, models, health):
+    for module in (jobs, generation, transcription, synthesis, dialogue, batches, models, health):
         app.include_router(module.router)
     app.include_router(openai_serving.router)
     app.include_router(openai_audio.router)

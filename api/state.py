@@ -11,6 +11,7 @@ from api.auth import KeyRing
 from api.limits import RateLimiter
 from api.metrics import ApiMetrics
 from config import Settings
+from tasks.batches import BatchStore
 from tasks.events import EventHub
 from tasks.store import JobStore
 
@@ -21,6 +22,7 @@ class AppState:
     redis: Redis
     celery: Celery
     store: JobStore
+    batches: BatchStore
     hub: EventHub
     keys: KeyRing
     limiter: RateLimiter

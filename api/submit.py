@@ -19,22 +19,24 @@ from tasks.store import IdempotencyConflict, QueueFull, TooManyActive
 async def submit(
     state: AppState,
     kind: JobKind,
-    payload: BaseModel,
+    payload: BaseModel | dict[str, Any],
     principal: Principal,
     *,
     request_id: str | None = None,
     idempotency_key: str | None = None,
     input_file: bytes | None = None,
+    max_active: int | None = None,
 ) -> tuple[JobRecord, bool]:
     """Create and enqueue a job; returns it and whether an Idempotency-Key replayed an existing one."""
     try:
         created = await state.store.create(
             kind,
-            payload.model_dump(mode="json"),
+            payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload,
             owner=principal.id,
             request_id=request_id,
             idempotency_key=idempotency_key,
             input_file=input_file,
+            max_active=max_active,
         )
     except QueueFull as exc:
         state.metrics.rejections.labels("queue").inc()

@@ -48,6 +48,32 @@ def conversation(owner: str, conversation_id: str) -> str:
     return f"{PREFIX}:conversation:{owner}:{conversation_id}"
 
 
+def file(file_id: str) -> str:
+    """An uploaded file's metadata (Files API); its bytes are at `file_content`."""
+    return f"{PREFIX}:file:{file_id}"
+
+
+def file_content(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}:content"
+
+
+def owner_files(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}:files"
+
+
+def batch(batch_id: str) -> str:
+    """A batch (OpenAI Batch API): its state, and in `requests` its lines and the job running each."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_finalizer(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:finalizer"
+
+
+def owner_batches(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}:batches"
+
+
 def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 

@@ -181,6 +181,7 @@ class JobStore:
         idempotency_key: str | None = None,
         queue_timeout: float | None = None,
         input_file: bytes | None = None,
+        max_active: int | None = None,
     ) -> Created:
         """Record a job and enqueue it; raises `QueueFull`, `TooManyActive` or `IdempotencyConflict`."""
         plan = CreatePlan.build(
@@ -190,7 +191,7 @@ class JobStore:
             owner=owner,
             ttl=self.ttl,
             max_queue_depth=self.max_queue_depth,
-            max_active=self.max_active,
+            max_active=self.max_active if max_active is None else max_active,
             direct=self._direct,
             request_id=request_id,
             idempotency_key=idempotency_key,

@@ -36,16 +36,57 @@ def _payload(model: type[GenerationParams], fields: dict[str, Any]) -> Generatio
         raise Unprocessable(message, param=param) from exc
 
 
-@router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
-) -> JSONResponse | EventSourceResponse:
+def chat_payload(body: ChatCompletionRequest) -> GenerationParams:
+    """An OpenAI chat request as a `chat` job's request (404 for an unknown model, 422 naming a bad field)."""
     try:
         messages = [m.to_chat().model_dump() for m in body.messages]
     except ValueError as exc:
         raise Unprocessable(str(exc), param="messages") from exc
     fields = {**body.sampling(body.max_completion_tokens or body.max_tokens), "messages": messages}
-    job, _ = await submit(state, JobKind.chat, _payload(ChatRequest, fields), principal, request_id=rid)
+    return _payload(ChatRequest, fields)
+
+
+def completion_payload(body: CompletionRequestOpenAI) -> GenerationParams:
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    return _payload(CompletionRequest, {**body.sampling(body.max_tokens), "prompt": prompt})
+
+
+def chat_completion_body(job_id: str, model: str, created: int, result: dict[str, Any]) -> dict[str, Any]:
+    """A finished `chat` job as OpenAI's `chat.completion` object."""
+    return {
+        "id": f"chatcmpl-{job_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result["text"]},
+                "finish_reason": result["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": result["usage"],
+    }
+
+
+def completion_body(job_id: str, model: str, created: int, result: dict[str, Any]) -> dict[str, Any]:
+    """A finished `completion` job as OpenAI's `text_completion` object."""
+    return {
+        "id": f"cmpl-{job_id}",
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}],
+        "usage": result["usage"],
+    }
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+) -> JSONResponse | EventSourceResponse:
+    job, _ = await submit(state, JobKind.chat, chat_payload(body), principal, request_id=rid)
     completion_id, created = f"chatcmpl-{job.id}", now()
 
     def chunk(delta: str | None, finish: str | None) -> dict[str, Any]:
@@ -64,33 +105,14 @@ async def chat_completions(
         first["choices"][0]["delta"]["role"] = "assistant"
         return _stream(state, job, chunk, include_usage, first)
     result = (await wait_for(state, job)).result or {}
-    return JSONResponse(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result["text"]},
-                    "finish_reason": result["finish_reason"],
-                    "logprobs": None,
-                }
-            ],
-            "usage": result["usage"],
-        },
-        headers={"X-Job-ID": job.id},
-    )
+    return JSONResponse(chat_completion_body(job.id, body.model, created, result), headers={"X-Job-ID": job.id})
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequestOpenAI, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
 ) -> JSONResponse | EventSourceResponse:
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    fields = {**body.sampling(body.max_tokens), "prompt": prompt}
-    job, _ = await submit(state, JobKind.completion, _payload(CompletionRequest, fields), principal, request_id=rid)
+    job, _ = await submit(state, JobKind.completion, completion_payload(body), principal, request_id=rid)
     completion_id, created = f"cmpl-{job.id}", now()
 
     def chunk(delta: str | None, finish: str | None) -> dict[str, Any]:
@@ -106,9 +128,7 @@ async def completions(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _stream(state, job, chunk, include_usage, None)
     result = (await wait_for(state, job)).result or {}
-    response = chunk(result["text"], result["finish_reason"])
-    response["usage"] = result["usage"]
-    return JSONResponse(response, headers={"X-Job-ID": job.id})
+    return JSONResponse(completion_body(job.id, body.model, created, result), headers={"X-Job-ID": job.id})
 
 
 def _stream(
