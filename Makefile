@@ -53,6 +53,7 @@ bench: $(MODELS)
 	$(BIN)/python -m bench.transcription $(ARGS)
 	$(BIN)/python -m bench.synthesis $(ARGS)
 	$(BIN)/python -m bench.dialogue $(ARGS)
+	$(BIN)/python -m bench.batch_folder $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,115 @@
+"""One folder of recordings, transcribed four ways; figure: audio seconds per wall-clock second.
+
+- `speechq transcribe --concurrency 1` and `--concurrency 2` against a local server (one stt worker);
+- a plain in-process faster-whisper loop over the same files (the same model, int8, 2 threads);
+- the openai-whisper CLI (`whisper FILES --model tiny.en.pt`) on the same model size, converted from
+  the same weights. Every path writes plain-text transcripts. Rounds alternate; figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import bench_stack, median
+from tests.audio import SENTENCES, encode, speak
+from tests.stack import ROOT, SPEECHQ
+
+FILES = 20
+
+
+def make_folder(folder: Path) -> float:
+    """FILES recordings of 2–8 sentences in two subfolders; returns the total audio seconds."""
+    voiced = [speak(text) for text in SENTENCES.values()]
+    rate = voiced[0][1]
+    total = 0.0
+    for n in range(FILES):
+        pcm = np.concatenate([voiced[(n + i) % len(voiced)][0] for i in range(2 + n % 7)])
+        path = folder / f"part{n % 2}" / f"clip{n:02d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(pcm, rate))
+        total += pcm.size / rate
+    return total
+
+
+def cli(url: str, folder: Path, out: Path, concurrency: int) -> float:
+    started = time.perf_counter()
+    argv = [*SPEECHQ, "transcribe", str(folder), "--out", str(out), "--format", "txt", "--force"]
+    argv += ["--concurrency", str(concurrency), "--server", url]
+    subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def in_process(folder: Path) -> float:
+    from faster_whisper import WhisperModel
+
+    from tasks.audio import decode
+    from workers.registry import resolve_stt
+
+    path = resolve_stt("whisper-tiny.en", ROOT / "var" / "models", "whisper-tiny.en")[1]
+    model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
+    started = time.perf_counter()
+    for source in sorted(folder.rglob("*.wav")):
+        pcm = decode(source.read_bytes(), max_seconds=3600, time_limit=120)
+        segments, _ = model.transcribe(pcm, beam_size=1)
+        source.with_suffix(".fw.txt").write_text(" ".join(s.text.strip() for s in segments))
+    return time.perf_counter() - started
+
+
+def openai_whisper_cli(folder: Path, out: Path) -> float | None:
+    from workers.openai_whisper import find_checkpoint
+    from workers.registry import resolve_stt
+
+    whisper = Path(sys.executable).with_name("whisper")
+    if not whisper.exists() or shutil.which("ffmpeg") is None:  # the whisper CLI decodes with ffmpeg
+        return None
+    models = ROOT / "var" / "models"
+    checkpoint = find_checkpoint(
+        "whisper-tiny.en", resolve_stt("whisper-tiny.en", models, "whisper-tiny.en")[1], models
+    )
+    files = [str(p) for p in sorted(folder.rglob("*.wav"))]
+    argv = [str(whisper), *files, "--model", str(checkpoint), "--language", "en", "--fp16", "False"]
+    argv += ["--device", "cpu", "--threads", "2", "--output_format", "txt", "--output_dir", str(out)]
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    written = list(out.glob("*.txt"))
+    assert len(written) == len(files), "the whisper CLI skipped files (it reports errors and goes on)"
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="speechq-batch-") as tmp:
+        folder, out = Path(tmp) / "audio", Path(tmp) / "out"
+        audio = make_folder(folder)
+        times: dict[str, list[float]] = {}
+        with bench_stack(queues="stt", STT_N_THREADS="2", LOG_LEVEL="WARNING") as stack:
+            cli(stack.url, folder, out, 1)  # warm-up
+            for _ in range(args.rounds):
+                times.setdefault("`speechq transcribe --concurrency 1`", []).append(cli(stack.url, folder, out, 1))
+                times.setdefault("`speechq transcribe --concurrency 2`", []).append(cli(stack.url, folder, out, 2))
+                times.setdefault("faster-whisper in-process loop", []).append(in_process(folder))
+                reference = openai_whisper_cli(folder, out / "ow")
+                if reference is not None:
+                    times.setdefault("openai-whisper CLI (PyTorch, fp32)", []).append(reference)
+    if "openai-whisper CLI (PyTorch, fp32)" not in times:
+        print("openai-whisper CLI: skipped (needs the `openai-whisper` extra and a system ffmpeg)")
+    print(f"{FILES} files, {audio / 60:.1f} min of audio; whisper tiny.en, 2 threads, CPU; medians of {args.rounds}")
+    print("| path | wall s | audio s per wall s |")
+    print("| --- | ---: | ---: |")
+    for name, values in times.items():
+        print(f"| {name} | {median(values):.1f} | {audio / median(values):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
