@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     """Where assembled or downloaded GGUF files go; default `<data_dir>/models`."""
     llm_n_ctx: int = Field(4096, ge=128)
     llm_n_threads: int | None = Field(None, ge=1)
-    llm_n_gpu_layers: int = Field(0, ge=-1)
+    llm_n_gpu_layers: int | None = Field(None, ge=-1)
+    """Layers offloaded to the GPU; unset: all of them (-1) when llama.cpp was built with GPU support
+    and a CUDA device is visible, else none."""
     llm_n_batch: int = Field(512, ge=1)
     llm_max_tokens: int = Field(512, ge=1, le=4096)
     llm_temperature: float = Field(0.7, ge=0.0, le=2.0)

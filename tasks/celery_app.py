@@ -6,10 +6,24 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from config import Settings
+from tasks.broker import is_redis_url
 from tasks.jobs import QUEUES
 
 # Task names carry their queue: `speechq.<queue>.<name>`.
 TASK_ROUTES = {f"speechq.{queue}.*": {"queue": queue, "routing_key": queue} for queue in QUEUES}
+
+
+def transport_options(settings: Settings) -> dict[str, object]:
+    if not is_redis_url(settings.broker_url):
+        # RabbitMQ: the queues are durable (kombu's default) and every publish waits for the broker's
+        # confirm, so an accepted job's message is on disk before the API answers 202.
+        return {"confirm_publish": True}
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        # Sweep for a dead worker's unacked messages every interval (kombu's default is 10 × 10 s).
+        "unacked_restore_interval": settings.broker_restore_interval_seconds,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -24,12 +38,7 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,  # a pool process that dies gives its message back
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            # Sweep for a dead worker's unacked messages every interval (kombu's default is 10 × 10 s).
-            "unacked_restore_interval": settings.broker_restore_interval_seconds,
-            "unacked_restore_throttle": 1,
-        },
+        broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_routes=TASK_ROUTES,

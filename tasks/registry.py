@@ -21,6 +21,8 @@ class WorkerInfo:
     device: str | None
     models: list[str] = field(default_factory=list)
     started_at: float = 0.0
+    cuda_visible_devices: str | None = None  # as the worker process itself sees it
+    metrics_port: int | None = None
 
 
 def advertise(redis: SyncRedis, info: WorkerInfo, ttl: float) -> None:
@@ -36,4 +38,6 @@ async def live_workers(redis: Redis) -> list[WorkerInfo]:
     if not names:
         return []
     values: list[Any] = await redis.mget(names)
-    return [WorkerInfo(**json.loads(value)) for value in values if value]
+    known = set(WorkerInfo.__dataclass_fields__)
+    found = [json.loads(value) for value in values if value]
+    return [WorkerInfo(**{k: v for k, v in info.items() if k in known}) for info in found]

@@ -204,8 +204,13 @@ class JobStore:
             await self.raw.set(keys.input(plan.job_id), input_file, ex=self.ttl)
         reply = await self._scripts["create"](keys=plan.keys, args=plan.args)
         created = plan.outcome(reply)
-        if not self._direct:
-            await self._send_through_celery(plan.task_name, plan.queue, plan.job_id, request_id)
+        if not self._direct and created is not None:
+            try:
+                await self._send_through_celery(plan.task_name, plan.queue, plan.job_id, request_id)
+            except Exception:
+                # The broker did not take the message: end the record too, so no job waits forever for it.
+                await self.cancel(plan.job_id, owner=owner)
+                raise
         if created is not None:
             return Created(job=created, replayed=False)
         job = await self.get(reply[1], owner=owner)

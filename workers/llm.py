@@ -7,6 +7,7 @@ Prompts are built here: the GGUF's own chat template when it has one, else the G
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -62,15 +63,21 @@ class LlmEngine:
     """One loaded GGUF model. llama.cpp's context is not thread-safe: generations on one engine take
     turns (a worker with several threads still runs speech jobs beside a generation)."""
 
-    def __init__(self, name: str, path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int, n_batch: int):
+    def __init__(
+        self, name: str, path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int | None, n_batch: int
+    ):
         self._busy = threading.Lock()
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:
             raise ModelUnavailable("this worker has no llama-cpp-python: pip install 'speechq[llm]'") from exc
-        from llama_cpp import StoppingCriteriaList
+        from llama_cpp import StoppingCriteriaList, llama_supports_gpu_offload
 
+        if n_gpu_layers is None:  # every layer on the GPU when there is one, none otherwise
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset") not in ("", "-1")
+            n_gpu_layers = -1 if llama_supports_gpu_offload() and visible else 0
+        self.n_gpu_layers = n_gpu_layers
         started = time.perf_counter()
         self.name = name
         self._llm = Llama(

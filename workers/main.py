@@ -98,7 +98,14 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     if "tts" in queues and settings.tts_preload and settings.tts_model != "openaudio-s1-mini":
         models.tts()
     info = WorkerInfo(
-        id=worker_id, hostname=hostname, pid=os.getpid(), queues=queues, device=device, started_at=time.time()
+        id=worker_id,
+        hostname=hostname,
+        pid=os.getpid(),
+        queues=queues,
+        device=device,
+        started_at=time.time(),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        metrics_port=settings.worker_metrics_port or None,
     )
     heartbeat = Heartbeat(redis, info, models, settings.worker_heartbeat_seconds)
     heartbeat.start()

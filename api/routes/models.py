@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -66,3 +67,10 @@ async def list_voices(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
         "default_model": default.name,
         "openai_voices": dict(sorted(aliases.items())),
     }
+
+
+@router.get("/workers")
+async def list_workers(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
+    """Live workers: host, pid, queues, device (and CUDA_VISIBLE_DEVICES as each process sees it), models."""
+    workers = sorted(await live_workers(state.redis), key=lambda w: w.id)
+    return {"object": "list", "data": [asdict(w) for w in workers]}
