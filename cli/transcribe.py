@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeRemainingColumn
 
-from tasks.transcripts import to_srt, to_tsv, to_verbose_json, to_vtt
+from tasks.transcripts import render
 
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .mp3 .flac .ogg .oga .opus .m4a .mp4 .aac .webm .mka .mkv .aiff .aif .wma .amr .3gp .caf".split()
@@ -97,15 +97,9 @@ def duration(path: Path) -> float:
 
 
 def rendered(result: dict[str, Any], fmt: str) -> str:
-    if fmt == "txt":
-        return str(result["text"]).strip() + "\n"
-    if fmt == "srt":
-        return to_srt(result)
-    if fmt == "vtt":
-        return to_vtt(result)
-    if fmt == "tsv":
-        return to_tsv(result)
-    return json.dumps(to_verbose_json(result), ensure_ascii=False, indent=2) + "\n"
+    """A transcript file's text: `txt` is the API's `text`, `json` its `verbose_json`."""
+    body = render(result, {"txt": "text", "json": "verbose_json"}.get(fmt, fmt))
+    return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, indent=2) + "\n"
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -77,6 +77,8 @@ def render(result: dict[str, Any], response_format: str) -> str | dict[str, Any]
         return to_srt(result)
     if response_format == "vtt":
         return to_vtt(result)
+    if response_format == "tsv":
+        return to_tsv(result)
     if response_format == "verbose_json":
         return to_verbose_json(result)
     return {"text": result["text"]}
