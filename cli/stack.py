@@ -32,6 +32,7 @@ class Supervisor:
     def __init__(self) -> None:
         self.children: list[Child] = []
         self.stopping = False
+        self.signal: int | None = None
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.children.append(Child(name, subprocess.Popen(argv, env=env)))
@@ -39,6 +40,7 @@ class Supervisor:
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
         self.stopping = True
+        self.signal = signum
 
     def wait(self) -> int:
         """Block until asked to stop or a child exits; then stop every child. Returns the exit status."""
@@ -59,10 +61,14 @@ class Supervisor:
                 signal.signal(sig, handler)
         return status
 
-    def stop_all(self, timeout: float = 30.0) -> None:
-        for child in self.children:
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)  # warm shutdown: running jobs finish or go back
+    def stop_all(self, timeout: float = 90.0) -> None:
+        """Stop every child, giving a worker's soft shutdown (up to 60 s) time to finish its jobs."""
+        if not (self.signal == signal.SIGINT and _ctrl_c_reached_children()):
+            # A second signal would turn a worker's soft shutdown into a cold one: send one only when
+            # the children did not get Ctrl-C from the terminal themselves.
+            for child in self.children:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)  # soft shutdown: running jobs finish or go back
         deadline = time.monotonic() + timeout
         for child in self.children:
             try:
@@ -72,6 +78,14 @@ class Supervisor:
                 child.process.kill()
                 child.process.wait()
             log.info("%s stopped", child.name)
+
+
+def _ctrl_c_reached_children() -> bool:
+    """Ctrl-C at a terminal signals the whole foreground process group, children included."""
+    try:
+        return sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
