@@ -76,10 +76,12 @@ class LeaseKeeper(threading.Thread):
 
 
 class WorkerStore:
-    """The worker's sync Redis client and its registered scripts."""
+    """The worker's sync Redis clients (decoded, and `raw` for the bytes of job inputs and outputs)
+    and its registered scripts."""
 
-    def __init__(self, redis: Redis, *, ttl: int, lease: float, max_attempts: int) -> None:
+    def __init__(self, redis: Redis, *, ttl: int, lease: float, max_attempts: int, raw: Redis | None = None) -> None:
         self.redis = redis
+        self.raw = raw
         self.ttl = ttl
         self.lease = lease
         self.max_attempts = max_attempts
@@ -96,6 +98,23 @@ class WorkerStore:
         flat = cast(list[str], reply[2])
         record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         return Claim(run=True, reason="run", attempt=int(reply[1]), job=record)
+
+    def read_input(self, job_id: str) -> bytes | None:
+        """A job's input file (audio), or None once it has expired."""
+        value = self._bytes().get(keys.input(job_id))
+        return value if isinstance(value, bytes) else None
+
+    def write_input(self, job_id: str, data: bytes) -> None:
+        self._bytes().set(keys.input(job_id), data, ex=self.ttl)
+
+    def write_output(self, job_id: str, data: bytes) -> None:
+        """A job's binary result (audio), expiring with the job."""
+        self._bytes().set(keys.output(job_id), data, ex=self.ttl)
+
+    def _bytes(self) -> Redis:
+        if self.raw is None:
+            raise RuntimeError("this WorkerStore was made without a raw (bytes) Redis client")
+        return self.raw
 
     def execution(self, job_id: str, worker: str, deadline: float) -> JobExecution:
         return JobExecution(self, job_id, worker, deadline)

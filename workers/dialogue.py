@@ -58,15 +58,15 @@ class Stage:
 class Stages:
     """Creates a dialogue's stage jobs and reads their events (sync; the worker runs jobs in threads)."""
 
-    redis: Redis  # decoded responses
-    raw: Redis  # bytes
     store: WorkerStore
     celery: Celery
     settings: Settings
     direct: bool = field(init=False)
+    redis: Redis = field(init=False)  # the store's decoded client
 
     def __post_init__(self) -> None:
         self.direct = is_redis_url(str(self.celery.conf.broker_url))
+        self.redis = self.store.redis
 
     def start(
         self, parent: JobRecord, name: str, kind: JobKind, request: dict[str, Any], audio: bytes | None = None
@@ -86,7 +86,7 @@ class Stages:
             parent=parent.id,
         )
         if audio is not None:
-            self.raw.set(keys.input(plan.job_id), audio, ex=s.job_ttl_seconds)
+            self.store.write_input(plan.job_id, audio)
         try:
             plan.outcome(self.store.scripts["create"](keys=plan.keys, args=plan.args))
         except JobStoreError as exc:
@@ -156,13 +156,6 @@ class Stages:
             pipe.expire(key, self.settings.job_ttl_seconds)
             pipe.execute()
 
-    def input(self, job_id: str) -> bytes | None:
-        value = self.raw.get(keys.input(job_id))
-        return value if isinstance(value, bytes) else None
-
-    def store_output(self, job_id: str, data: bytes) -> None:
-        self.raw.set(keys.output(job_id), data, ex=self.settings.job_ttl_seconds)
-
 
 class Dialogue:
     """One run of a dialogue job."""
@@ -212,7 +205,7 @@ class Dialogue:
         answer = self._answer_and_speak(transcript)
         tail, whole = self.encoder.close()
         self._send(tail, None)
-        self.stages.store_output(self.job.id, whole)
+        self.stages.store.write_output(self.job.id, whole)
         user, assistant = (
             ChatMessage(role="user", content=transcript),
             ChatMessage(role="assistant", content=answer["text"]),
@@ -240,7 +233,7 @@ class Dialogue:
         }
 
     def _transcribe(self) -> dict[str, Any]:
-        audio = self.stages.input(self.job.id)
+        audio = self.stages.store.read_input(self.job.id)
         if audio is None:
             raise InvalidJobInput("the job's audio is no longer stored (it expired with JOB_TTL_SECONDS)")
         options = TranscribeRequest(language=self.request.language, filename=self.request.filename)

@@ -15,7 +15,6 @@ from functools import partial
 from redis import Redis
 
 from config import Settings
-from tasks import keys
 from tasks.celery_app import create_celery
 from tasks.definitions import JobRunner, register_tasks
 from tasks.execution import WorkerStore
@@ -62,7 +61,11 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
     )
     store = WorkerStore(
-        redis, ttl=settings.job_ttl_seconds, lease=settings.job_lease_seconds, max_attempts=settings.job_max_attempts
+        redis,
+        raw=Redis.from_url(settings.redis_url, socket_connect_timeout=5),  # bytes: job inputs and outputs
+        ttl=settings.job_ttl_seconds,
+        lease=settings.job_lease_seconds,
+        max_attempts=settings.job_max_attempts,
     )
     metrics = WorkerMetrics()
     if settings.worker_metrics_port:
@@ -72,21 +75,13 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         except OSError as exc:  # another worker on this host has the port: work on, without metrics
             log.error("WORKER_METRICS_PORT %d: %s; this worker serves no metrics", settings.worker_metrics_port, exc)
     models = ModelCache(settings, on_load=metrics.model_loaded)
-    raw = Redis.from_url(settings.redis_url, socket_connect_timeout=5)  # bytes, for input files
-
-    def read_input(job_id: str) -> bytes | None:
-        value = raw.get(keys.input(job_id))
-        return value if isinstance(value, bytes) else None
-
-    def write_output(job_id: str, data: bytes) -> None:
-        raw.set(keys.output(job_id), data, ex=settings.job_ttl_seconds)
 
     app = create_celery(settings)
     handlers = {
         "llm": partial(run_llm_job, models=models),
-        "stt": partial(run_stt_job, models=models, inputs=read_input),
-        "tts": partial(run_tts_job, models=models, outputs=write_output),
-        "dialogue": partial(run_dialogue_job, stages=Stages(redis, raw, store, app, settings)),
+        "stt": partial(run_stt_job, models=models, inputs=store.read_input),
+        "tts": partial(run_tts_job, models=models, outputs=store.write_output),
+        "dialogue": partial(run_dialogue_job, stages=Stages(store, app, settings)),
     }
     gates = {queue: threading.Semaphore(1) for queue in ("llm", "stt", "tts")}  # the dialogue queue waits on others
     register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics, gates=gates))
