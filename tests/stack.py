@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,29 @@ def wait_for_worker(url: str, process: Process, queue: str = "llm", timeout: flo
         return bool(ready.get("queues", {}).get(queue, {}).get("workers", 0) > 0)
 
     wait_until(serving, timeout=timeout, what=f"a worker on {queue}")
+
+
+@dataclass(frozen=True)
+class PrivateStack:
+    url: str
+    redis_url: str
+    env: dict[str, str]
+
+
+@contextmanager
+def private_stack(folder: Path, queues: str, **env_overrides: str) -> Iterator[PrivateStack]:
+    """An embedded Valkey of its own under `folder`, a worker serving `queues` and an API, all configured
+    by `env_overrides`; stopped when the block ends."""
+    from cli.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(folder / "valkey") as redis:
+        env = base_env(redis.url, folder, **env_overrides)
+        worker = start_worker(env, folder, queues=queues)
+        api, url = start_api(env, folder)
+        try:
+            for queue in queues.split(","):
+                wait_for_worker(url, worker, queue=queue)
+            yield PrivateStack(url=url, redis_url=redis.url, env=env)
+        finally:
+            api.stop()
+            worker.stop()

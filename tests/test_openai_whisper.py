@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import whisper  # the openai-whisper extra; `make test` installs it
 
-from cli.embedded_redis import EmbeddedRedis
 from tests.audio import SENTENCES, spoken, wer
-from tests.stack import base_env, start_api, start_worker, wait_for_worker
+from tests.stack import private_stack
 from workers.registry import resolve_stt
 from workers.whisper_checkpoint import read_ctranslate2, to_openai_whisper
 
@@ -32,17 +31,10 @@ def test_the_converted_state_dict_matches_openai_whispers_model_exactly() -> Non
 
 @pytest.fixture
 def openai_whisper_stack(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedRedis(tmp_path / "valkey") as redis:
-        env = base_env(redis.url, tmp_path, LOCAL_WHISPER_ENGINE="openai-whisper")
-        env["LLM_MODELS_DIR"] = str(tmp_path / "models")  # converted afresh, into a folder of the test's own
-        worker = start_worker(env, tmp_path, queues="stt")
-        api, url = start_api(env, tmp_path)
-        try:
-            wait_for_worker(url, worker, queue="stt")
-            yield url
-        finally:
-            api.stop()
-            worker.stop()
+    # The checkpoint is converted afresh, into a models folder of the test's own.
+    models = str(tmp_path / "models")
+    with private_stack(tmp_path, "stt", LOCAL_WHISPER_ENGINE="openai-whisper", LLM_MODELS_DIR=models) as stack:
+        yield stack.url
     assert (tmp_path / "models" / "openai-whisper" / "tiny.en.pt").is_file()
 
 

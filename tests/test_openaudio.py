@@ -21,12 +21,11 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from cli.embedded_redis import EmbeddedRedis
 from tests.audio import SENTENCES, decode_audio, speak, spoken, wer
 from tests.conftest import Stack
 from tests.fake_servers import serve
 from tests.sse import read_events
-from tests.stack import base_env, start_api, start_worker, wait_for_worker
+from tests.stack import private_stack
 
 API_KEY = "sk-openaudio-test"
 RATE = 44_100
@@ -116,25 +115,20 @@ class FishSpeechServer:
 @pytest.fixture
 def openaudio(tmp_path: Path) -> Iterator[tuple[str, FishSpeechServer]]:
     server = FishSpeechServer()
-    with serve({"/v1/tts": server.tts}) as base, EmbeddedRedis(tmp_path / "valkey") as redis:
-        env = base_env(
-            redis.url,
+    with (
+        serve({"/v1/tts": server.tts}) as base,
+        private_stack(
             tmp_path,
+            "tts",
             TTS_MODEL="openaudio-s1-mini",
             OPENAUDIO_API_BASE=base,
             OPENAUDIO_API_KEY=API_KEY,
             OPENAUDIO_TIMEOUT_SECONDS="2",
             OPENAUDIO_MAX_RETRIES="2",
             OPENAUDIO_DEFAULT_FORMAT="mp3",
-        )
-        worker = start_worker(env, tmp_path, queues="tts")
-        api, url = start_api(env, tmp_path)
-        try:
-            wait_for_worker(url, worker, queue="tts")
-            yield url, server
-        finally:
-            api.stop()
-            worker.stop()
+        ) as stack,
+    ):
+        yield stack.url, server
 
 
 TEXT = f"{SENTENCES['weather']} {SENTENCES['library']}"

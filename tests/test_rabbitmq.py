@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli.embedded_redis import EmbeddedRedis
 from tests.audio import SENTENCES, spoken, wer
 from tests.sse import read_events
-from tests.stack import base_env, start_api, start_worker, wait_for_worker
+from tests.stack import private_stack
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL")
 pytestmark = pytest.mark.skipif(
@@ -27,17 +26,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def rabbit_stack(tmp_path: Path) -> Iterator[str]:
     assert RABBITMQ_URL is not None
-    with EmbeddedRedis(tmp_path / "valkey") as redis:
-        env = base_env(redis.url, tmp_path, CELERY_BROKER_URL=RABBITMQ_URL)
-        worker = start_worker(env, tmp_path, queues="llm,stt,tts,dialogue")
-        api, url = start_api(env, tmp_path)
-        try:
-            for queue in ("llm", "stt", "tts", "dialogue"):
-                wait_for_worker(url, worker, queue=queue)
-            yield url
-        finally:
-            api.stop()
-            worker.stop()
+    with private_stack(tmp_path, "llm,stt,tts,dialogue", CELERY_BROKER_URL=RABBITMQ_URL) as stack:
+        yield stack.url
 
 
 def test_jobs_flow_through_rabbitmq(rabbit_stack: str) -> None:

@@ -12,11 +12,10 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cli.embedded_redis import EmbeddedRedis
 from tests.audio import SENTENCES, spoken, wer
 from tests.conftest import Stack
 from tests.fake_servers import serve
-from tests.stack import base_env, start_api, start_worker, wait_for_worker
+from tests.stack import private_stack
 
 
 class FlakyTranscriptionProxy:
@@ -52,24 +51,19 @@ class FlakyTranscriptionProxy:
 def remote_stack(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, FlakyTranscriptionProxy]]:
     proxy = FlakyTranscriptionProxy(stack.url, failures=1)
     routes = {"/v1/audio/transcriptions": proxy.handle, "/v1/audio/translations": proxy.handle}
-    with serve(routes) as proxy_url, EmbeddedRedis(tmp_path / "valkey") as redis:
-        env = base_env(
-            redis.url,
+    with (
+        serve(routes) as proxy_url,
+        private_stack(
             tmp_path,
+            "stt",
             ENABLE_LOCAL_WHISPER="false",
             OPENAI_API_KEY="sk-test-remote",
             OPENAI_API_BASE=f"{proxy_url}/v1",
             OPENAI_WHISPER_MODEL="whisper-1",
             OPENAI_MAX_RETRIES="2",
-        )
-        worker = start_worker(env, tmp_path, queues="stt")
-        api, url = start_api(env, tmp_path)
-        try:
-            wait_for_worker(url, worker, queue="stt")
-            yield url, proxy
-        finally:
-            api.stop()
-            worker.stop()
+        ) as remote,
+    ):
+        yield remote.url, proxy
 
 
 def test_remote_transcription_retries_a_5xx_and_succeeds(remote_stack: tuple[str, FlakyTranscriptionProxy]) -> None:
