@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, WebSocket
+from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketDisconnect
 
 from api.auth import ANONYMOUS, Principal
-from api.errors import TooManyRequests, Unauthorized
+from api.errors import ApiError, TooManyRequests, Unauthorized, Unprocessable, websocket_failure
 from api.state import AppState
 from config.logs import bind
 from tasks.store import JobStore
@@ -91,6 +95,31 @@ async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal
     except Unauthorized:
         await refuse(websocket, 4401, "missing or invalid API key")
     return state, None
+
+
+WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Awaitable[None]]
+
+
+async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> None:
+    """The seed API's one-request WebSockets: check the key, accept, read one JSON object, let `handle`
+    answer it, close with 1000. A refused request gets `{"event": "error", "detail", "code"}` and a
+    close code: 1008 for the client's mistakes, 1011 for ours."""
+    state, principal = await websocket_principal(websocket)
+    if principal is None:
+        return
+    await websocket.accept()
+    try:
+        message = await websocket.receive_json()
+        if not isinstance(message, dict):
+            raise Unprocessable("the message must be a JSON object")
+        await handle(websocket, state, principal, message)
+        await websocket.close(code=1000)
+    except WebSocketDisconnect:
+        return
+    except (ApiError, json.JSONDecodeError, RedisError) as exc:
+        reply, close_code = websocket_failure(exc)
+        await websocket.send_json(reply)
+        await websocket.close(code=close_code)
 
 
 async def refuse(websocket: WebSocket, code: int, reason: str) -> None:

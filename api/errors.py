@@ -20,17 +20,19 @@ The envelope is OpenAI's, so the official client reads it everywhere:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -87,6 +89,17 @@ class QueueFullError(ServiceUnavailable):
 
 class GatewayTimeout(ApiError):
     status, code, type = 504, "job_timeout", "server_error"
+
+
+def validated(model: type[M], value: dict[str, Any], prefix: str | None = None) -> M:
+    """`value` as a `model`, or a 422 naming the first bad field (under `prefix`, for a nested config)."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        message, param = validation_summary(list(exc.errors()))
+        if prefix is None:
+            raise Unprocessable(message, param=param) from exc
+        raise Unprocessable(f"{prefix}.{message}", param=f"{prefix}.{param}" if param else prefix) from exc
 
 
 def websocket_failure(exc: Exception) -> tuple[dict[str, Any], int]:

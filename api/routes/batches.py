@@ -17,11 +17,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import ApiError, NotFound, Unprocessable, validation_summary
+from api.errors import ApiError, NotFound, Unprocessable, validated
 from api.openai.protocol import ChatCompletionRequest, CompletionRequestOpenAI
 from api.openai.serving import chat_completion_body, chat_payload, completion_body, completion_payload
 from api.routes.transcription import transcribe_request
@@ -139,19 +139,14 @@ async def _plan_line(state: AppState, principal: Principal, endpoint: str, line:
     if body.get("stream"):
         raise Unprocessable("body.stream: a batch answers whole responses, not streams", param="body.stream")
     kind = ENDPOINTS[endpoint]
-    try:
-        if kind == JobKind.chat:
-            chat = ChatCompletionRequest.model_validate(body)
-            return Planned(
-                custom_id=custom_id, kind=kind, model=chat.model, payload=chat_payload(chat).model_dump(mode="json")
-            )
-        if kind == JobKind.completion:
-            completion = CompletionRequestOpenAI.model_validate(body)
-            payload = completion_payload(completion).model_dump(mode="json")
-            return Planned(custom_id=custom_id, kind=kind, model=completion.model, payload=payload)
-    except ValidationError as exc:
-        message, param = validation_summary(list(exc.errors()))
-        raise Unprocessable(f"body.{message}", param=f"body.{param}" if param else "body") from None
+    if kind == JobKind.chat:
+        chat = validated(ChatCompletionRequest, body, "body")
+        payload = chat_payload(chat).model_dump(mode="json")
+        return Planned(custom_id=custom_id, kind=kind, model=chat.model, payload=payload)
+    if kind == JobKind.completion:
+        completion = validated(CompletionRequestOpenAI, body, "body")
+        payload = completion_payload(completion).model_dump(mode="json")
+        return Planned(custom_id=custom_id, kind=kind, model=completion.model, payload=payload)
     return await _plan_transcription(state, principal, custom_id, body)
 
 

@@ -13,13 +13,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, WebSocket, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
-from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
-from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, Unprocessable, validation_summary, websocket_failure
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
+from api.errors import Unprocessable, validated
 from api.routes.synthesis import remote_defaults
 from api.routes.transcription import AudioFile
 from api.schemas import job_created
@@ -69,20 +66,10 @@ def _object(value: Any, name: str) -> dict[str, Any]:
     return value
 
 
-def _validated(model: type[BaseModel], value: dict[str, Any], prefix: str | None) -> Any:
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        message, param = validation_summary(list(exc.errors()))
-        if prefix is None:
-            raise Unprocessable(message, param=param) from exc
-        raise Unprocessable(f"{prefix}.{message}", param=f"{prefix}.{param}" if param else prefix) from exc
-
-
 def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> DialogueRequest:
     """Form or WebSocket fields → a validated dialogue request; a bad field is a 422 naming it
     (`generation_config.temperature`, `synthesis_config.voice`, …)."""
-    generation = _validated(
+    generation = validated(
         GenerationParams, _object(fields.get("generation_config"), "generation_config"), "generation_config"
     )
     synthesis = _object(fields.get("synthesis_config"), "synthesis_config")
@@ -91,12 +78,12 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
             raise Unprocessable(
                 f"synthesis_config.{spoken}: the text spoken is the model's answer", param=f"synthesis_config.{spoken}"
             )
-    speech = _validated(SynthesizeRequest, {**synthesis, "text": "-"}, "synthesis_config")
+    speech = validated(SynthesizeRequest, {**synthesis, "text": "-"}, "synthesis_config")
     try:
         speech = resolve_synthesis(speech, state.settings.tts_model, remote_defaults(state))
     except InvalidField as exc:
         raise Unprocessable(f"synthesis_config.{exc}", param=f"synthesis_config.{exc.param}") from None
-    request: DialogueRequest = _validated(
+    return validated(
         DialogueRequest,
         {
             "instructions": fields.get("instructions"),
@@ -106,9 +93,7 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
             "language": fields.get("language"),
             "filename": filename,
         },
-        None,
     )
-    return request
 
 
 async def submit_dialogue(
@@ -200,23 +185,14 @@ async def dialogue(
 @router.websocket("/v1/dialogue/ws")
 async def dialogue_ws(websocket: WebSocket) -> None:
     """Send one JSON message with `audio_base64` (and the fields of `/v1/dialogue`); get its events back."""
-    state, principal = await websocket_principal(websocket)
-    if principal is None:
-        return
-    await websocket.accept()
-    try:
-        message = await websocket.receive_json()
-        if not isinstance(message, dict):
-            raise Unprocessable("the message must be a JSON object")
-        request = dialogue_request(state, message, str(message.get("filename") or "audio"))
-        audio = await websocket_audio(message, state.settings)
-        job = await submit_dialogue(state, principal, request, audio, None)
-        async for event in client_events(state, job):
-            await websocket.send_json(event)
-        await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        return
-    except (ApiError, json.JSONDecodeError, RedisError) as exc:
-        reply, close_code = websocket_failure(exc)
-        await websocket.send_json(reply)
-        await websocket.close(code=close_code)
+    await serve_websocket(websocket, _dialogue_over_websocket)
+
+
+async def _dialogue_over_websocket(
+    websocket: WebSocket, state: AppState, principal: Principal, message: dict[str, Any]
+) -> None:
+    request = dialogue_request(state, message, str(message.get("filename") or "audio"))
+    audio = await websocket_audio(message, state.settings)
+    job = await submit_dialogue(state, principal, request, audio, None)
+    async for event in client_events(state, job):
+        await websocket.send_json(event)

@@ -4,19 +4,16 @@ helpers the OpenAI `/v1/audio/speech` route shares: resolving a request and stre
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field, ValidationError
-from redis.exceptions import RedisError
-from starlette.websockets import WebSocketDisconnect
+from pydantic import Field
 
 from api.auth import Principal
-from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, GatewayTimeout, NotFound, Unprocessable, validation_summary, websocket_failure
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
+from api.errors import GatewayTimeout, NotFound, Unprocessable, validated
 from api.routes.jobs import accepted
 from api.state import AppState
 from api.submit import follow, raise_for_failure, submit, wait_for
@@ -142,54 +139,38 @@ def synthesis_body(job: JobRecord, audio: bytes) -> dict[str, Any]:
     }
 
 
-def _ws_request(message: Any) -> TextToSpeechRequest:
-    if not isinstance(message, dict):
-        raise Unprocessable("the message must be a JSON object")
-    try:
-        return TextToSpeechRequest.model_validate(message)
-    except ValidationError as exc:
-        text, param = validation_summary(list(exc.errors()))
-        raise Unprocessable(text, param=param) from exc
-
-
 @router.websocket("/v1/text-to-speech/ws")
 async def text_to_speech_ws(websocket: WebSocket) -> None:
     """Send one JSON request; with `stream`: `metadata`, `audio_chunk`…, `done`; else one `synthesis` event."""
-    state, principal = await websocket_principal(websocket)
-    if principal is None:
+    await serve_websocket(websocket, _synthesize_over_websocket)
+
+
+async def _synthesize_over_websocket(
+    websocket: WebSocket, state: AppState, principal: Principal, message: dict[str, Any]
+) -> None:
+    body = validated(TextToSpeechRequest, message)
+    request = resolved(state, body.job_request())
+    job = await submit_synthesis(state, request, principal, None)
+    if not body.stream:
+        final = await wait_for(state, job)
+        await websocket.send_json(
+            {"event": "synthesis", "data": synthesis_body(final, await stored_audio(state, final))}
+        )
         return
-    await websocket.accept()
-    try:
-        body = _ws_request(await websocket.receive_json())
-        request = resolved(state, body.job_request())
-        job = await submit_synthesis(state, request, principal, None)
-        if body.stream:
-            metadata = {
-                "job_id": job.id,
-                "response_format": request.response_format,
-                "media_type": MEDIA_TYPES[request.response_format],
-                "sample_rate": request.sample_rate,
-                "reference_id": request.reference_id,
-                "voice": request.voice,
-                "model": request.model,
-            }
-            await websocket.send_json({"event": "metadata", "data": metadata})
-            async for chunk in audio_chunks(state, job):
-                data = {"index": chunk["index"], "audio_base64": chunk["audio"], "text": chunk.get("text")}
-                await websocket.send_json({"event": "audio_chunk", "data": data})
-            final = await state.store.get(job.id, owner=principal.id)
-            assert final is not None and final.result is not None
-            done = {k: final.result[k] for k in ("duration", "chunks", "bytes", "sample_rate", "format")}
-            await websocket.send_json({"event": "done", "data": {"job_id": job.id, **done}})
-        else:
-            final = await wait_for(state, job)
-            await websocket.send_json(
-                {"event": "synthesis", "data": synthesis_body(final, await stored_audio(state, final))}
-            )
-        await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        return
-    except (ApiError, json.JSONDecodeError, RedisError) as exc:
-        message, close_code = websocket_failure(exc)
-        await websocket.send_json(message)
-        await websocket.close(code=close_code)
+    metadata = {
+        "job_id": job.id,
+        "response_format": request.response_format,
+        "media_type": MEDIA_TYPES[request.response_format],
+        "sample_rate": request.sample_rate,
+        "reference_id": request.reference_id,
+        "voice": request.voice,
+        "model": request.model,
+    }
+    await websocket.send_json({"event": "metadata", "data": metadata})
+    async for chunk in audio_chunks(state, job):
+        data = {"index": chunk["index"], "audio_base64": chunk["audio"], "text": chunk.get("text")}
+        await websocket.send_json({"event": "audio_chunk", "data": data})
+    ended = await state.store.get(job.id, owner=principal.id)
+    assert ended is not None and ended.result is not None
+    done = {k: ended.result[k] for k in ("duration", "chunks", "bytes", "sample_rate", "format")}
+    await websocket.send_json({"event": "done", "data": {"job_id": job.id, **done}})

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile, WebSocket, status
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
-from redis.exceptions import RedisError
-from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
-from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, GatewayTimeout, Unprocessable, validation_summary, websocket_failure
+from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
+from api.errors import GatewayTimeout, validated
 from api.schemas import job_created
 from api.state import AppState
 from api.submit import follow, raise_for_failure, submit, wait_for
@@ -55,11 +51,7 @@ AudioFile = Annotated[UploadFile, File(description="the recording")]
 
 def transcribe_request(fields: dict[str, Any]) -> TranscribeRequest:
     """Fields → a validated request; a bad one is a 422 naming it."""
-    try:
-        return TranscribeRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-    except ValidationError as exc:
-        message, param = validation_summary(list(exc.errors()))
-        raise Unprocessable(message, param=param) from exc
+    return validated(TranscribeRequest, {k: v for k, v in fields.items() if v is not None})
 
 
 async def submit_upload(
@@ -121,36 +113,27 @@ async def speech_to_text(
 @router.websocket("/v1/speech-to-text/ws")
 async def speech_to_text_ws(websocket: WebSocket) -> None:
     """Send one JSON request; get `segment` events as they are decoded, then one `transcript` event."""
-    state, principal = await websocket_principal(websocket)
-    if principal is None:
-        return
-    await websocket.accept()
-    try:
-        message = await websocket.receive_json()
-        if not isinstance(message, dict):
-            raise Unprocessable("the message must be a JSON object")
-        fields = ("language", "prompt", "response_format", "temperature")
-        request = transcribe_request(
-            {**{k: message.get(k) for k in fields}, "filename": message.get("filename") or "audio"}
-        )
-        audio = await websocket_audio(message, state.settings)
-        job, _ = await submit(state, JobKind.transcribe, request, principal, input_file=audio)
-        async for event in follow(state, job.id):
-            if event.type == EventType.segment:
-                await websocket.send_json({"event": "segment", "data": event.data})
-        final = await state.store.get(job.id, owner=principal.id)
-        if final is None:
-            raise GatewayTimeout(f"job {job.id} expired before it finished")
-        raise_for_failure(final)
-        assert final.result is not None
-        await websocket.send_json({"event": "transcript", "data": render_for_ws(final.result, request)})
-        await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        return
-    except (ApiError, json.JSONDecodeError, RedisError) as exc:
-        message, close_code = websocket_failure(exc)
-        await websocket.send_json(message)
-        await websocket.close(code=close_code)
+    await serve_websocket(websocket, _transcribe_over_websocket)
+
+
+async def _transcribe_over_websocket(
+    websocket: WebSocket, state: AppState, principal: Principal, message: dict[str, Any]
+) -> None:
+    fields = ("language", "prompt", "response_format", "temperature")
+    request = transcribe_request(
+        {**{k: message.get(k) for k in fields}, "filename": message.get("filename") or "audio"}
+    )
+    audio = await websocket_audio(message, state.settings)
+    job, _ = await submit(state, JobKind.transcribe, request, principal, input_file=audio)
+    async for event in follow(state, job.id):
+        if event.type == EventType.segment:
+            await websocket.send_json({"event": "segment", "data": event.data})
+    final = await state.store.get(job.id, owner=principal.id)
+    if final is None:
+        raise GatewayTimeout(f"job {job.id} expired before it finished")
+    raise_for_failure(final)
+    assert final.result is not None
+    await websocket.send_json({"event": "transcript", "data": render_for_ws(final.result, request)})
 
 
 def render_for_ws(result: dict[str, Any], request: TranscribeRequest) -> Any:
