@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.auth import Principal
-from api.errors import ApiError, Conflict, GatewayTimeout, QueueFullError, QuotaExceeded, Unprocessable
+from api.errors import ApiError, Conflict, GatewayTimeout, NotFound, QueueFullError, QuotaExceeded, Unprocessable
 from api.state import AppState
 from tasks.events import Event, read_events
 from tasks.jobs import JobKind, JobRecord, JobStatus
-from tasks.store import IdempotencyConflict, QueueFull, TooManyActive
+from tasks.store import IdempotencyConflict, JobStore, QueueFull, TooManyActive
 
 
 async def submit(
@@ -71,6 +71,14 @@ async def wait_for(state: AppState, job: JobRecord, timeout: float | None = None
         raise GatewayTimeout(f"job {job.id} expired before it finished")
     raise_for_failure(final)
     return final
+
+
+async def stored_audio(store: JobStore, job: JobRecord) -> bytes:
+    """The audio a synthesis or dialogue job stored, or a 404 once it has expired."""
+    audio = await store.output(job.id)
+    if audio is None:
+        raise NotFound(f"the audio of job {job.id} is no longer stored", param="job_id")
+    return audio
 
 
 # How a failed job's error.type reaches a blocking client; anything else is a 500.

@@ -18,10 +18,10 @@ from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import Unprocessable, validated
 from api.routes.synthesis import remote_defaults
-from api.routes.transcription import AudioFile
+from api.routes.transcription import AudioFile, sent_fields
 from api.schemas import job_created
 from api.state import AppState
-from api.submit import follow, submit, wait_for
+from api.submit import follow, stored_audio, submit, wait_for
 from api.uploads import read_audio, websocket_audio
 from tasks.jobs import EventType, JobKind, JobRecord
 from tasks.payloads import DialogueRequest, GenerationParams, InvalidField, SynthesizeRequest, resolve_synthesis
@@ -39,14 +39,13 @@ async def dialogue_options(
     conversation_id: Annotated[str | None, Form(description="keeps the history of earlier turns")] = None,
     language: Annotated[str | None, Form(description="the language spoken, if known")] = None,
 ) -> dict[str, Any]:
-    sent = {
-        "instructions": instructions,
-        "generation_config": generation_config,
-        "synthesis_config": synthesis_config,
-        "conversation_id": conversation_id,
-        "language": language,
-    }
-    return {name: value for name, value in sent.items() if value is not None}
+    return sent_fields(
+        instructions=instructions,
+        generation_config=generation_config,
+        synthesis_config=synthesis_config,
+        conversation_id=conversation_id,
+        language=language,
+    )
 
 
 OptionsDep = Annotated[dict[str, Any], Depends(dialogue_options)]
@@ -178,7 +177,7 @@ async def dialogue(
 
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={"X-Job-ID": job.id})
     final = await wait_for(state, job)
-    audio = await state.store.output(job.id) or b""
+    audio = await stored_audio(state.store, final)
     return JSONResponse(dialogue_body(final, audio), headers={"X-Job-ID": job.id})
 
 

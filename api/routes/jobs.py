@@ -16,7 +16,7 @@ from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, refuse, websocket_principal
 from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
-from api.submit import follow, submit
+from api.submit import follow, stored_audio, submit
 from tasks.events import parse_event_id
 from tasks.jobs import JobKind, JobRecord, JobStatus
 from tasks.payloads import ChatRequest, CompletionRequest, GenerateRequest
@@ -124,9 +124,7 @@ async def get_audio(job_id: str, store: StoreDep, principal: PrincipalDep) -> Re
 
 async def _audio(store: JobStore, job: JobRecord) -> Response:
     result = job.result or {}
-    audio = await store.output(job.id)
-    if audio is None:
-        raise NotFound(f"the audio of job {job.id} is no longer stored", param="job_id")
+    audio = await stored_audio(store, job)
     fmt = result.get("format") or result.get("response_format")
     headers = {"x-audio-format": str(fmt), "x-sample-rate": str(result.get("sample_rate"))}
     return Response(audio, media_type=result.get("media_type"), headers=headers)

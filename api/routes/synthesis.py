@@ -13,10 +13,10 @@ from pydantic import Field
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
-from api.errors import GatewayTimeout, NotFound, Unprocessable, validated
+from api.errors import GatewayTimeout, Unprocessable, validated
 from api.routes.jobs import accepted
 from api.state import AppState
-from api.submit import follow, raise_for_failure, submit, wait_for
+from api.submit import follow, raise_for_failure, stored_audio, submit, wait_for
 from tasks.jobs import EventType, JobKind, JobRecord
 from tasks.payloads import InvalidField, SynthesizeRequest, resolve_synthesis
 from tasks.speech import MEDIA_TYPES
@@ -79,13 +79,6 @@ async def started(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[s
     return rest()
 
 
-async def stored_audio(state: AppState, job: JobRecord) -> bytes:
-    audio = await state.store.output(job.id)
-    if audio is None:
-        raise NotFound(f"the audio of job {job.id} is no longer stored", param="job_id")
-    return audio
-
-
 def audio_headers(request: SynthesizeRequest, job: JobRecord) -> dict[str, str]:
     return {
         "x-audio-format": request.response_format,
@@ -121,7 +114,7 @@ async def text_to_speech(
         media_type = MEDIA_TYPES[request.response_format]
         return StreamingResponse(audio(), media_type=media_type, headers=audio_headers(request, job))
     final = await wait_for(state, job)
-    return JSONResponse(synthesis_body(final, await stored_audio(state, final)), headers={"X-Job-ID": job.id})
+    return JSONResponse(synthesis_body(final, await stored_audio(state.store, final)), headers={"X-Job-ID": job.id})
 
 
 def synthesis_body(job: JobRecord, audio: bytes) -> dict[str, Any]:
@@ -154,7 +147,7 @@ async def _synthesize_over_websocket(
     if not body.stream:
         final = await wait_for(state, job)
         await websocket.send_json(
-            {"event": "synthesis", "data": synthesis_body(final, await stored_audio(state, final))}
+            {"event": "synthesis", "data": synthesis_body(final, await stored_audio(state.store, final))}
         )
         return
     metadata = {

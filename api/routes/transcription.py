@@ -32,17 +32,21 @@ async def transcription_options(
     vad_filter: Annotated[bool | None, Form()] = None,
 ) -> dict[str, Any]:
     """The form fields every transcription route accepts, those that were sent."""
-    sent = {
-        "model": model,
-        "language": language,
-        "prompt": prompt,
-        "response_format": response_format,
-        "temperature": temperature,
-        "timestamp_granularities": timestamp_granularities,
-        "task": task,
-        "vad_filter": vad_filter,
-    }
-    return {name: value for name, value in sent.items() if value is not None}
+    return sent_fields(
+        model=model,
+        language=language,
+        prompt=prompt,
+        response_format=response_format,
+        temperature=temperature,
+        timestamp_granularities=timestamp_granularities,
+        task=task,
+        vad_filter=vad_filter,
+    )
+
+
+def sent_fields(**fields: Any) -> dict[str, Any]:
+    """The form fields a client sent (FastAPI gives the others as None)."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 OptionsDep = Annotated[dict[str, Any], Depends(transcription_options)]
@@ -51,7 +55,7 @@ AudioFile = Annotated[UploadFile, File(description="the recording")]
 
 def transcribe_request(fields: dict[str, Any]) -> TranscribeRequest:
     """Fields → a validated request; a bad one is a 422 naming it."""
-    return validated(TranscribeRequest, {k: v for k, v in fields.items() if v is not None})
+    return validated(TranscribeRequest, sent_fields(**fields))
 
 
 async def submit_upload(
