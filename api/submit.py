@@ -13,6 +13,7 @@ from api.errors import ApiError, Conflict, GatewayTimeout, NotFound, QueueFullEr
 from api.state import AppState
 from tasks.events import Event, read_events
 from tasks.jobs import JobKind, JobRecord, JobStatus
+from tasks.payloads import GenerationParams, with_defaults
 from tasks.store import IdempotencyConflict, JobStore, QueueFull, TooManyActive
 
 
@@ -27,7 +28,13 @@ async def submit(
     input_file: bytes | None = None,
     max_active: int | None = None,
 ) -> tuple[JobRecord, bool]:
-    """Create and enqueue a job; returns it and whether an Idempotency-Key replayed an existing one."""
+    """Create and enqueue a job; returns it and whether an Idempotency-Key replayed an existing one.
+
+    A generation request gets the operator's defaults (LLM_MAX_TOKENS, LLM_TEMPERATURE, …) for what it
+    left out, whichever route it came by.
+    """
+    if isinstance(payload, GenerationParams):
+        payload = with_defaults(payload, state.settings.generation_defaults)
     try:
         created = await state.store.create(
             kind,

@@ -164,6 +164,17 @@ class Settings(BaseSettings):
         return self.broker_visibility_timeout_seconds or self.task_time_limit_seconds + 60
 
     @property
+    def generation_defaults(self) -> dict[str, object]:
+        """What a generation request that leaves these out gets (LLM_MAX_TOKENS, LLM_TEMPERATURE, …)."""
+        return {
+            "max_tokens": self.llm_max_tokens,
+            "temperature": self.llm_temperature,
+            "top_p": self.llm_top_p,
+            "top_k": self.llm_top_k,
+            "repeat_penalty": self.llm_repeat_penalty,
+        }
+
+    @property
     def models_dir(self) -> Path:
         return self.llm_models_dir or self.data_dir / "models"
 

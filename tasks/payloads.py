@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -47,6 +47,15 @@ class GenerationParams(BaseModel):
             known = ", ".join(name for name, entry in CATALOG.items() if entry.role == "llm")
             raise ValueError(f"unknown model {value!r}; use one of {known}, a .gguf path or owner/repo[:file]")
         return value
+
+
+P = TypeVar("P", bound=GenerationParams)
+
+
+def with_defaults(params: P, defaults: dict[str, object]) -> P:
+    """The fields a client left out take the operator's defaults; what it sent stays as sent."""
+    unset = {name: value for name, value in defaults.items() if name not in params.model_fields_set}
+    return params.model_copy(update=unset)
 
 
 class GenerateRequest(GenerationParams):

@@ -10,7 +10,6 @@ import re
 from typing import Literal
 
 AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
-AUDIO_FORMATS: tuple[str, ...] = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from tests.conftest import Stack
+from tests.sse import read_events
+from tests.stack import start_api
 
 
 def test_generate_returns_generated_text(client: httpx.Client) -> None:
@@ -67,3 +72,24 @@ def test_context_overflow_is_a_clear_400(client: httpx.Client) -> None:
     error = response.json()["error"]
     assert error["code"] == "context_length_exceeded"
     assert "context window" in error["message"]
+
+
+def test_operator_defaults_fill_what_a_request_leaves_out(stack: Stack, logs_dir: Path) -> None:
+    api, url = start_api({**stack.env, "LLM_MAX_TOKENS": "3", "LLM_TEMPERATURE": "0"}, logs_dir)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            prompt = "Write a long story about a lighthouse keeper and the sea."
+            job = client.post("/v1/jobs/completion", json={"prompt": prompt}).json()["id"]
+            read_events(client, job)
+            result = client.get(f"/v1/jobs/{job}/result").json()
+            assert result["usage"]["completion_tokens"] == 3 and result["finish_reason"] == "length"
+            chat = client.post(
+                "/v1/chat/completions",
+                json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": prompt}]},
+            ).json()
+            assert chat["usage"]["completion_tokens"] == 3
+            sent = client.post("/v1/jobs/completion", json={"prompt": prompt, "max_tokens": 8}).json()["id"]
+            read_events(client, sent)
+            assert client.get(f"/v1/jobs/{sent}/result").json()["usage"]["completion_tokens"] == 8
+    finally:
+        api.stop()

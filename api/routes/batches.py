@@ -31,6 +31,7 @@ from api.uploads import check_audio
 from tasks.batches import new_id
 from tasks.catalog import is_known_stt
 from tasks.jobs import JobKind, JobStatus
+from tasks.payloads import with_defaults
 from tasks.transcripts import render
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
@@ -141,11 +142,13 @@ async def _plan_line(state: AppState, principal: Principal, endpoint: str, line:
     kind = ENDPOINTS[endpoint]
     if kind == JobKind.chat:
         chat = validated(ChatCompletionRequest, body, "body")
-        payload = chat_payload(chat).model_dump(mode="json")
+        payload = with_defaults(chat_payload(chat), state.settings.generation_defaults).model_dump(mode="json")
         return Planned(custom_id=custom_id, kind=kind, model=chat.model, payload=payload)
     if kind == JobKind.completion:
         completion = validated(CompletionRequestOpenAI, body, "body")
-        payload = completion_payload(completion).model_dump(mode="json")
+        payload = with_defaults(completion_payload(completion), state.settings.generation_defaults).model_dump(
+            mode="json"
+        )
         return Planned(custom_id=custom_id, kind=kind, model=completion.model, payload=payload)
     return await _plan_transcription(state, principal, custom_id, body)
 

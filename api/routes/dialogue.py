@@ -24,7 +24,14 @@ from api.state import AppState
 from api.submit import follow, stored_audio, submit, wait_for
 from api.uploads import read_audio, websocket_audio
 from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import DialogueRequest, GenerationParams, InvalidField, SynthesizeRequest, resolve_synthesis
+from tasks.payloads import (
+    DialogueRequest,
+    GenerationParams,
+    InvalidField,
+    SynthesizeRequest,
+    resolve_synthesis,
+    with_defaults,
+)
 
 router = APIRouter(tags=["dialogue"])
 
@@ -68,8 +75,9 @@ def _object(value: Any, name: str) -> dict[str, Any]:
 def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> DialogueRequest:
     """Form or WebSocket fields → a validated dialogue request; a bad field is a 422 naming it
     (`generation_config.temperature`, `synthesis_config.voice`, …)."""
-    generation = validated(
-        GenerationParams, _object(fields.get("generation_config"), "generation_config"), "generation_config"
+    generation = with_defaults(
+        validated(GenerationParams, _object(fields.get("generation_config"), "generation_config"), "generation_config"),
+        state.settings.generation_defaults,
     )
     synthesis = _object(fields.get("synthesis_config"), "synthesis_config")
     for spoken in ("text", "input"):
