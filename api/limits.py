@@ -19,10 +19,7 @@ from tasks import keys, scripts
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    remaining: int
-    retry_after: float  # seconds until a request would be allowed (0 when allowed)
-    reset: float  # seconds until the bucket is full again
-    headers: dict[str, str]
+    headers: dict[str, str]  # RateLimit-Policy, RateLimit, and Retry-After when refused
 
 
 class RateLimiter:
@@ -38,11 +35,10 @@ class RateLimiter:
         allowed, remaining, retry_ms, reset_ms = await self._script(
             keys=[keys.rate_limit(scope)], args=[self.interval_ms, self.burst]
         )
-        retry_after, reset = float(retry_ms) / 1000, float(reset_ms) / 1000
         headers = {
             "RateLimit-Policy": self.policy,
-            "RateLimit": f'"default";r={int(remaining)};t={math.ceil(reset)}',
+            "RateLimit": f'"default";r={int(remaining)};t={math.ceil(float(reset_ms) / 1000)}',
         }
         if not allowed:
-            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-        return Decision(bool(allowed), int(remaining), retry_after, reset, headers)
+            headers["Retry-After"] = str(max(1, math.ceil(float(retry_ms) / 1000)))
+        return Decision(bool(allowed), headers)

@@ -50,9 +50,8 @@ class HibariEngine:
         tts = self._voices.get(request.voice or "heart")
         if tts is None:
             raise InvalidJobInput(f"hibari has no voice {request.voice!r} here; voices: {', '.join(self._voices)}")
-        rng_seed = request.seed
         for sentence in split_sentences(request.text):
-            parts = list(tts.stream(sentence, speed=request.speed, seed=rng_seed))
+            parts = list(tts.stream(sentence, speed=request.speed, seed=request.seed))
             if parts:
                 yield SpeechChunk(np.concatenate(parts).astype(np.float32), self.sample_rate, sentence)
 
