@@ -131,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
 
     baseline = in_process_latencies(args.samples)
-    with bench_stack(QUEUE_MAX_DEPTH="0", LOG_LEVEL="WARNING") as stack:
+    with bench_stack(QUEUE_MAX_DEPTH="0", MAX_ACTIVE_JOBS_PER_KEY="0", LOG_LEVEL="WARNING") as stack:
         queued_latencies(stack.url, 20)  # warm-up
         total, waited, ran = queued_latencies(stack.url, args.samples)
         before = drain_and_count(stack.redis_url)
