@@ -173,6 +173,7 @@ class Dialogue:
         self.started = time.perf_counter()
         self.first_audio: float | None = None
         self.chunks = 0
+        self.checked = time.monotonic()
 
     def __call__(self) -> dict[str, Any]:
         try:
@@ -294,7 +295,9 @@ class Dialogue:
     def _read(self, watched: list[Stage]) -> list[tuple[Stage, str, Any]]:
         """Wait up to a second for stage events; between waits, honour a cancel and spot a stuck stage."""
         events = self.stages.read(watched, block_ms=1000)
-        self.run.check()
+        if time.monotonic() - self.checked >= 1.0:  # every emit checks too; this covers the quiet waits
+            self.run.check()
+            self.checked = time.monotonic()
         for stage in watched:
             if self.stages.overdue(stage):
                 raise EngineError(
