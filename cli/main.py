@@ -112,6 +112,8 @@ def worker(
     if len(devices) > 1 or (model_queues and "dialogue" in chosen):
         from cli.stack import run_workers
 
+        settings = settings_or_exit()
+        configure_logging(settings.log_level, settings.log_format, "supervisor")
         dialogue = "dialogue" in chosen
         raise typer.Exit(run_workers(devices, model_queues, dialogue=dialogue, concurrency=concurrency))
     if devices:
@@ -119,10 +121,15 @@ def worker(
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
     settings = with_redis(settings_or_exit())
     configure_logging(settings.log_level, settings.log_format, "worker")
+    from workers.startup import prepare_worker
+
+    prepare_worker(chosen)  # before workers.main, which imports PyAV
     from workers.main import run_worker
 
-    if concurrency is None:  # a thread per model queue: speech jobs run beside a long generation
-        concurrency = settings.dialogue_concurrency if chosen == ["dialogue"] else len(chosen)
+    if concurrency is None:
+        # A thread per generation slot and one per speech queue: speech jobs run beside the batch.
+        slots = {"llm": settings.llm_parallel, "dialogue": settings.dialogue_concurrency}
+        concurrency = sum(slots.get(queue, 1) for queue in chosen)
     run_worker(settings, chosen, concurrency=concurrency, device=devices[0] if devices else None)
 
 

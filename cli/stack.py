@@ -51,7 +51,7 @@ class Supervisor:
                 for child in self.children:
                     code = child.process.poll()
                     if code is not None:
-                        log.error("%s exited with status %s; stopping the rest", child.name, code)
+                        log.error("%s %s; stopping the rest (its log above says why)", child.name, exit_reason(code))
                         self.stopping, status = True, 1
                         break
                 time.sleep(0.2)
@@ -78,6 +78,17 @@ class Supervisor:
                 child.process.kill()
                 child.process.wait()
             log.info("%s stopped", child.name)
+
+
+def exit_reason(code: int) -> str:
+    """How a child ended, in words: `exited with status 1`, `was killed by SIGSEGV (signal 11)`."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "an unknown signal"
+    return f"was killed by {name} (signal {-code})"
 
 
 def _ctrl_c_reached_children() -> bool:

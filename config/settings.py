@@ -72,11 +72,18 @@ class Settings(BaseSettings):
     llm_models_dir: Path | None = None
     """Where assembled or downloaded GGUF files go; default `<data_dir>/models`."""
     llm_n_ctx: int = Field(4096, ge=128)
+    """Context window of each sequence slot (prompt + reply); the KV cache holds LLM_PARALLEL of them."""
+    llm_parallel: int = Field(4, ge=1, le=256)
+    """Generations one LLM engine decodes together (continuous batching); a worker serving `llm` takes
+    this many messages from the queue at once. 1: one generation at a time."""
     llm_n_threads: int | None = Field(None, ge=1)
+    """CPU threads for llama.cpp, for decoding and for prompt processing; default: half the cores."""
     llm_n_gpu_layers: int | None = Field(None, ge=-1)
     """Layers offloaded to the GPU; unset: all of them (-1) when llama.cpp was built with GPU support
     and a CUDA device is visible, else none."""
     llm_n_batch: int = Field(512, ge=1)
+    """Tokens per decode step, shared by the running generations; longer prompts are prefilled in
+    chunks of what is left, so they do not stall the others."""
     llm_max_tokens: int = Field(512, ge=1, le=4096)
     llm_temperature: float = Field(0.7, ge=0.0, le=2.0)
     llm_top_p: float = Field(0.95, gt=0.0, le=1.0)

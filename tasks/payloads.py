@@ -29,6 +29,10 @@ class GenerationParams(BaseModel):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
     repeat_penalty: float = Field(1.1, gt=0.0, le=10.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from a token's logit once per time it appeared in the last 64 generated."""
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from a token's logit if it appeared in the last 64 generated."""
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     min_p: float = Field(0.05, ge=0.0, le=1.0)

@@ -49,11 +49,13 @@ def test_cancelling_a_long_generation_stops_it_and_the_worker_moves_on(client: h
 
 
 def test_cancelling_a_queued_job_skips_it(client: httpx.Client) -> None:
-    blocker = str(submit(client, "completion", **RAMBLE)["id"])
+    # One blocker per generation slot (LLM_PARALLEL, 4 by default), so the next job has to wait in the queue.
+    blockers = [str(submit(client, "completion", **RAMBLE)["id"]) for _ in range(4)]
     queued = str(submit(client, prompt="never run", max_tokens=4)["id"])
     assert client.delete(f"/v1/jobs/{queued}").json()["status"] == "cancelled"
-    client.delete(f"/v1/jobs/{blocker}")
-    assert wait_done(client, blocker)["status"] == "cancelled"
+    for blocker in blockers:
+        client.delete(f"/v1/jobs/{blocker}")
+    assert [wait_done(client, blocker)["status"] for blocker in blockers] == ["cancelled"] * 4
     time.sleep(0.5)  # the queued message has been delivered and skipped by now
     job = client.get(f"/v1/jobs/{queued}").json()
     assert job["status"] == "cancelled" and job["attempts"] == 0

@@ -71,7 +71,9 @@ def run_llm_job(job: JobRecord, run: JobExecution, models: ModelCache) -> dict[s
         prompt = Prompt(params.prompt, (), add_bos=True)
 
     batcher = TokenBatcher(run, window=models.settings.llm_stream_batch_seconds)
-    generation = engine.generate(prompt, params, batcher)
+    # `check` notices a cancel or the time limit even while nothing is emitted (a slot still prefilling,
+    # a stretch of tokens that are not yet whole text).
+    generation = engine.generate(prompt, params, batcher, check=run.check)
     batcher.flush()
     return {
         "text": generation.text,

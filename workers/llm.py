@@ -1,22 +1,27 @@
-"""`LlmEngine`: text generation on llama-cpp-python, streamed one text delta at a time.
+"""`LlmEngine`: text generation on llama.cpp, many generations decoded together, each streamed as text deltas.
 
 Prompts are built here: the GGUF's own chat template when it has one, else the Gemma 3 turn format
 (`<start_of_turn>user … <end_of_turn>` then `<start_of_turn>model`), stopping at `<end_of_turn>`.
+The decoding itself is `workers.llm_batch`'s: this module tokenizes, submits and follows.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
+import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.payloads import ChatMessage, GenerationParams
-from workers.errors import ContextOverflow, ModelUnavailable
+from workers.errors import ContextOverflow, InvalidJobInput, ModelUnavailable
+
+if TYPE_CHECKING:
+    from workers.llm_batch import BatchScheduler
+    from workers.llm_native import NativeContext, NativeModel
 
 log = logging.getLogger(__name__)
 
@@ -60,50 +65,81 @@ def gemma_turns(messages: list[ChatMessage]) -> str:
 
 
 class LlmEngine:
-    """One loaded GGUF model. llama.cpp's context is not thread-safe: generations on one engine take
-    turns (a worker with several threads still runs speech jobs beside a generation)."""
+    """One loaded GGUF model and the scheduler that decodes up to `parallel` generations of it at once.
+    `generate` may be called from many threads; each call is one sequence in the shared batch."""
 
     def __init__(
-        self, name: str, path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int | None, n_batch: int
+        self,
+        name: str,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int | None,
+        n_gpu_layers: int | None,
+        n_batch: int,
+        parallel: int = 1,
     ):
-        self._busy = threading.Lock()
         try:
-            from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            from workers.llm_batch import BatchScheduler
+            from workers.llm_native import NativeContext, NativeModel, gpu_offload_supported
         except ImportError as exc:
             raise ModelUnavailable("this worker has no llama-cpp-python: pip install 'speechq[llm]'") from exc
-        from llama_cpp import StoppingCriteriaList, llama_supports_gpu_offload
 
         if n_gpu_layers is None:  # every layer on the GPU when there is one, none otherwise
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset") not in ("", "-1")
-            n_gpu_layers = -1 if llama_supports_gpu_offload() and visible else 0
-        self.n_gpu_layers = n_gpu_layers
-        started = time.perf_counter()
+            n_gpu_layers = -1 if gpu_offload_supported() and visible else 0
         self.name = name
-        self._llm = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            n_batch=n_batch,
-            verbose=False,
-        )
+        self.n_gpu_layers = n_gpu_layers
+        self.parallel = parallel
+        started = time.perf_counter()
+        self._model: NativeModel = NativeModel(path, n_gpu_layers=n_gpu_layers)
+        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        try:
+            # Prompt processing gets the same threads as decoding: several workers on one machine must
+            # not each take every core (LLM_N_THREADS bounds both).
+            self._context: NativeContext = NativeContext(
+                self._model,
+                n_ctx_seq=n_ctx,
+                n_seq=parallel,
+                n_batch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+            )
+        except Exception:
+            self._model.close()
+            raise
+        self.n_ctx = min(n_ctx, self._context.n_ctx_seq)
         self.load_seconds = time.perf_counter() - started
         # Special tokens detokenize to nothing, so a text stop sequence cannot catch a model that opens a
         # new turn instead of closing its own: stop on the token itself.
-        turn = self._llm.tokenize(GEMMA_START_OF_TURN.encode(), add_bos=False, special=True)
-        self._gemma_stop = StoppingCriteriaList([lambda ids, _logits: len(turn) == 1 and ids[-1] == turn[0]])
-        self.n_ctx = n_ctx
-        template = self._llm.metadata.get("tokenizer.chat_template")
+        turn = self._model.tokenize(GEMMA_START_OF_TURN.encode(), add_bos=False, special=True)
+        self._gemma_stop = frozenset(turn) if len(turn) == 1 else frozenset()
+        template = self._model.metadata("tokenizer.chat_template")
         self._formatter: Any = None
         if template:
-            vocab = self._llm
             self._formatter = Jinja2ChatFormatter(
                 template=template,
-                eos_token=self._token_text(vocab.token_eos()),
-                bos_token=self._token_text(vocab.token_bos()),
+                eos_token=self._token_text(self._model.eos),
+                bos_token=self._token_text(self._model.bos),
             )
-        log.info("loaded %s from %s in %.2fs (chat template: %s)", name, path, self.load_seconds, bool(template))
+        self._scheduler: BatchScheduler = BatchScheduler(self._model, self._context, parallel, name)
+        self._scheduler.start()
+        log.info(
+            "loaded %s from %s in %.2fs (chat template: %s, %d slots of %d tokens)",
+            name,
+            path,
+            self.load_seconds,
+            bool(template),
+            parallel,
+            self.n_ctx,
+        )
+
+    def close(self) -> None:
+        self._scheduler.close()
+        self._context.close()
+        self._model.close()
 
     @property
     def has_chat_template(self) -> bool:
@@ -114,61 +150,68 @@ class LlmEngine:
             return Prompt(gemma_turns(messages), (GEMMA_END_OF_TURN,), add_bos=True, gemma_turns=True)
         formatted = self._formatter(messages=[m.model_dump() for m in messages])
         stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
-        bos = self._token_text(self._llm.token_bos())
+        bos = self._token_text(self._model.bos)
         add_bos = not (bos and formatted.prompt.startswith(bos))
         return Prompt(formatted.prompt, tuple(s for s in stop if s), add_bos=add_bos)
 
     def _token_text(self, token: int) -> str:
-        return "" if token < 0 else self._llm.detokenize([token], special=True).decode(errors="ignore")
+        return "" if token < 0 else self._model.piece(token, special=True).decode(errors="ignore")
 
-    def generate(self, prompt: Prompt, params: GenerationParams, on_text: TokenSink) -> Generation:
-        """Stream a completion of `prompt`; `on_text` gets each delta and may raise to stop early."""
-        with self._busy:
-            return self._generate(prompt, params, on_text)
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        return self._model.tokenize(text.encode(), add_bos=add_bos, special=False)
 
-    def _generate(self, prompt: Prompt, params: GenerationParams, on_text: TokenSink) -> Generation:
-        tokens = self._llm.tokenize(prompt.text.encode(), add_bos=prompt.add_bos, special=True)
+    def generate(
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        on_text: TokenSink,
+        check: Callable[[], None] | None = None,
+        check_every: float = 0.25,
+    ) -> Generation:
+        """Stream a completion of `prompt`: `on_text` gets each delta; `check` is called at least every
+        `check_every` seconds. Either may raise to stop the generation, which then leaves the batch."""
+        from workers.llm_batch import Ended, Sequence
+
+        tokens = self._model.tokenize(prompt.text.encode(), add_bos=prompt.add_bos, special=True)
+        if not tokens:
+            raise InvalidJobInput("the prompt is empty once tokenized")
         if len(tokens) + params.max_tokens > self.n_ctx:
             raise ContextOverflow(
                 f"the prompt has {len(tokens)} tokens; with max_tokens={params.max_tokens} that exceeds "
-                f"this model's context window of {self.n_ctx} tokens (LLM_N_CTX)"
+                f"this model's context window of {self.n_ctx} tokens per sequence (LLM_N_CTX)"
             )
+        stop_tokens = self._gemma_stop if prompt.gemma_turns else frozenset()
+        sequence = Sequence(tokens, params, stop=(*prompt.stop, *params.stop), stop_tokens=stop_tokens)
         started = time.perf_counter()
         first: float | None = None
-        pieces: list[str] = []
-        finish_reason = "length"
-        for chunk in self._stream(tokens, prompt, params):
-            choice = chunk["choices"][0]
-            if choice["text"]:
-                first = first if first is not None else time.perf_counter() - started
-                pieces.append(choice["text"])
-                on_text(choice["text"])
-            if choice.get("finish_reason"):
-                finish_reason = choice["finish_reason"]
-        text = "".join(pieces)
-        completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False, special=False)) if text else 0
+        checked = time.monotonic()
+        self._scheduler.submit(sequence)
+        try:
+            while True:
+                try:
+                    event = sequence.events.get(timeout=check_every)
+                except queue.Empty:
+                    event = None
+                if isinstance(event, Ended):
+                    if event.error is not None:
+                        raise event.error
+                    assert event.outcome is not None
+                    outcome = event.outcome
+                    break
+                if event:
+                    first = first if first is not None else time.perf_counter() - started
+                    on_text(event)
+                if check is not None and time.monotonic() - checked >= check_every:
+                    check()
+                    checked = time.monotonic()
+        except BaseException:
+            sequence.cancel()
+            raise
         return Generation(
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=len(tokens),
-            completion_tokens=completion_tokens,
+            text=outcome.text,
+            finish_reason=outcome.finish_reason,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
             seconds=time.perf_counter() - started,
             first_token_seconds=first,
         )
-
-    def _stream(self, tokens: list[int], prompt: Prompt, params: GenerationParams) -> Iterator[dict[str, Any]]:
-        stream = self._llm.create_completion(
-            tokens,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            min_p=params.min_p,
-            typical_p=params.typical_p,
-            repeat_penalty=params.repeat_penalty,
-            stop=[*prompt.stop, *params.stop] or None,
-            seed=params.seed,
-            stopping_criteria=self._gemma_stop if prompt.gemma_turns else None,
-            stream=True,
-        )
-        return cast(Iterator[dict[str, Any]], stream)

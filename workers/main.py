@@ -83,7 +83,13 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         "tts": partial(run_tts_job, models=models, outputs=store.write_output),
         "dialogue": partial(run_dialogue_job, stages=Stages(store, app, settings)),
     }
-    gates = {queue: threading.Semaphore(1) for queue in ("llm", "stt", "tts")}  # the dialogue queue waits on others
+    # Jobs a model kind runs at once: a generation per batch slot, one speech job per engine; the
+    # dialogue queue only waits on the others.
+    gates = {
+        "llm": threading.Semaphore(settings.llm_parallel),
+        "stt": threading.Semaphore(1),
+        "tts": threading.Semaphore(1),
+    }
     register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics, gates=gates))
 
     if "llm" in queues and settings.llm_preload:

@@ -111,5 +111,6 @@ class ModelCache:
                         n_threads=s.llm_n_threads,
                         n_gpu_layers=s.llm_n_gpu_layers,
                         n_batch=s.llm_n_batch,
+                        parallel=s.llm_parallel,
                     )
             return engine

@@ -48,6 +48,8 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -60,8 +62,11 @@ class SamplingFields(BaseModel):
             "top_p": self.top_p,
             "stop": self.stop,
             "seed": self.seed,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
         }
-        return {name: value for name, value in fields.items() if value is not None}
+        # OpenAI's semantics: no repetition penalty beyond the frequency and presence penalties sent.
+        return {"repeat_penalty": 1.0} | {name: value for name, value in fields.items() if value is not None}
 
 
 class ChatCompletionRequest(SamplingFields):
