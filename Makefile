@@ -50,6 +50,8 @@ test: lint typecheck pytest
 bench: $(MODELS)
 	$(BIN)/python -m bench.queue_overhead $(ARGS)
 	$(BIN)/python -m bench.streaming $(ARGS)
+	$(BIN)/python -m bench.batching $(ARGS)
+	$(BIN)/python -m bench.sampling $(ARGS)
 	$(BIN)/python -m bench.transcription $(ARGS)
 	$(BIN)/python -m bench.synthesis $(ARGS)
 	$(BIN)/python -m bench.dialogue $(ARGS)

@@ -21,6 +21,9 @@ PROMPT = "Once upon a time, in a small village by the sea,"
 
 
 def in_process(llm: object, tokens: int) -> tuple[float, float, int]:
+    # Forget the previous run's prompt: each speechq job prefills its prompt in a clean slot, so this side
+    # must too (llama-cpp-python would otherwise reuse the cached prefix and skip the prompt).
+    llm.reset()  # type: ignore[attr-defined]
     started = time.perf_counter()
     first = 0.0
     pieces = []
@@ -59,10 +62,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     args = parser.parse_args()
 
-    from config import Settings
-    from workers.models import ModelCache
+    from pathlib import Path
 
-    llm = ModelCache(Settings(llm_n_threads=2, llm_n_ctx=2048)).llm("gemma-3-270m")._llm
+    from llama_cpp import Llama
+
+    from workers.registry import resolve_llm
+
+    # llama-cpp-python's high-level API: what speechq's engine was before continuous batching.
+    path = resolve_llm("gemma-3-270m", Path("var/models"))
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
     local: list[tuple[float, float, int]] = []
     queued: list[tuple[float, float, int]] = []
     with bench_stack() as stack, httpx.Client(base_url=stack.url, timeout=120) as client:

@@ -69,3 +69,10 @@ def stack(redis_url: str, logs_dir: Path, tmp_path_factory: pytest.TempPathFacto
 def client(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=60) as http:
         yield http
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """An embedded Valkey of the test's own, for a test that kills or restarts processes."""
+    with EmbeddedRedis(tmp_path / "valkey") as server:
+        yield server.url

@@ -93,6 +93,19 @@ def base_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]
     return env
 
 
+def redelivery_env(redis_url: str, data_dir: Path, time_limit: int) -> dict[str, str]:
+    """Settings under which a dead worker's jobs come back within seconds: a 2 s lease, a visibility
+    timeout just past the time limit, and a sweep every second."""
+    return base_env(
+        redis_url,
+        data_dir,
+        JOB_LEASE_SECONDS="2",
+        TASK_TIME_LIMIT_SECONDS=str(time_limit),
+        BROKER_VISIBILITY_TIMEOUT_SECONDS=str(time_limit + 1),
+        BROKER_RESTORE_INTERVAL_SECONDS="1",
+    )
+
+
 def start_worker(env: dict[str, str], log_dir: Path, queues: str = "llm,stt,tts,dialogue") -> Process:
     return Process("worker", [*SPEECHQ, "worker", "--queues", queues], env, log_dir)
 

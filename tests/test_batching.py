@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-import pytest
 from httpx_sse import connect_sse
 
-from cli.embedded_redis import EmbeddedRedis
-from tests.stack import base_env, start_api, start_worker, wait_for_worker, wait_until
+from tests.stack import private_stack, redelivery_env, start_api, start_worker, wait_for_worker, wait_until
 from tests.test_jobs_api import submit, wait_done
 from tests.test_recovery import wait_for_first_token
 
@@ -121,21 +118,8 @@ def test_a_prompt_too_long_for_its_slot_fails_and_the_others_go_on(client: httpx
     assert [wait_done(client, j)["status"] for j in neighbours] == ["succeeded"] * 3
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedRedis(tmp_path / "valkey") as server:
-        yield server.url
-
-
 def test_a_worker_killed_mid_batch_has_all_four_redelivered(private_redis: str, tmp_path: Path) -> None:
-    env = base_env(
-        private_redis,
-        tmp_path,
-        JOB_LEASE_SECONDS="2",
-        TASK_TIME_LIMIT_SECONDS="20",
-        BROKER_VISIBILITY_TIMEOUT_SECONDS="21",
-        BROKER_RESTORE_INTERVAL_SECONDS="1",
-    )
+    env = redelivery_env(private_redis, tmp_path, time_limit=20)
     doomed = start_worker(env, tmp_path, queues="llm")
     api, url = start_api(env, tmp_path)
     rescuer = None
@@ -143,7 +127,6 @@ def test_a_worker_killed_mid_batch_has_all_four_redelivered(private_redis: str, 
         wait_for_worker(url, doomed)
         with httpx.Client(base_url=url, timeout=30) as client:
             jobs = [str(submit(client, "completion", **story(i, 200))["id"]) for i in range(4)]
-
             for job_id in jobs:  # all four are in the batch, each has streamed
                 wait_for_first_token(client, job_id)
             doomed.kill()
@@ -158,3 +141,13 @@ def test_a_worker_killed_mid_batch_has_all_four_redelivered(private_redis: str, 
         doomed.stop()
         if rescuer is not None:
             rescuer.stop()
+
+
+def test_llm_parallel_1_runs_one_generation_at_a_time(tmp_path: Path) -> None:
+    with private_stack(tmp_path, "llm", LLM_PARALLEL="1") as stack, httpx.Client(base_url=stack.url, timeout=30) as c:
+        first, second = (str(submit(c, "completion", **story(i, 48))["id"]) for i in range(2))
+        wait_until(lambda: c.get(f"/v1/jobs/{first}").json()["status"] == "running", timeout=30)
+        assert c.get(f"/v1/jobs/{second}").json()["status"] == "queued"  # no second slot: it waits in Redis
+        done = [wait_done(c, job_id) for job_id in (first, second)]
+        assert [job["status"] for job in done] == ["succeeded"] * 2
+        assert done[1]["started_at"] >= done[0]["finished_at"]  # type: ignore[operator]

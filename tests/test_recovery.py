@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from httpx_sse import connect_sse
 
-from cli.embedded_redis import EmbeddedRedis
 from tests.conftest import Stack
 from tests.sse import read_events
-from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
+from tests.stack import base_env, free_port, redelivery_env, start_api, start_worker, wait_for_worker, wait_until
 from tests.test_jobs_api import submit, wait_done
 
 RAMBLE = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 1900, "temperature": 0.9, "seed": 11}
@@ -81,21 +78,8 @@ def test_a_job_that_fails_leaves_the_worker_alive(client: httpx.Client, stack: S
     assert wait_done(client, str(submit(client, prompt="Hi", max_tokens=2)["id"]))["status"] == "succeeded"
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedRedis(tmp_path / "valkey") as server:
-        yield server.url
-
-
 def test_a_job_whose_worker_is_killed_is_redelivered_and_finishes(private_redis: str, tmp_path: Path) -> None:
-    env = base_env(
-        private_redis,
-        tmp_path,
-        JOB_LEASE_SECONDS="2",
-        TASK_TIME_LIMIT_SECONDS="8",
-        BROKER_VISIBILITY_TIMEOUT_SECONDS="9",
-        BROKER_RESTORE_INTERVAL_SECONDS="1",
-    )
+    env = redelivery_env(private_redis, tmp_path, time_limit=8)
     doomed = start_worker(env, tmp_path, queues="llm")
     api, url = start_api(env, tmp_path)
     rescuer = None
