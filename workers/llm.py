@@ -92,7 +92,6 @@ class LlmEngine:
             n_gpu_layers = -1 if gpu_offload_supported() and visible else 0
         self.name = name
         self.n_gpu_layers = n_gpu_layers
-        self.parallel = parallel
         started = time.perf_counter()
         self._model: NativeModel = NativeModel(path, n_gpu_layers=n_gpu_layers)
         threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
@@ -156,9 +155,6 @@ class LlmEngine:
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self._model.piece(token, special=True).decode(errors="ignore")
-
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        return self._model.tokenize(text.encode(), add_bos=add_bos, special=False)
 
     def generate(
         self,
