@@ -92,7 +92,11 @@ def worker(
     ] = None,
     concurrency: Annotated[
         int | None,
-        typer.Option(min=1, help="jobs at once per process (default: one per queue; dialogue: DIALOGUE_CONCURRENCY)"),
+        typer.Option(
+            min=1,
+            help="jobs at once per process (default: LLM_PARALLEL + one per speech queue; dialogue: "
+            "DIALOGUE_CONCURRENCY)",
+        ),
     ] = None,
 ) -> None:
     """Run a worker for the given queues, pinned to a GPU with --device.
