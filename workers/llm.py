@@ -166,7 +166,7 @@ class LlmEngine:
     ) -> Generation:
         """Stream a completion of `prompt`: `on_text` gets each delta; `check` is called at least every
         `check_every` seconds. Either may raise to stop the generation, which then leaves the batch."""
-        from workers.llm_batch import Ended, Sequence
+        from workers.llm_batch import Outcome, Sequence
 
         tokens = self._model.tokenize(prompt.text.encode(), add_bos=prompt.add_bos, special=True)
         if not tokens:
@@ -188,11 +188,10 @@ class LlmEngine:
                     event = sequence.events.get(timeout=check_every)
                 except queue.Empty:
                     event = None
-                if isinstance(event, Ended):
-                    if event.error is not None:
-                        raise event.error
-                    assert event.outcome is not None
-                    outcome = event.outcome
+                if isinstance(event, Exception):
+                    raise event
+                if isinstance(event, Outcome):
+                    outcome = event
                     break
                 if event:
                     first = first if first is not None else time.perf_counter() - started

@@ -37,23 +37,16 @@ class Outcome:
     completion_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """The last event of a sequence: how it ended, or the error that ended it."""
-
-    outcome: Outcome | None = None
-    error: Exception | None = None
-
-
 @dataclass(eq=False)
 class Sequence:
-    """One generation as its job thread sees it: text deltas (str) then one `Ended` arrive on `events`."""
+    """One generation as its job thread sees it: text deltas (str) arrive on `events`, then its `Outcome`
+    or the exception that ended it."""
 
     tokens: list[int]
     params: GenerationParams
     stop: tuple[str, ...] = ()
     stop_tokens: frozenset[int] = frozenset()
-    events: queue.SimpleQueue[str | Ended] = field(default_factory=queue.SimpleQueue)
+    events: queue.SimpleQueue[str | Outcome | Exception] = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -70,14 +63,18 @@ class Slot:
         self.sampler = SequenceSampler(sequence.params, model.n_vocab)
         self.text = TextStream(sequence.stop)
         self.prefilled = 0  # prompt tokens in the KV cache
-        self.pos = 0  # next position in this sequence
+        self.generated = 0  # tokens sampled so far (the last one is `next_token` until it is decoded)
         self.next_token: int | None = None  # sampled, to be decoded in the next step
         self.output = -1  # batch index whose logits this slot samples from after the step
-        self.generated = 0
 
     @property
     def prefilling(self) -> bool:
         return self.prefilled < len(self.sequence.tokens)
+
+    @property
+    def next_position(self) -> int:
+        """Where `next_token` goes: right after the prompt and the tokens decoded before it."""
+        return self.prefilled + self.generated - 1
 
 
 class BatchScheduler(threading.Thread):
@@ -115,33 +112,26 @@ class BatchScheduler(threading.Thread):
                     self.wakeup.wait()
                 if self.closed:
                     break
-                admitted = self._admit()
+                self._admit()
             try:
                 self._step()
             except Exception as exc:  # a bug or a broken context: fail what is running, keep serving
                 log.exception("LLM batch step failed")
                 for slot in [s for s in self.slots if s is not None]:
                     self._end(slot, error=EngineError(f"generation failed: {type(exc).__name__}"))
-            if admitted:
-                log.debug("admitted %d sequence(s); %d running", admitted, self.active)
         for slot in [s for s in self.slots if s is not None]:
             self._end(slot, error=EngineError("the language model is shutting down"))
         for sequence in self.waiting:
-            sequence.events.put(Ended(error=EngineError("the language model is shutting down")))
+            sequence.events.put(EngineError("the language model is shutting down"))
 
-    def _admit(self) -> int:
-        """Give waiting sequences the free slots (called with `wakeup` held)."""
-        admitted = 0
+    def _admit(self) -> None:
+        """Give waiting sequences the free slots (called with `wakeup` held); drop those already cancelled."""
         for seq_id, slot in enumerate(self.slots):
             while slot is None and self.waiting:
                 sequence = self.waiting.popleft()
-                if sequence.cancelled.is_set():
-                    sequence.events.put(Ended(error=EngineError("cancelled before it started")))
-                    continue
-                self.context.forget(seq_id)
-                slot = self.slots[seq_id] = Slot(seq_id, sequence, self.model)
-                admitted += 1
-        return admitted
+                if not sequence.cancelled.is_set():
+                    self.context.forget(seq_id)
+                    slot = self.slots[seq_id] = Slot(seq_id, sequence, self.model)
 
     def _step(self) -> None:
         """One llama_decode: a token for every generating slot, then prompt chunks in what room is left."""
@@ -155,8 +145,7 @@ class BatchScheduler(threading.Thread):
         context.clear()
         for slot in running:
             if slot.next_token is not None:
-                slot.output = context.add(slot.next_token, slot.pos, slot.seq_id, True)
-                slot.pos += 1
+                slot.output = context.add(slot.next_token, slot.next_position, slot.seq_id, True)
                 slot.next_token = None
         room = context.n_batch - context.n_tokens
         for slot in running:  # in slot order: the earlier sequence finishes its prompt first
@@ -186,7 +175,6 @@ class BatchScheduler(threading.Thread):
             if pos == last:
                 slot.output = index
         slot.prefilled += len(chunk)
-        slot.pos = slot.prefilled
         return len(chunk)
 
     def _advance(self, slot: Slot, token: int) -> None:
@@ -211,10 +199,9 @@ class BatchScheduler(threading.Thread):
         self.context.forget(slot.seq_id)
         slot.sampler.close()
         if error is not None:
-            slot.sequence.events.put(Ended(error=error))
+            slot.sequence.events.put(error)
             return
         tail = slot.text.finish()
         if tail:
             slot.sequence.events.put(tail)
-        outcome = Outcome(slot.text.text, finish_reason, len(slot.sequence.tokens), slot.generated)
-        slot.sequence.events.put(Ended(outcome=outcome))
+        slot.sequence.events.put(Outcome(slot.text.text, finish_reason, len(slot.sequence.tokens), slot.generated))

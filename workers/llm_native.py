@@ -16,8 +16,6 @@ from llama_cpp import llama_cpp as native
 
 from workers.errors import ModelUnavailable
 
-log = logging.getLogger(__name__)
-
 _backend_ready = False
 
 
