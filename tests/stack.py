@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +93,6 @@ def base_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, str]
     return env
 
 
-def redelivery_env(redis_url: str, data_dir: Path, time_limit: int) -> dict[str, str]:
-    """Settings under which a dead worker's jobs come back within seconds: a 2 s lease, a visibility
-    timeout just past the time limit, and a sweep every second."""
-    return base_env(
-        redis_url,
-        data_dir,
-        JOB_LEASE_SECONDS="2",
-        TASK_TIME_LIMIT_SECONDS=str(time_limit),
-        BROKER_VISIBILITY_TIMEOUT_SECONDS=str(time_limit + 1),
-        BROKER_RESTORE_INTERVAL_SECONDS="1",
-    )
-
-
 def start_worker(env: dict[str, str], log_dir: Path, queues: str = "llm,stt,tts,dialogue") -> Process:
     return Process("worker", [*SPEECHQ, "worker", "--queues", queues], env, log_dir)
 
@@ -158,3 +145,44 @@ def private_stack(folder: Path, queues: str, **env_overrides: str) -> Iterator[P
         finally:
             api.stop()
             worker.stop()
+
+
+@dataclass
+class DoomedWorker:
+    """An `llm` worker a test will SIGKILL, the API in front of it, and the workers started to replace it."""
+
+    url: str
+    worker: Process
+    env: dict[str, str]
+    folder: Path
+    rescuers: list[Process] = field(default_factory=list)
+
+    def rescue(self) -> Process:
+        """Start another `llm` worker with the same settings (it takes the dead one's jobs over)."""
+        rescuer = start_worker(self.env, self.folder, queues="llm")
+        self.rescuers.append(rescuer)
+        return rescuer
+
+
+@contextmanager
+def doomed_worker(redis_url: str, folder: Path, time_limit: int) -> Iterator[DoomedWorker]:
+    """A stack whose dead worker's jobs come back within seconds (a 2 s lease, a visibility timeout just
+    past the time limit, a sweep every second); everything is stopped after."""
+    env = base_env(
+        redis_url,
+        folder,
+        JOB_LEASE_SECONDS="2",
+        TASK_TIME_LIMIT_SECONDS=str(time_limit),
+        BROKER_VISIBILITY_TIMEOUT_SECONDS=str(time_limit + 1),
+        BROKER_RESTORE_INTERVAL_SECONDS="1",
+    )
+    worker = start_worker(env, folder, queues="llm")
+    api, url = start_api(env, folder)
+    stack = DoomedWorker(url, worker, env, folder)
+    try:
+        wait_for_worker(url, worker)
+        yield stack
+    finally:
+        api.stop()
+        for process in (worker, *stack.rescuers):
+            process.stop()

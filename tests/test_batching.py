@@ -14,16 +14,9 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
-from tests.stack import private_stack, redelivery_env, start_api, start_worker, wait_for_worker, wait_until
+from tests.stack import doomed_worker, private_stack, wait_until
 from tests.test_jobs_api import submit, wait_done
 from tests.test_recovery import wait_for_first_token
-
-STORIES = [
-    "Once upon a time, in a land far away,",
-    "The old lighthouse keeper climbed the stairs and",
-    "Deep in the forest, the children found",
-    "On the first day of the voyage, the captain",
-]
 
 
 @dataclass
@@ -61,14 +54,16 @@ def run_together(client: httpx.Client, bodies: list[dict[str, object]]) -> tuple
     return jobs, time.monotonic() - started
 
 
-def story(index: int, max_tokens: int) -> dict[str, object]:
-    return {"prompt": STORIES[index], "max_tokens": max_tokens, "temperature": 0.9, "seed": 7 + index}
+def counting(start: int, max_tokens: int = 160) -> dict[str, object]:
+    """A completion that counts on, greedily, for all its tokens whatever shares its batch."""
+    prompt = f"Counting: {start}, {start + 1}, {start + 2}, {start + 3},"
+    return {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "repeat_penalty": 1.0}
 
 
 def test_four_generations_run_together_and_interleave(client: httpx.Client) -> None:
-    [alone], one = run_together(client, [story(0, 64)])
+    [alone], one = run_together(client, [counting(1, 64)])
     assert alone.status == "succeeded"
-    jobs, four = run_together(client, [story(i, 64) for i in range(4)])
+    jobs, four = run_together(client, [counting(1 + 100 * i, 64) for i in range(4)])
     assert [job.status for job in jobs] == ["succeeded"] * 4
     # Every job streamed its first token before any of them finished…
     assert max(job.tokens[0][0] for job in jobs) < min(job.done_at for job in jobs)
@@ -85,8 +80,10 @@ def stream_ms(event_id: str) -> float:
 
 
 def test_cancelling_one_of_four_stops_it_within_a_token_and_the_others_finish(client: httpx.Client) -> None:
-    bodies = [story(i, 160) for i in range(4)]
-    jobs = [str(submit(client, "completion", **body)["id"]) for body in bodies]
+    untouched = [str(submit(client, "completion", **counting(start))["id"]) for start in (1, 21, 41)]
+    expected = [wait_done(client, job_id)["result"] for job_id in untouched]
+
+    jobs = [str(submit(client, "completion", **counting(start))["id"]) for start in (1, 501, 21, 41)]
     victim = jobs[1]
     wait_until(lambda: all(client.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in jobs), timeout=30)
     time.sleep(1.0)  # all four are decoding now
@@ -100,16 +97,17 @@ def test_cancelling_one_of_four_stops_it_within_a_token_and_the_others_finish(cl
     assert tokens, "the victim streamed before it was cancelled"
     late = [e for e in tokens if stream_ms(e.id) > asked]
     assert len(late) <= 1, f"{len(late)} token events after the cancel"
-    for job_id in (j for j in jobs if j != victim):
+    for job_id, alone in zip((j for j in jobs if j != victim), expected, strict=True):
         job = wait_done(client, job_id, timeout=120)
         assert job["status"] == "succeeded", job
         result = job["result"]
-        assert isinstance(result, dict)
+        assert isinstance(result, dict) and isinstance(alone, dict)
         assert result["finish_reason"] == "length" and result["usage"]["completion_tokens"] == 160
+        assert result["text"] == alone["text"], "a neighbour's text changed when one of the batch was cancelled"
 
 
 def test_a_prompt_too_long_for_its_slot_fails_and_the_others_go_on(client: httpx.Client) -> None:
-    neighbours = [str(submit(client, "completion", **story(i, 48))["id"]) for i in range(3)]
+    neighbours = [str(submit(client, "completion", **counting(1 + 100 * i, 48))["id"]) for i in range(3)]
     too_long = str(submit(client, "completion", prompt="word " * 2500, max_tokens=16)["id"])
     failed = wait_done(client, too_long)
     assert failed["status"] == "failed"
@@ -119,33 +117,25 @@ def test_a_prompt_too_long_for_its_slot_fails_and_the_others_go_on(client: httpx
 
 
 def test_a_worker_killed_mid_batch_has_all_four_redelivered(private_redis: str, tmp_path: Path) -> None:
-    env = redelivery_env(private_redis, tmp_path, time_limit=20)
-    doomed = start_worker(env, tmp_path, queues="llm")
-    api, url = start_api(env, tmp_path)
-    rescuer = None
-    try:
-        wait_for_worker(url, doomed)
-        with httpx.Client(base_url=url, timeout=30) as client:
-            jobs = [str(submit(client, "completion", **story(i, 200))["id"]) for i in range(4)]
-            for job_id in jobs:  # all four are in the batch, each has streamed
-                wait_for_first_token(client, job_id)
-            doomed.kill()
-            assert all(client.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in jobs)
-            rescuer = start_worker(env, tmp_path, queues="llm")
-            for job_id in jobs:
-                job = wait_done(client, job_id, timeout=90)
-                assert job["status"] == "succeeded", job
-                assert job["attempts"] == 2
-    finally:
-        api.stop()
-        doomed.stop()
-        if rescuer is not None:
-            rescuer.stop()
+    with (
+        doomed_worker(private_redis, tmp_path, time_limit=20) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        jobs = [str(submit(client, "completion", **counting(1 + 100 * i, 200))["id"]) for i in range(4)]
+        for job_id in jobs:  # all four are in the batch, each has streamed
+            wait_for_first_token(client, job_id)
+        stack.worker.kill()
+        assert all(client.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in jobs)
+        stack.rescue()
+        for job_id in jobs:
+            job = wait_done(client, job_id, timeout=90)
+            assert job["status"] == "succeeded", job
+            assert job["attempts"] == 2
 
 
 def test_llm_parallel_1_runs_one_generation_at_a_time(tmp_path: Path) -> None:
     with private_stack(tmp_path, "llm", LLM_PARALLEL="1") as stack, httpx.Client(base_url=stack.url, timeout=30) as c:
-        first, second = (str(submit(c, "completion", **story(i, 48))["id"]) for i in range(2))
+        first, second = (str(submit(c, "completion", **counting(1 + 100 * i, 48))["id"]) for i in range(2))
         wait_until(lambda: c.get(f"/v1/jobs/{first}").json()["status"] == "running", timeout=30)
         assert c.get(f"/v1/jobs/{second}").json()["status"] == "queued"  # no second slot: it waits in Redis
         done = [wait_done(c, job_id) for job_id in (first, second)]

@@ -10,7 +10,7 @@ from httpx_sse import connect_sse
 
 from tests.conftest import Stack
 from tests.sse import read_events
-from tests.stack import base_env, free_port, redelivery_env, start_api, start_worker, wait_for_worker, wait_until
+from tests.stack import base_env, doomed_worker, free_port, start_api, wait_until
 from tests.test_jobs_api import submit, wait_done
 
 RAMBLE = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 1900, "temperature": 0.9, "seed": 11}
@@ -79,30 +79,22 @@ def test_a_job_that_fails_leaves_the_worker_alive(client: httpx.Client, stack: S
 
 
 def test_a_job_whose_worker_is_killed_is_redelivered_and_finishes(private_redis: str, tmp_path: Path) -> None:
-    env = redelivery_env(private_redis, tmp_path, time_limit=8)
-    doomed = start_worker(env, tmp_path, queues="llm")
-    api, url = start_api(env, tmp_path)
-    rescuer = None
-    try:
-        wait_for_worker(url, doomed)
-        with httpx.Client(base_url=url, timeout=30) as client:
-            body = {**RAMBLE, "max_tokens": 300}
-            job_id = str(submit(client, "completion", **body)["id"])
-            wait_for_first_token(client, job_id)
-            doomed.kill()
-            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
-            rescuer = start_worker(env, tmp_path, queues="llm")
-            job = wait_done(client, job_id, timeout=60)
-            assert job["status"] == "succeeded", job
-            assert job["attempts"] == 2
-            started = [e.json() for e in read_events(client, job_id) if e.event == "started"]
-            assert [s["redelivered"] for s in started] == [False, True]
-            assert started[0]["worker"] != started[1]["worker"]
-    finally:
-        api.stop()
-        doomed.stop()
-        if rescuer is not None:
-            rescuer.stop()
+    with (
+        doomed_worker(private_redis, tmp_path, time_limit=8) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        body = {**RAMBLE, "max_tokens": 300}
+        job_id = str(submit(client, "completion", **body)["id"])
+        wait_for_first_token(client, job_id)
+        stack.worker.kill()
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+        stack.rescue()
+        job = wait_done(client, job_id, timeout=60)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2
+        started = [e.json() for e in read_events(client, job_id) if e.event == "started"]
+        assert [s["redelivered"] for s in started] == [False, True]
+        assert started[0]["worker"] != started[1]["worker"]
 
 
 def test_redis_unreachable_answers_503_not_a_traceback(tmp_path: Path) -> None:
