@@ -80,13 +80,13 @@ def test_one_generation_matches_the_high_level_api(
     assert generation.finish_reason == ("length" if generation.completion_tokens == params.max_tokens else "stop")
 
 
-Outcome = dict[str, Generation | BaseException]
+Finished = dict[str, Generation | BaseException]
 
 
 def generate_in_thread(
     engine: LlmEngine, prompt: Prompt, params: GenerationParams, log: list[tuple[int, float]], n: int
-) -> tuple[threading.Thread, Outcome]:
-    result: Outcome = {}
+) -> tuple[threading.Thread, Finished]:
+    result: Finished = {}
 
     def on_text(_: str) -> None:
         log.append((n, time.monotonic()))
