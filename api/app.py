@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from api.auth import KeyRing
+from api.deps import OPEN_PATHS, AccessGate
 from api.errors import install_error_handlers
 from api.limits import RateLimiter
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -22,6 +25,7 @@ from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
 from config.settings import SettingsError
 from tasks.batches import BatchStore
+from tasks.catalog import Registry, use_registry
 from tasks.celery_app import create_celery
 from tasks.events import EventHub
 from tasks.store import JobStore
@@ -31,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if settings.redis_url is None:
         raise SettingsError("REDIS_URL is not set: start everything with `speechq up`, or point REDIS_URL at Redis")
+    use_registry(Registry.load(settings))  # only these models are served; SettingsError names a bad entry
     metrics = ApiMetrics()
 
     @asynccontextmanager
@@ -79,13 +84,79 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, generation, transcription, synthesis, dialogue, batches, models, health):
-        app.include_router(module.router)
-    app.include_router(openai_serving.router)
-    app.include_router(openai_audio.router)
-    app.include_router(openai_speech.router)
+    for module in (jobs, generation, transcription, synthesis, dialogue, batches, models):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(health.router)
+    app.include_router(openai_serving.router, responses=ERROR_RESPONSES)
+    app.include_router(openai_audio.router, responses=ERROR_RESPONSES)
+    app.include_router(openai_speech.router, responses=ERROR_RESPONSES)
     app.include_router(jobs.fallback)
+    # The interactive docs hold no secret and show what a key is for: they stay open.
+    docs = {app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    open_paths = OPEN_PATHS | {path for path in docs if path}
+    if settings.api_key_enabled:
+        keyed = {"/metrics"} if settings.metrics_require_key else set()
+        declare_api_keys(app, settings.api_key_header_name, unkeyed=open_paths - keyed)
     app.add_middleware(BodyLimitMiddleware, max_bytes=upload_limit_bytes(settings))
+    app.add_middleware(AccessGate, open_paths=open_paths)  # outside the body cap: a refused caller learns no limit
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware, header=settings.request_id_header)
     return app
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error the API answers, in OpenAI's envelope (`api.errors.envelope`)."""
+
+    error: ErrorDetail
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorEnvelope(ErrorEnvelope):
+    """A 422 also keeps FastAPI's list of the fields that failed."""
+
+    detail: list[FieldError] = []
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorEnvelope, "description": "Missing or invalid API key (`invalid_api_key`)"},
+    404: {"model": ErrorEnvelope, "description": "No such job, file, batch or model, or another key's"},
+    422: {"model": ValidationErrorEnvelope, "description": "A bad field, named in `error.param`"},
+    429: {"model": ErrorEnvelope, "description": "Rate limit or active-job quota exceeded; see `Retry-After`"},
+    503: {
+        "model": ErrorEnvelope,
+        "description": "Redis or the broker unreachable, or the queue full; see `Retry-After`",
+    },
+}
+
+
+def declare_api_keys(app: FastAPI, header: str, *, unkeyed: frozenset[str]) -> None:
+    """Put the two ways to send a key (the configured header, `Authorization: Bearer`) in the OpenAPI
+    schema, required on every operation but those of `unkeyed`: the same paths `AccessGate` lets through."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema; completed here once
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "APIKeyHeader": {"type": "apiKey", "in": "header", "name": header},
+            "BearerAuth": {"type": "http", "scheme": "bearer"},
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path not in unkeyed:
+                for operation in operations.values():
+                    operation["security"] = [{"APIKeyHeader": []}, {"BearerAuth": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

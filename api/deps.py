@@ -1,4 +1,5 @@
-"""FastAPI dependencies, as `Annotated` aliases the routes take as parameters."""
+"""FastAPI dependencies, as `Annotated` aliases the routes take as parameters, and the gate in front of
+them that checks the API key and the rate limit before a request's body is read."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, WebSocket
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from api.auth import ANONYMOUS, Principal
-from api.errors import ApiError, TooManyRequests, Unauthorized, Unprocessable, websocket_failure
+from api.errors import (
+    ApiError,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+    api_error_response,
+    redis_down_response,
+    websocket_failure,
+)
 from api.state import AppState
 from config.logs import bind
 from tasks.store import JobStore
@@ -45,7 +58,10 @@ async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
 
     Callers without a valid key are limited by IP too, so guessing keys is as slow as the limit.
     """
-    principal = state.keys.authenticate(state.keys.presented(conn.headers))
+    presented = state.keys.presented(conn.headers)
+    # uvicorn's parser drops a header value's leading whitespace but keeps the trailing: strip both, so a
+    # key pasted with a stray space is refused or accepted the same whichever side the space is on.
+    principal = state.keys.authenticate(presented.strip() if presented else None)
     limited = state.limiter.enabled
     if limited:
         if principal is None or principal.id == ANONYMOUS:
@@ -69,7 +85,52 @@ async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
     return principal
 
 
+# Routes that answer without a key. `/metrics` checks its own when METRICS_REQUIRE_KEY is set.
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_PRINCIPAL = "principal"  # where the gate leaves the caller, in the request's scope state
+
+
+class AccessGate:
+    """Checks the API key and the rate limit of every HTTP request to a protected route, and answers 401
+    or 429 before the app reads a byte of the body: FastAPI parses a form body before it runs any
+    dependency, so a dependency alone would take a whole upload from a caller it then refuses.
+    WebSockets are checked by `websocket_principal`, before their first message is read."""
+
+    def __init__(self, app: ASGIApp, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        conn = HTTPConnection(scope)
+        refusal: Response
+        try:
+            principal = await authenticate(conn, app_state(conn))
+        except ApiError as exc:
+            refusal = api_error_response(exc)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            refusal = redis_down_response(exc)
+        else:
+            scope.setdefault("state", {})[_PRINCIPAL] = principal
+            await self.app(scope, receive, send)
+            return
+        if _has_body(conn):
+            # The body stays unread: closing is cheaper than letting the server drain it for the next request.
+            refusal.headers["Connection"] = "close"
+        await refusal(scope, receive, send)
+
+
+def _has_body(conn: HTTPConnection) -> bool:
+    return conn.headers.get("content-length", "0") != "0" or "transfer-encoding" in conn.headers
+
+
 async def get_principal(conn: HTTPConnection, state: StateDep) -> Principal:
+    """The caller the gate let through (or, on a route the gate leaves open, the caller checked now)."""
+    checked = conn.scope.get("state", {}).get(_PRINCIPAL)
+    if isinstance(checked, Principal):
+        return checked
     return await authenticate(conn, state)
 
 

@@ -6,12 +6,15 @@
     ├── NotFound (404 not_found)
     │   └── ModelNotFound (404 model_not_found)
     ├── Conflict (409)
+    ├── RequestTooLarge (413 request_too_large)
+    │   └── StorageQuotaExceeded (413 storage_quota_exceeded)
     ├── Unprocessable (422 validation_error)
     ├── TooManyRequests (429 rate_limit_exceeded, Retry-After)
     │   └── QuotaExceeded (429 too_many_active_jobs)
     ├── ServiceUnavailable (503)
     │   └── QueueFullError (503 queue_full, Retry-After)
-    └── GatewayTimeout (504 job_timeout)
+    ├── GatewayTimeout (504 job_timeout)
+    └── InsufficientStorage (507 insufficient_storage, Retry-After: Redis is at its maxmemory)
 
 The envelope is OpenAI's, so the official client reads it everywhere:
 `{"error": {"message", "type", "param", "code"}}`; validation errors also keep FastAPI's `detail` list.
@@ -20,6 +23,7 @@ The envelope is OpenAI's, so the official client reads it everywhere:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -28,6 +32,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +72,14 @@ class Conflict(ApiError):
     status, code, type = 409, "conflict", "invalid_request_error"
 
 
+class RequestTooLarge(ApiError):
+    status, code, type = 413, "request_too_large", "invalid_request_error"
+
+
+class StorageQuotaExceeded(RequestTooLarge):
+    code = "storage_quota_exceeded"
+
+
 class Unprocessable(ApiError):
     status, code, type = 422, "validation_error", "invalid_request_error"
 
@@ -91,12 +104,34 @@ class GatewayTimeout(ApiError):
     status, code, type = 504, "job_timeout", "server_error"
 
 
+class InsufficientStorage(ApiError):
+    status, code, type = 507, "insufficient_storage", "server_error"
+
+
+MODEL_NOT_FOUND_MESSAGE = "The model does not exist or is not served here; GET /v1/models lists the models"
+
+
+def unregistered_model(errors: list[Any], prefix: str | None = None) -> ModelNotFound | None:
+    """The 404 for a request naming a model the registry does not serve (one message for every name)."""
+    for error in errors:
+        if error.get("type") == "model_not_found":
+            loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+            param = ".".join([prefix, *loc] if prefix else loc) or "model"
+            return ModelNotFound(MODEL_NOT_FOUND_MESSAGE, param=param)
+    return None
+
+
 def validated(model: type[M], value: dict[str, Any], prefix: str | None = None) -> M:
-    """`value` as a `model`, or a 422 naming the first bad field (under `prefix`, for a nested config)."""
+    """`value` as a `model`, or a 422 naming the first bad field (under `prefix`, for a nested config);
+    a 404 `model_not_found` when it names a model that is not served."""
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        message, param = validation_summary(list(exc.errors()))
+        errors = list(exc.errors())
+        missing = unregistered_model(errors, prefix)
+        if missing is not None:
+            raise missing from None
+        message, param = validation_summary(errors)
         if prefix is None:
             raise Unprocessable(message, param=param) from exc
         raise Unprocessable(f"{prefix}.{message}", param=f"{prefix}.{param}" if param else prefix) from exc
@@ -115,27 +150,95 @@ def envelope(message: str, *, code: str, type_: str, param: str | None = None) -
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# An error message quotes at most this much of anything the client sent (a value, a field name).
+QUOTE_LIMIT = 100
+# And is never longer than this, whatever a validator put in it.
+MESSAGE_LIMIT = 400
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`value` as an error message may show it: its first `limit` characters, and how long it was."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def clipped(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    return message if len(message) <= limit else message[:limit] + "…"
+
+
+def public_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Validation errors as the client sees them: `loc`, `msg` and `type`, with the client's own input
+    (field names in `loc`, values a `msg` quotes) cut to `QUOTE_LIMIT` characters."""
+    return [
+        {
+            "loc": [quoted(part) if isinstance(part, str) else part for part in error.get("loc", ())],
+            "msg": _unechoed(str(error.get("msg", "invalid request")), error.get("input")),
+            "type": error.get("type", "value_error"),
+        }
+        for error in errors
+    ]
+
+
+def _unechoed(message: str, value: object) -> str:
+    # pydantic's own messages name the expected values, never the input; a custom validator's may quote a
+    # string from the input it was given (for a model validator, the whole object).
+    if len(message) > QUOTE_LIMIT:
+        for text in sorted(_long_strings(value), key=len, reverse=True):
+            for echo in (repr(text), text):
+                message = message.replace(echo, quoted(text))
+    return clipped(message)
+
+
+def _long_strings(value: object, depth: int = 0) -> Iterator[str]:
+    """The strings longer than `QUOTE_LIMIT` in a request body: keys and values, a few levels down."""
+    if isinstance(value, str):
+        if len(value) > QUOTE_LIMIT:
+            yield value
+    elif isinstance(value, dict) and depth < 4:
+        for key, item in value.items():
+            yield from _long_strings(key, depth + 1)
+            yield from _long_strings(item, depth + 1)
+    elif isinstance(value, list | tuple) and depth < 4:
+        for item in value:
+            yield from _long_strings(item, depth + 1)
+
+
 def validation_summary(errors: list[Any]) -> tuple[str, str | None]:
     """A one-line message naming the first bad field, and that field's dotted name."""
-    first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    first = public_errors(errors[:1])[0]
+    loc = [str(part) for part in first["loc"] if part not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
-    message = first.get("msg", "invalid request")
+    message = first["msg"]
     return (f"{param}: {message}" if param else message), param
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The envelope for an `ApiError`, its message cut to `MESSAGE_LIMIT` in case it quotes the client."""
+    body = envelope(clipped(exc.message), code=exc.code, type_=exc.type, param=exc.param)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def redis_down_response(exc: Exception) -> JSONResponse:
+    log.error("Redis unreachable: %s", exc)
+    message = f"the job store (Redis) is unreachable: {exc}; retry shortly"
+    body = envelope(message, code="redis_unavailable", type_="server_error")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        body = envelope(exc.message, code=exc.code, type_=exc.type, param=exc.param)
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return api_error_response(exc)
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = list(exc.errors())
+        missing = unregistered_model(errors)
+        if missing is not None:
+            return await on_api_error(_, missing)
         message, param = validation_summary(errors)
         body = envelope(message, code="validation_error", type_="invalid_request_error", param=param)
-        body["detail"] = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+        body["detail"] = public_errors(errors)
         return JSONResponse(body, status_code=422)
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
@@ -145,10 +248,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def on_redis_down(_: Request, exc: Exception) -> JSONResponse:
-        log.error("Redis unreachable: %s", exc)
-        message = f"the job store (Redis) is unreachable: {exc}; retry shortly"
-        body = envelope(message, code="redis_unavailable", type_="server_error")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return redis_down_response(exc)
+
+    async def on_redis_full(_: Request, exc: Exception) -> JSONResponse:
+        # Redis refuses writes at its maxmemory (noeviction): nothing was stored; room comes back as
+        # jobs and files expire or are deleted.
+        log.error("Redis is full: %s", exc)
+        message = "the job store (Redis) is full and stores nothing more for now; retry later"
+        return api_error_response(InsufficientStorage(message, headers={"Retry-After": "30"}))
 
     async def on_broker_down(_: Request, exc: Exception) -> JSONResponse:
         log.error("broker unreachable: %s", exc)
@@ -160,4 +267,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    app.add_exception_handler(OutOfMemoryError, on_redis_full)
     app.add_exception_handler(OperationalError, on_broker_down)

@@ -46,6 +46,9 @@ class ApiMetrics:
         )
 
 
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request by its route template (never by raw path: ids are unbounded)."""
 
@@ -70,7 +73,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, record_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in _METHODS else "other"  # a client picks the method
             self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)
             self.metrics.requests.labels(method, route, str(status)).inc()
             if status >= 500:

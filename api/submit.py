@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel
 
 from api.auth import Principal
-from api.errors import ApiError, Conflict, GatewayTimeout, NotFound, QueueFullError, QuotaExceeded, Unprocessable
+from api.errors import (
+    ApiError,
+    Conflict,
+    GatewayTimeout,
+    NotFound,
+    QueueFullError,
+    QuotaExceeded,
+    RequestTooLarge,
+    StorageQuotaExceeded,
+    Unprocessable,
+)
 from api.state import AppState
+from config import Settings
 from tasks.events import Event, read_events
 from tasks.jobs import JobKind, JobRecord, JobStatus
 from tasks.payloads import GenerationParams, with_defaults
-from tasks.store import IdempotencyConflict, JobStore, QueueFull, TooManyActive
+from tasks.storage import OverStorageQuota
+from tasks.store import Allowance, IdempotencyConflict, JobStore, OversizedRequest, QueueFull, TooManyActive
 
 
 async def submit(
@@ -35,7 +48,7 @@ async def submit(
     """
     if isinstance(payload, GenerationParams):
         payload = with_defaults(payload, state.settings.generation_defaults)
-    try:
+    with refusals(state):
         created = await state.store.create(
             kind,
             payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload,
@@ -44,18 +57,45 @@ async def submit(
             idempotency_key=idempotency_key,
             input_file=input_file,
             max_active=max_active,
+            allowance=allowance(state.settings, principal.id),
         )
+    if not created.replayed:
+        state.metrics.jobs_created.labels(kind.value).inc()
+    return created.job, created.replayed
+
+
+def allowance(settings: Settings, key: str) -> Allowance:
+    """What API key `key` may store with a job: MAX_JOB_REQUEST_KB, STORAGE_QUOTA_MB_PER_KEY (0: not counted)."""
+    return Allowance(
+        owner=key,
+        storage_quota=storage_quota(settings),
+        max_request_bytes=settings.max_job_request_kb * 1024,
+    )
+
+
+def storage_quota(settings: Settings) -> int | None:
+    """STORAGE_QUOTA_MB_PER_KEY in bytes, or None when it is off (nothing is counted)."""
+    return int(settings.storage_quota_mb_per_key * 1024 * 1024) or None
+
+
+@contextmanager
+def refusals(state: AppState) -> Iterator[None]:
+    """The job store's refusals as the API's errors."""
+    try:
+        yield
     except QueueFull as exc:
         state.metrics.rejections.labels("queue").inc()
         raise QueueFullError(str(exc), headers={"Retry-After": "5"}) from exc
     except TooManyActive as exc:
         state.metrics.rejections.labels("quota").inc()
         raise QuotaExceeded(str(exc), headers={"Retry-After": "5"}) from exc
+    except OverStorageQuota as exc:
+        state.metrics.rejections.labels("storage").inc()
+        raise StorageQuotaExceeded(str(exc)) from exc
+    except OversizedRequest as exc:
+        raise RequestTooLarge(str(exc)) from exc
     except IdempotencyConflict as exc:
         raise Unprocessable(str(exc), param="Idempotency-Key") from exc
-    if not created.replayed:
-        state.metrics.jobs_created.labels(kind.value).inc()
-    return created.job, created.replayed
 
 
 async def follow(state: AppState, job_id: str, *, after: str | None = None) -> AsyncIterator[Event]:

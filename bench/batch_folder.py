@@ -51,9 +51,10 @@ def in_process(folder: Path) -> float:
     from faster_whisper import WhisperModel
 
     from tasks.audio import decode
+    from tasks.catalog import CATALOG
     from workers.registry import resolve_stt
 
-    path = resolve_stt("whisper-tiny.en", ROOT / "var" / "models", "whisper-tiny.en")[1]
+    path = resolve_stt(CATALOG["whisper-tiny.en"], ROOT / "var" / "models")
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
     started = time.perf_counter()
     for source in sorted(folder.rglob("*.wav")):
@@ -64,6 +65,7 @@ def in_process(folder: Path) -> float:
 
 
 def openai_whisper_cli(folder: Path, out: Path) -> float | None:
+    from tasks.catalog import CATALOG
     from workers.openai_whisper import find_checkpoint
     from workers.registry import resolve_stt
 
@@ -71,9 +73,7 @@ def openai_whisper_cli(folder: Path, out: Path) -> float | None:
     if not whisper.exists() or shutil.which("ffmpeg") is None:  # the whisper CLI decodes with ffmpeg
         return None
     models = ROOT / "var" / "models"
-    checkpoint = find_checkpoint(
-        "whisper-tiny.en", resolve_stt("whisper-tiny.en", models, "whisper-tiny.en")[1], models
-    )
+    checkpoint = find_checkpoint("whisper-tiny.en", resolve_stt(CATALOG["whisper-tiny.en"], models), models)
     files = [str(p) for p in sorted(folder.rglob("*.wav"))]
     argv = [str(whisper), *files, "--model", str(checkpoint), "--language", "en", "--fp16", "False"]
     argv += ["--device", "cpu", "--threads", "2", "--output_format", "txt", "--output_dir", str(out)]

@@ -118,10 +118,11 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",")]
 
+    from tasks.catalog import CATALOG
     from workers.llm_native import NativeContext, NativeModel
     from workers.registry import resolve_llm
 
-    model = NativeModel(resolve_llm("gemma-3-270m", Path("var/models")), n_gpu_layers=0)
+    model = NativeModel(resolve_llm(CATALOG["gemma-3-270m"], Path("var/models")), n_gpu_layers=0)
     context = NativeContext(
         model, n_ctx_seq=2048, n_seq=max(levels), n_batch=512, n_threads=THREADS, n_threads_batch=THREADS
     )

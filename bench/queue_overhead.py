@@ -34,10 +34,14 @@ BODY = '{"prompt":"a","max_tokens":1,"temperature":0.0}'
 
 
 def in_process_latencies(samples: int) -> list[float]:
-    from config import Settings
-    from workers.models import ModelCache
+    from llama_cpp import Llama
 
-    llm = ModelCache(Settings(llm_n_threads=2, llm_n_ctx=2048)).llm("gemma-3-270m")._llm
+    from config import Settings
+    from tasks.catalog import CATALOG
+    from workers.registry import resolve_llm
+
+    path = resolve_llm(CATALOG["gemma-3-270m"], Settings().models_dir)
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, verbose=False)
     out = []
     for _ in range(samples):
         started = time.perf_counter()

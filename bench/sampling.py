@@ -67,9 +67,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
 
+    from tasks.catalog import CATALOG
     from workers.registry import resolve_llm
 
-    path = resolve_llm("gemma-3-270m", Path("var/models"))
+    path = resolve_llm(CATALOG["gemma-3-270m"], Path("var/models"))
     engine = LlmEngine("gemma-3-270m", path, n_ctx=2048, n_threads=2, n_gpu_layers=0, n_batch=512, parallel=1)
     per_token(engine, GREEDY, 8)  # warm-up
     greedy, defaults = [], []

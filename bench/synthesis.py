@@ -48,8 +48,8 @@ def in_process(models: Any, engine: str, text: str) -> tuple[float, float, float
     from workers.handlers import run_tts_job
 
     request = {"text": text, "model": engine, "response_format": FORMAT, "sample_rate": None}
-    rate = models.tts(engine).sample_rate
-    request["sample_rate"] = rate
+    with models.tts(engine) as voice:
+        request["sample_rate"] = voice.sample_rate
     job = JobRecord(id="bench", kind=JobKind.synthesize, status=JobStatus.running, owner="bench", request=request)
     run = MemoryRun()
     result = run_tts_job(job, run, models, outputs=lambda _id, _data: None)  # type: ignore[arg-type]

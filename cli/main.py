@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from config import Settings, SettingsError, load_settings
 from config.logs import configure_logging
+
+if TYPE_CHECKING:
+    from tasks.catalog import Registry
 
 app = typer.Typer(help="speechq: queue-based speech and language inference.", no_args_is_help=True)
 models_app = typer.Typer(help="List and prepare the models of the registry.", no_args_is_help=True)
@@ -21,6 +24,16 @@ def settings_or_exit(**overrides: object) -> Settings:
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
+        typer.secho(f"speechq: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def registry_or_exit(settings: Settings) -> Registry:
+    from tasks.catalog import Registry
+
+    try:
+        return Registry.load(settings)
+    except SettingsError as exc:  # a bad MODELS_FILE, or a default that is not registered
         typer.secho(f"speechq: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
 
@@ -80,7 +93,10 @@ def api(
         log_level=settings.log_level.lower(),
         log_config=None,  # keep speechq's handler; the API writes its own access lines (with request ids)
         access_log=False,
-        proxy_headers=True,
+        # X-Forwarded-For only from the proxies the operator names: uvicorn's default trusts 127.0.0.1,
+        # so any local client could pick the IP the per-IP rate limit sees.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 
@@ -142,7 +158,13 @@ def flower(
     port: Annotated[int | None, typer.Option(help="default FLOWER_PORT, 5555")] = None,
 ) -> None:
     """Serve Flower, the Celery monitor, for speechq's broker (with a login when FLOWER_BASIC_AUTH is set)."""
+    from cli.stack import flower_refusal
+
     settings = with_redis(settings_or_exit())
+    refusal = flower_refusal(settings)
+    if refusal is not None:
+        typer.secho(f"speechq: Flower {refusal}", fg="red", err=True)
+        raise typer.Exit(2)
     if settings.flower_basic_auth is not None:
         # Flower reads its options from FLOWER_* variables: the password stays out of the command line.
         os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
@@ -154,7 +176,7 @@ def flower(
         settings.broker_url,
         "flower",
         f"--port={port or settings.flower_port}",
-        f"--address={settings.api_host}",
+        f"--address={settings.flower_host}",
     ]
     os.execv(sys.executable, argv)
 
@@ -208,15 +230,24 @@ def transcribe(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Show every model of the registry."""
+    """Show every model of the registry: the catalogue and the operator's MODELS_FILE."""
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.catalog import CATALOG
-
-    table = Table("name", "role", "package", "license", "description")
-    for entry in CATALOG.values():
-        table.add_row(entry.name, entry.role.value, entry.package, entry.license, entry.description)
+    registry = registry_or_exit(settings_or_exit())
+    aliases: dict[str, list[str]] = {}
+    for alias, name in registry.aliases.items():
+        aliases.setdefault(name, []).append(alias)
+    table = Table("name", "role", "source", "aliases", "description")
+    for entry in registry:
+        default = " (default)" if registry.defaults.get(entry.role) == entry.name else ""
+        table.add_row(
+            entry.name + default,
+            entry.role.value,
+            entry.source or entry.package,
+            ", ".join(sorted(aliases.get(entry.name, []))),
+            entry.description,
+        )
     Console().print(table)
 
 
@@ -224,29 +255,40 @@ def models_list() -> None:
 def models_prepare(
     names: Annotated[list[str] | None, typer.Argument(help="models to prepare (default: all of them)")] = None,
 ) -> None:
-    """Locate or assemble model files so the first job does not wait for it."""
-    from tasks.catalog import CATALOG, ModelRole
+    """Fetch, assemble and verify model files ahead of time: the only step that may use the network.
+
+    Workers load only what this prepared; they never download while serving."""
+    from tasks.catalog import ModelRole, UnknownModel, use_registry
     from workers.errors import ModelUnavailable
-    from workers.models import ModelCache
-    from workers.registry import resolve_llm, resolve_stt
+    from workers.registry import fetch, resolve_llm, resolve_stt
 
     settings = settings_or_exit()
+    registry = registry_or_exit(settings)
+    use_registry(registry)
     failed = False
-    for name in names or list(CATALOG):
-        entry = CATALOG.get(name)
+    for name in names or [entry.name for entry in registry]:
         try:
+            entry = registry.get(name)
+            if entry is None:
+                raise UnknownModel(ModelRole.llm)
             where: object
-            if entry and entry.role == ModelRole.stt:
-                where = resolve_stt(name, settings.models_dir, settings.local_whisper_model)[1]
-            elif entry and entry.role == ModelRole.tts:
-                if entry.any_voice:
-                    where = f"remote, {settings.openaudio_api_base}{settings.openaudio_tts_path}"
-                else:
-                    engine = ModelCache(settings).tts(name)  # loads it: proves the package is installed
-                    where = f"{len(entry.voices)} voice(s) at {engine.sample_rate} Hz"
+            if entry.source:
+                where = fetch(entry, settings.models_dir)
+            elif entry.role == ModelRole.stt:
+                where = resolve_stt(entry, settings.models_dir)
+            elif entry.role == ModelRole.llm:
+                where = resolve_llm(entry, settings.models_dir)
+            elif entry.any_voice:
+                where = f"remote, {settings.openaudio_api_base}{settings.openaudio_tts_path}"
             else:
-                where = resolve_llm(name, settings.models_dir)
+                from workers.models import ModelCache
+
+                with ModelCache(settings).tts(name) as engine:  # loads it: proves the package is installed
+                    where = f"{len(entry.voices)} voice(s) at {engine.sample_rate} Hz"
             typer.echo(f"{name}: {where}")
+        except UnknownModel:
+            typer.secho(f"{name}: not in the registry (see `speechq models list`)", fg="red", err=True)
+            failed = True
         except ModelUnavailable as exc:
             typer.secho(f"{name}: {exc}", fg="red", err=True)
             failed = True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
+import ipaddress
 import logging
 import os
 import signal
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from config import Settings
+from workers.startup import RESTART_EXIT_CODE
 
 log = logging.getLogger("speechq")
 SPEECHQ = [sys.executable, "-m", "cli.main"]
@@ -24,10 +27,13 @@ SPEECHQ = [sys.executable, "-m", "cli.main"]
 class Child:
     name: str
     process: subprocess.Popen[bytes]
+    argv: list[str]
+    env: dict[str, str]
 
 
 class Supervisor:
-    """Starts children, stops them all on Ctrl-C/SIGTERM or when one of them dies."""
+    """Starts children, stops them all on Ctrl-C/SIGTERM or when one of them dies; a child that exits
+    with RESTART_EXIT_CODE (a worker whose engine got stuck) is started again instead."""
 
     def __init__(self) -> None:
         self.children: list[Child] = []
@@ -35,7 +41,12 @@ class Supervisor:
         self.signal: int | None = None
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.children.append(Child(name, subprocess.Popen(argv, env=env)))
+        self.children.append(Child(name, self._spawn(argv, env), argv, env))
+
+    @staticmethod
+    def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        preexec = _die_with_parent if sys.platform == "linux" else None
+        return subprocess.Popen(argv, env=env, preexec_fn=preexec)
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
@@ -50,7 +61,10 @@ class Supervisor:
             while not self.stopping:
                 for child in self.children:
                     code = child.process.poll()
-                    if code is not None:
+                    if code == RESTART_EXIT_CODE:
+                        log.warning("%s asked to be restarted (its engine got stuck); starting it again", child.name)
+                        child.process = self._spawn(child.argv, child.env)
+                    elif code is not None:
                         log.error("%s %s; stopping the rest (its log above says why)", child.name, exit_reason(code))
                         self.stopping, status = True, 1
                         break
@@ -91,6 +105,16 @@ def exit_reason(code: int) -> str:
     return f"was killed by {name} (signal {-code})"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it if its supervisor dies, however that happens (a
+    SIGKILL, or an outer supervisor that gave up waiting), so no worker outlives `speechq up`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _ctrl_c_reached_children() -> bool:
     """Ctrl-C at a terminal signals the whole foreground process group, children included."""
     try:
@@ -107,7 +131,8 @@ def redis_for(settings: Settings) -> Iterator[str]:
         return
     from cli.embedded_redis import EmbeddedRedis
 
-    with EmbeddedRedis(settings.data_dir / "valkey", settings.embedded_redis_port) as server:
+    folder, memory = settings.data_dir / "valkey", settings.redis_maxmemory_mb
+    with EmbeddedRedis(folder, settings.embedded_redis_port, memory) as server:
         yield server.url
 
 
@@ -120,13 +145,44 @@ def run_stack(settings: Settings, *, queues: str, flower: bool) -> int:
         log.info("Redis      %s%s", redis_url, "" if settings.redis_url else " (embedded Valkey)")
         log.info("API        http://%s:%d  (docs at /docs)", settings.api_host, settings.api_port)
         log.info("worker     queues %s", queues)
-        if flower and importlib.util.find_spec("flower") is not None:
-            supervisor.start("flower", [*SPEECHQ, "flower"], env)
-            log.info("Flower     http://%s:%d", settings.api_host, settings.flower_port)
-        elif flower:
-            log.info("Flower     not installed (pip install 'speechq[flower]'); skipped")
+        if flower:
+            start_flower(supervisor, settings, env)
         log.info("Ctrl-C stops everything")
         return supervisor.wait()
+
+
+def start_flower(supervisor: Supervisor, settings: Settings, env: dict[str, str]) -> None:
+    """Flower beside the stack, unless it is not installed or would be open to the network without a login
+    (then one log line says why, and the rest of the stack runs without it)."""
+    refusal = flower_refusal(settings)
+    if refusal is not None:
+        log.error("Flower     %s", refusal)
+    elif importlib.util.find_spec("flower") is None:
+        log.info("Flower     not installed (pip install 'speechq[flower]'); skipped")
+    else:
+        supervisor.start("flower", [*SPEECHQ, "flower"], env)
+        log.info("Flower     http://%s:%d", settings.flower_host, settings.flower_port)
+
+
+def flower_refusal(settings: Settings) -> str | None:
+    """Why Flower must not start, or None: its task table lists every key's jobs, so off loopback it
+    needs a login."""
+    login = settings.flower_basic_auth
+    if (login is not None and login.get_secret_value()) or is_loopback(settings.flower_host):
+        return None
+    return (
+        f"not started: FLOWER_HOST={settings.flower_host} is reachable from other machines and "
+        "FLOWER_BASIC_AUTH is unset; set FLOWER_BASIC_AUTH=user:password, or FLOWER_HOST=127.0.0.1"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a hostname: it may resolve anywhere
+        return False
 
 
 def run_workers(devices: list[str], model_queues: list[str], *, dialogue: bool, concurrency: int | None) -> int:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     """Embedded Valkey data, assembled model files and other local state."""
     embedded_redis_port: int = Field(0, ge=0, le=65535)
     """Port of the embedded Valkey; 0 picks a free one."""
+    redis_maxmemory_mb: int = Field(1_024, ge=0)
+    """Memory the embedded Valkey may use (`noeviction`: beyond it writes are refused, the API answers 507);
+    0: unlimited."""
     api_host: str = "127.0.0.1"
     api_port: int = Field(6666, ge=1, le=65535)
     flower_port: int = Field(5555, ge=1, le=65535)
@@ -41,6 +44,9 @@ class Settings(BaseSettings):
     request_id_header: str = "X-Request-ID"
     worker_metrics_port: int = Field(9400, ge=0, le=65535)
     """Each worker serves Prometheus metrics here (one process per GPU: this port + its index); 0: off."""
+    worker_metrics_host: str = "127.0.0.1"
+    """Address the worker metrics listen on (no auth): loopback by default; `0.0.0.0` in containers that
+    Prometheus scrapes over a private network."""
 
     # --- jobs and queues -------------------------------------------------------------------------
     job_ttl_seconds: int = Field(86_400, ge=60)
@@ -50,7 +56,13 @@ class Settings(BaseSettings):
     queue_max_depth: int = Field(10_000, ge=0)
     """A queue holding this many messages answers 503 with Retry-After; 0 turns the check off."""
     max_active_jobs_per_key: int = Field(1_000, ge=0)
-    """Queued + running jobs one API key (or, without keys, everyone) may have; beyond it 429; 0: off."""
+    """Queued + running jobs one API key (or, without keys, everyone) may have, batch lines included;
+    beyond it 429; 0: off."""
+    storage_quota_mb_per_key: float = Field(200.0, ge=0)
+    """What one API key (or, without keys, everyone) may keep stored: uploaded files, job requests and the
+    inputs of unfinished jobs, each counted until it expires or is deleted; beyond it 413; 0: off."""
+    max_job_request_kb: int = Field(1_024, ge=0)
+    """Largest request a job may store (its JSON, uploaded audio apart); beyond it 413; 0: no cap."""
     task_time_limit_seconds: int = Field(1_800, ge=1)
     """Longest a single job may run before it is stopped and failed."""
     broker_visibility_timeout_seconds: int | None = Field(None, ge=1)
@@ -67,8 +79,13 @@ class Settings(BaseSettings):
     """How often a worker advertises its queues and loaded models in Redis."""
 
     # --- LLM --------------------------------------------------------------------------------------
+    models_file: Path | None = None
+    """The operator's models (YAML), served beside the built-in catalogue: `name: {role, source, ...}`
+    with source a local path or hf://owner/repo/file; `speechq models prepare` fetches them."""
+    model_cache_size: int = Field(2, ge=1)
+    """Models of each role a worker keeps loaded; beyond it the least recently used idle one is unloaded."""
     llm_model: str = "gemma-3-270m"
-    """Registry name, a path to a .gguf file, or a Hugging Face `owner/repo[:file-glob]`."""
+    """The default LLM: a registry name, or an absolute path to a .gguf file (registered under that name)."""
     llm_models_dir: Path | None = None
     """Where assembled or downloaded GGUF files go; default `<data_dir>/models`."""
     llm_n_ctx: int = Field(4096, ge=128)
@@ -84,6 +101,10 @@ class Settings(BaseSettings):
     llm_n_batch: int = Field(512, ge=1)
     """Tokens per decode step, shared by the running generations; longer prompts are prefilled in
     chunks of what is left, so they do not stall the others."""
+    llm_stall_seconds: float = Field(120.0, gt=0)
+    """A decode step (milliseconds when healthy) still running after this long means llama.cpp is stuck:
+    the jobs waiting on it fail with `engine_stalled` and the worker exits with status 75, which
+    `speechq up` and `speechq worker` answer by starting it again."""
     llm_max_tokens: int = Field(512, ge=1, le=4096)
     llm_temperature: float = Field(0.7, ge=0.0, le=2.0)
     llm_top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -133,6 +154,8 @@ class Settings(BaseSettings):
     openaudio_default_chunk_length: int = Field(200, ge=100, le=300)
     max_upload_mb: float = Field(25.0, gt=0)
     max_audio_seconds: float = Field(3_600.0, gt=0)
+    audio_seconds_per_key_per_day: float = Field(0.0, ge=0)
+    """Seconds of audio one API key (or, without keys, everyone) may send per UTC day; beyond it 429; 0: off."""
 
     # --- security and limits ----------------------------------------------------------------------
     api_key_enabled: bool = False
@@ -145,6 +168,12 @@ class Settings(BaseSettings):
     rate_limit_burst_multiplier: float = Field(1.0, ge=1.0)
     metrics_require_key: bool = False
     """Whether `/metrics` asks for an API key when keys are enabled (Prometheus can send a bearer token)."""
+    forwarded_allow_ips: str = ""
+    """Proxies whose `X-Forwarded-For`/`-Proto` the API believes (comma-separated IPs or networks, `*` for
+    any); empty: none, so a client cannot pick the IP the per-IP rate limit sees."""
+    flower_host: str = "127.0.0.1"
+    """Where Flower listens. Its task table shows every key's jobs: `speechq up` starts it off loopback
+    only with FLOWER_BASIC_AUTH set."""
 
     @model_validator(mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 A file is a hash of metadata plus its bytes; a batch is a hash of its state plus the list of its
 requests, each `[custom_id, job_id, model]`: every request runs as an ordinary job on the queue.
+Files count against their key's storage quota (`tasks/storage.py`) until they expire or are deleted.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from tasks import keys
+from tasks.storage import StorageAccount
 
 
 def new_id(prefix: str) -> str:
@@ -25,9 +28,15 @@ class BatchStore:
         self.redis = redis
         self.raw = raw
         self.ttl = ttl
+        self.storage = StorageAccount(redis, ttl=ttl)
 
     # --- files ----------------------------------------------------------------------------------
-    async def put_file(self, owner: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+    async def put_file(
+        self, owner: str, filename: str, purpose: str, data: bytes, *, quota: int | None = None
+    ) -> dict[str, Any]:
+        """Store a file for `owner`; with a `quota` (None: not counted; 0: counted, never refused) its bytes
+        count against the key's storage, and `OverStorageQuota` refuses it before anything is stored."""
+        charge = await self.storage.charge(owner, len(data), quota=quota) if quota is not None else None
         file_id = new_id("file-")
         created = int(time.time())
         record = {
@@ -40,13 +49,22 @@ class BatchStore:
             "purpose": purpose,
             "status": "processed",
         }
-        await self.raw.set(keys.file_content(file_id), data, ex=self.ttl)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.file(file_id), mapping={"owner": owner, "record": json.dumps(record)})
-            pipe.expire(keys.file(file_id), self.ttl)
-            pipe.zadd(keys.owner_files(owner), {file_id: created})
-            pipe.expire(keys.owner_files(owner), self.ttl)
-            await pipe.execute()
+        fields: dict[FieldT, EncodableT] = {"owner": owner, "record": json.dumps(record)}
+        if charge is not None:
+            fields.update(charge.fields(len(data)))
+        try:
+            await self.raw.set(keys.file_content(file_id), data, ex=self.ttl)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.file(file_id), mapping=fields)
+                pipe.expire(keys.file(file_id), self.ttl)
+                pipe.zadd(keys.owner_files(owner), {file_id: created})
+                pipe.expire(keys.owner_files(owner), self.ttl)
+                await pipe.execute()
+        except BaseException:
+            if charge is not None:
+                await self.storage.refund(charge)
+            await self.raw.delete(keys.file_content(file_id))
+            raise
         return record
 
     async def get_file(self, file_id: str, owner: str) -> dict[str, Any] | None:
@@ -69,7 +87,7 @@ class BatchStore:
     async def delete_file(self, file_id: str, owner: str) -> bool:
         if await self.get_file(file_id, owner) is None:
             return False
-        await self.redis.delete(keys.file(file_id), keys.file_content(file_id))
+        await self.storage.release(keys.file(file_id), keys.file_content(file_id), drop_record=True)
         await self.redis.zrem(keys.owner_files(owner), file_id)
         return True
 

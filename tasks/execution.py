@@ -2,6 +2,10 @@
 
 Engines see only the `JobContext` protocol: `emit(type, data)` raises `JobCancelled` once the owner
 has asked to stop, so a generation loop that emits a token per step stops within a token or two.
+
+Redis at its maxmemory (`noeviction`) refuses writes with an OOM error: an event or output then fails
+the job with `insufficient_storage`, while claiming and finishing wait for room, so no job is left
+`running` with nobody on it, nor its message acked unclaimed.
 """
 
 from __future__ import annotations
@@ -10,15 +14,22 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis import Redis
+from redis.exceptions import OutOfMemoryError
 
 from tasks import keys, scripts
 from tasks.jobs import EventType, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Claim outcomes after which the job's input is no longer needed ('busy': another worker has it).
+ENDED = {"missing", "expired", "cancelled", "poison", "succeeded", "failed"}
 
 
 class JobCancelled(Exception):
@@ -31,6 +42,15 @@ class JobTimedOut(Exception):
 
 class LeaseLost(Exception):
     """Another worker took the job over (this one was presumed dead); stop without recording anything."""
+
+
+class RedisFull(Exception):
+    """Redis refused a write at its maxmemory; the job fails with this code."""
+
+    code = "insufficient_storage"
+
+    def __init__(self) -> None:
+        super().__init__("the job store (Redis) is full, so the job's output could not be stored")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +105,19 @@ class WorkerStore:
         self.ttl = ttl
         self.lease = lease
         self.max_attempts = max_attempts
-        self.scripts = {name: redis.register_script(scripts.source(name)) for name in scripts.NAMES}
+        self.scripts = {name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release")}
         self.leases = LeaseKeeper(self)
 
     def claim(self, job_id: str, worker: str) -> Claim:
-        reply = self.scripts["claim"](
-            keys=[keys.job(job_id), keys.events(job_id)],
-            args=[worker, self.lease, self.max_attempts, self.ttl, keys.notify(job_id)],
+        reply = self.when_room(
+            lambda: self.scripts["claim"](
+                keys=[keys.job(job_id), keys.events(job_id)],
+                args=[worker, self.lease, self.max_attempts, self.ttl, keys.notify(job_id)],
+            )
         )
         if reply[0] != "run":
+            if reply[1] in ENDED:  # e.g. cancelled while queued: skipped here, before any model is touched
+                self.release_input(job_id)
             return Claim(run=False, reason=reply[1])
         flat = cast(list[str], reply[2])
         record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
@@ -105,11 +129,35 @@ class WorkerStore:
         return value if isinstance(value, bytes) else None
 
     def write_input(self, job_id: str, data: bytes) -> None:
-        self._bytes().set(keys.input(job_id), data, ex=self.ttl)
+        with storing():
+            self._bytes().set(keys.input(job_id), data, ex=self.ttl)
 
     def write_output(self, job_id: str, data: bytes) -> None:
         """A job's binary result (audio), expiring with the job."""
-        self._bytes().set(keys.output(job_id), data, ex=self.ttl)
+        with storing():
+            self._bytes().set(keys.output(job_id), data, ex=self.ttl)
+
+    def release_input(self, job_id: str) -> None:
+        """Delete an ended job's input and give its bytes back to its key's storage quota (`lua/release.lua`)."""
+        try:
+            self.scripts["release"](keys=[keys.job(job_id), keys.input(job_id)], args=["0"])
+        except Exception as exc:  # it expires with the job anyway
+            log.warning("could not release the input of %s: %s", job_id, exc)
+
+    def when_room(self, write: Callable[[], T]) -> T:
+        """`write()`, retried while Redis is full: a claim or a final state must not be lost (an unrecorded
+        claim would ack the message of a job still queued; an unrecorded end leaves the job running)."""
+        delay, waited, warned = 0.05, 0.0, -1.0
+        while True:
+            try:
+                return write()
+            except OutOfMemoryError as exc:
+                if waited - warned >= 30 or warned < 0:
+                    log.warning("Redis is full (%s); waiting for room, %.0f s so far", exc, waited)
+                    warned = waited
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
 
     def _bytes(self) -> Redis:
         if self.raw is None:
@@ -138,24 +186,27 @@ class JobExecution:
         self._stores.leases.release(self.job_id)
 
     def emit(self, event: EventType | str, data: Any) -> None:
-        """Append an event; raises `JobCancelled`/`JobTimedOut`/`LeaseLost` when the job must stop."""
-        status, _ = self._stores.scripts["emit"](
-            keys=self._keys,
-            args=[
-                str(event),
-                json.dumps(data),
-                self._stores.ttl,
-                keys.notify(self.job_id),
-                self._stores.lease,
-                self.worker,
-            ],
-        )
+        """Append an event; raises `JobCancelled`/`JobTimedOut`/`LeaseLost` when the job must stop, `RedisFull`
+        when Redis has no room for it."""
+        with storing():
+            status, _ = self._stores.scripts["emit"](
+                keys=self._keys,
+                args=[
+                    str(event),
+                    json.dumps(data),
+                    self._stores.ttl,
+                    keys.notify(self.job_id),
+                    self._stores.lease,
+                    self.worker,
+                ],
+            )
         self._check(status)
 
     def check(self) -> None:
         """Renew the lease and stop (`JobCancelled`/`JobTimedOut`/`LeaseLost`) if the job must, without
         writing an event: for a job that waits on others (a dialogue waiting for its stages)."""
-        status = self._stores.scripts["renew"](keys=[self._keys[0]], args=[self._stores.lease, self.worker])
+        with storing():
+            status = self._stores.scripts["renew"](keys=[self._keys[0]], args=[self._stores.lease, self.worker])
         self._check("running" if status == JobStatus.running else str(status))
 
     def _check(self, status: str) -> None:
@@ -169,16 +220,25 @@ class JobExecution:
     def finish(
         self, status: JobStatus, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
     ) -> str:
-        return str(
-            self._stores.scripts["finish"](
-                keys=self._keys,
-                args=[
-                    status.value,
-                    json.dumps(result) if result is not None else "",
-                    json.dumps(error) if error is not None else "",
-                    self._stores.ttl,
-                    keys.notify(self.job_id),
-                    self.worker,
-                ],
-            )
-        )
+        """Record how the job ended (waiting for room while Redis is full) and free its input."""
+        args = [
+            status.value,
+            json.dumps(result) if result is not None else "",
+            json.dumps(error) if error is not None else "",
+            self._stores.ttl,
+            keys.notify(self.job_id),
+            self.worker,
+        ]
+        final = str(self._stores.when_room(lambda: self._stores.scripts["finish"](keys=self._keys, args=args)))
+        if final in ENDED:  # not 'lost': then the worker that took the job over still reads its input
+            self._stores.release_input(self.job_id)
+        return final
+
+
+@contextmanager
+def storing() -> Iterator[None]:
+    """Redis's OOM refusal as `RedisFull`, which fails the job with `insufficient_storage`."""
+    try:
+        yield
+    except OutOfMemoryError as exc:
+        raise RedisFull() from exc

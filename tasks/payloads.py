@@ -7,8 +7,9 @@ import binascii
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from tasks.catalog import CATALOG, ModelRole, is_known_llm, is_known_stt, is_known_tts
+from tasks.catalog import ModelRole, UnknownModel, registry
 from tasks.speech import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
@@ -16,7 +17,29 @@ from tasks.speech import (
     OPENAI_VOICES,
     AudioFormat,
     output_sample_rate,
+    speakable,
 )
+
+MODEL_NOT_FOUND = "model_not_found"
+MAX_STOP_CHARS = 256  # each stop sequence; the text stream holds this much back, so it stays small
+
+
+def registered(name: str | None, role: ModelRole) -> str | None:
+    """`name` if the registry serves it for `role`; else a validation error the API answers with a 404.
+
+    The message is the same for every unknown name, never echoing it: a client learns nothing about
+    the worker's files from it.
+    """
+    if name is not None:
+        try:
+            registry().lookup(name, role)
+        except UnknownModel:
+            raise PydanticCustomError(
+                MODEL_NOT_FOUND,
+                "no {role} model of that name is served here; GET /v1/models lists them",
+                {"role": role.value},
+            ) from None
+    return name
 
 
 class GenerationParams(BaseModel):
@@ -27,30 +50,29 @@ class GenerationParams(BaseModel):
     max_tokens: int = Field(512, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
+    top_k: int = Field(40, ge=0, le=1_000_000)
     repeat_penalty: float = Field(1.1, gt=0.0, le=10.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     """OpenAI's: subtracted from a token's logit once per time it appeared in the last 64 generated."""
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     """OpenAI's: subtracted from a token's logit if it appeared in the last 64 generated."""
-    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
+    stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=16
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     min_p: float = Field(0.05, ge=0.0, le=1.0)
     typical_p: float = Field(1.0, gt=0.0, le=1.0)
-    model: str | None = Field(None, min_length=1, max_length=512)
+    model: str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _known_model(cls, value: str | None) -> str | None:
-        if value is not None and not is_known_llm(value):
-            known = ", ".join(name for name, entry in CATALOG.items() if entry.role == "llm")
-            raise ValueError(f"unknown model {value!r}; use one of {known}, a .gguf path or owner/repo[:file]")
-        return value
+    def _known_model(cls, value: object) -> object:
+        return registered(value, ModelRole.llm) if isinstance(value, str) else value
 
 
 P = TypeVar("P", bound=GenerationParams)
@@ -95,7 +117,7 @@ class TranscribeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, min_length=1, max_length=512)
+    model: str | None = Field(None, min_length=1, max_length=128)
     language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")
     prompt: str | None = Field(None, max_length=2_000)
     response_format: TranscriptFormat = "json"
@@ -105,13 +127,10 @@ class TranscribeRequest(BaseModel):
     vad_filter: bool = False
     filename: str = Field("audio", max_length=255)
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _known_model(cls, value: str | None) -> str | None:
-        if value is not None and not is_known_stt(value):
-            known = ", ".join(name for name, entry in CATALOG.items() if entry.role == "stt")
-            raise ValueError(f"unknown model {value!r}; use whisper-1, {known}, or a model folder path")
-        return value
+    def _known_model(cls, value: object) -> object:
+        return registered(value, ModelRole.stt) if isinstance(value, str) else value
 
     @property
     def words(self) -> bool:
@@ -166,15 +185,14 @@ class SynthesizeRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the text is blank")
+        if not speakable(value):
+            raise ValueError("the text has nothing to speak: no letter or digit in any script (only symbols or emoji)")
         return value
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _known_model(cls, value: str | None) -> str | None:
-        if value is not None and not is_known_tts(value):
-            known = ", ".join(name for name, entry in CATALOG.items() if entry.role == ModelRole.tts)
-            raise ValueError(f"unknown model {value!r}; use one of {known} (or tts-1, tts-1-hd, gpt-4o-mini-tts)")
-        return value
+    def _known_model(cls, value: object) -> object:
+        return registered(value, ModelRole.tts) if isinstance(value, str) else value
 
 
 class InvalidField(ValueError):
@@ -195,7 +213,7 @@ def resolve_synthesis(
     `remote_defaults` (OPENAUDIO_DEFAULT_FORMAT / _SAMPLE_RATE) fill the fields a request left out.
     """
     model = request.model if request.model and request.model not in OPENAI_TTS_MODELS else default_model
-    entry = CATALOG.get(model)
+    entry = registry().get(model)
     if entry is None or entry.role != ModelRole.tts:
         raise InvalidField("model", f"TTS_MODEL {model!r} is not a text-to-speech model")
     if entry.any_voice and remote_defaults:

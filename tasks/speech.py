@@ -7,6 +7,7 @@ worker's engines (`workers.tts`) use the same ones, so a request the API accepts
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal
 
 AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
@@ -53,6 +54,13 @@ def output_sample_rate(fmt: str, requested: int | None, native: int) -> int:
         )
     higher = [r for r in allowed if r >= rate]
     return min(higher) if higher else max(allowed)
+
+
+def speakable(text: str) -> bool:
+    """Whether `text` holds anything a voice can say: a letter or a digit, in any script (Unicode
+    categories L* and N*). Emoji, symbols and punctuation alone are silence an engine still spends
+    seconds on, so such text is refused before a job exists."""
+    return any(unicodedata.category(char)[0] in "LN" for char in text)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])")

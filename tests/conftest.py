@@ -13,6 +13,8 @@ import pytest
 from cli.embedded_redis import EmbeddedRedis
 from tests.stack import Process, base_env, free_port, start_api, start_worker, wait_for_worker
 
+MISSING_MODEL = "missing-model"
+
 
 @dataclass
 class Stack:
@@ -41,12 +43,16 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def stack(redis_url: str, logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     metrics_port = free_port()
+    data = tmp_path_factory.mktemp("data")
+    # A registered model whose file is not on the worker: tests use it for a job that fails there.
+    (data / "models.yaml").write_text(f"{MISSING_MODEL}:\n  role: llm\n  source: /nonexistent/model.gguf\n")
     # OpenAudio is pointed at a closed port: a dialogue test uses it as a speech stage that fails.
     env = base_env(
         redis_url,
-        tmp_path_factory.mktemp("data"),
+        data,
         WORKER_METRICS_PORT=str(metrics_port),
         OPENAUDIO_API_BASE=f"http://127.0.0.1:{free_port()}",
+        MODELS_FILE=str(data / "models.yaml"),
     )
     worker = start_worker(env, logs_dir)
     api, url = start_api(env, logs_dir)

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.audio import SENTENCES, spoken, wer
-from tests.conftest import Stack
+from tests.conftest import MISSING_MODEL, Stack
 
 CHAT = {"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 24}
 BRIEF = "Answer in one short sentence."
@@ -62,7 +62,7 @@ def test_a_chat_batch_runs_every_request_and_reports_failures(oai: openai.OpenAI
             "custom_id": "broken",
             "method": "POST",
             "url": "/v1/chat/completions",
-            "body": {**CHAT, "model": "/nowhere/model.gguf", "messages": [{"role": "user", "content": "Hi"}]},
+            "body": {**CHAT, "model": MISSING_MODEL, "messages": [{"role": "user", "content": "Hi"}]},
         }
     )
     uploaded = oai.files.create(file=("requests.jsonl", jsonl(requests)), purpose="batch")

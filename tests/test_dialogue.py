@@ -159,7 +159,7 @@ def test_a_failing_stage_fails_the_dialogue_with_an_error_event(client: httpx.Cl
     [
         ({"generation_config": {"temperature": 5}}, "generation_config.temperature"),
         ({"generation_config": "{not json"}, "generation_config"),
-        ({"generation_config": {"model": "nope-7b"}}, "generation_config.model"),
+        ({"generation_config": {"model": 7}}, "generation_config.model"),
         ({"synthesis_config": {"voice": "darth"}}, "synthesis_config.voice"),
         ({"synthesis_config": {"response_format": "ogg"}}, "synthesis_config.response_format"),
         ({"conversation_id": "has spaces"}, "conversation_id"),

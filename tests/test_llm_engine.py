@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama, StoppingCriteriaList
 
+from tasks.catalog import CATALOG
 from tasks.payloads import ChatMessage, GenerationParams
 from workers.errors import ContextOverflow
 from workers.llm import GEMMA_START_OF_TURN, Generation, LlmEngine, Prompt
 from workers.registry import resolve_llm
 
 ROOT = Path(__file__).resolve().parents[1]
-GEMMA = resolve_llm("gemma-3-270m", ROOT / "var" / "models")
+GEMMA = resolve_llm(CATALOG["gemma-3-270m"], ROOT / "var" / "models")
 STORY = Prompt("Once upon a time, in a small village by the sea,", (), add_bos=True)
 
 

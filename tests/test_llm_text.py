@@ -83,3 +83,15 @@ def test_neutral_penalties_touch_nothing() -> None:
     logits, pointer = logits_of([2.0, -2.0])
     penalties.apply(pointer)
     assert logits.tolist() == [2.0, -2.0] and penalties.off
+
+
+def test_bytes_that_never_become_text_are_not_hoarded() -> None:
+    """A model emitting byte fragments that never form UTF-8 (issue 13's H1 prompt) keeps at most one
+    incomplete character pending: the rest is dropped, never buffered, and the text stays empty."""
+    stream = TextStream(("</s>",))
+    for piece in [b"\xf0\x9f", b"\xff", b"\x80\xbf" * 4, b"\xe2", b"\xfe"] * 2_000:
+        assert stream.feed(piece) == ""
+        pending, _ = stream._decoder.getstate()
+        assert len(pending) <= 3
+    assert stream.text == ""
+    assert stream.feed(b"ok") == "ok"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Stack
+from tests.conftest import MISSING_MODEL, Stack
 from tests.sse import read_events
 from tests.stack import SPEECHQ, Process, free_port, wait_until
 
@@ -61,7 +61,7 @@ def test_the_request_id_reaches_the_worker_log(client: httpx.Client, stack: Stac
 def test_api_and_worker_metrics_after_jobs(client: httpx.Client, stack: Stack) -> None:
     generated = client.post("/v1/jobs/generate", json={"prompt": "Count to three.", "max_tokens": 16}).json()["id"]
     spoken = client.post("/v1/jobs/synthesize", json={"text": "Metrics are counted."}).json()["id"]
-    failing = client.post("/v1/jobs/generate", json={"prompt": "x", "model": "/nowhere/model.gguf"}).json()["id"]
+    failing = client.post("/v1/jobs/generate", json={"prompt": "x", "model": MISSING_MODEL}).json()["id"]
     for job_id in (generated, spoken, failing):
         read_events(client, job_id)
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import whisper  # the openai-whisper extra; `make test` installs it
 
+from tasks.catalog import CATALOG
 from tests.audio import SENTENCES, spoken, wer
 from tests.stack import private_stack
 from workers.registry import resolve_stt
 from workers.whisper_checkpoint import read_ctranslate2, to_openai_whisper
 
-TINY = resolve_stt("whisper-tiny.en", Path("var/models"), "whisper-tiny.en")[1]
+TINY = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))
 
 
 def test_the_converted_state_dict_matches_openai_whispers_model_exactly() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
-from tests.conftest import Stack
+from tests.conftest import MISSING_MODEL, Stack
 from tests.sse import read_events
 from tests.stack import base_env, doomed_worker, free_port, start_api, wait_until
 from tests.test_jobs_api import submit, wait_done
@@ -68,11 +68,11 @@ def test_cancelling_a_finished_job_is_409(client: httpx.Client) -> None:
 
 
 def test_a_job_that_fails_leaves_the_worker_alive(client: httpx.Client, stack: Stack) -> None:
-    job = wait_done(client, str(submit(client, prompt="hi", model="/nonexistent/model.gguf", max_tokens=2)["id"]))
+    job = wait_done(client, str(submit(client, prompt="hi", model=MISSING_MODEL, max_tokens=2)["id"]))
     assert job["status"] == "failed"
     assert job["error"]["type"] == "model_unavailable"
-    assert "does not exist" in job["error"]["message"]
-    response = client.post("/v1/generate", json={"prompt": "hi", "model": "/nonexistent/model.gguf"})
+    assert "is not prepared on this worker" in job["error"]["message"]
+    response = client.post("/v1/generate", json={"prompt": "hi", "model": MISSING_MODEL})
     assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
     assert stack.worker.alive()
     assert wait_done(client, str(submit(client, prompt="Hi", max_tokens=2)["id"]))["status"] == "succeeded"

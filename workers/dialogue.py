@@ -27,7 +27,7 @@ from tasks.broker import is_redis_url
 from tasks.execution import JobExecution, WorkerStore
 from tasks.jobs import EventType, JobKind, JobRecord, JobStatus
 from tasks.payloads import ChatMessage, ChatRequest, DialogueRequest, TranscribeRequest
-from tasks.speech import MEDIA_TYPES, complete_sentences
+from tasks.speech import MEDIA_TYPES, complete_sentences, speakable
 from tasks.store import CreatePlan, JobStoreError
 from workers.audio_out import AudioEncoder
 from workers.errors import EngineError, InvalidJobInput
@@ -263,12 +263,12 @@ class Dialogue:
                 if stage is llm and kind == EventType.token:
                     self.run.emit(EventType.assistant_text, {"delta": data["text"]})
                     finished, pending = complete_sentences(pending + data["text"])
-                    speaking.extend(self._speak(sentence) for sentence in finished)
+                    speaking.extend(self._speak(sentence) for sentence in finished if speakable(sentence))
                 elif stage is llm and kind == EventType.done:
                     self.open.remove(stage)
                     answer = self.stages.ended(stage, data["status"])
                     self.run.emit(EventType.assistant_text, {"text": answer["text"], "final": True})
-                    if pending.strip():
+                    if speakable(pending):
                         speaking.append(self._speak(pending.strip()))
                     llm = None
                 elif kind == EventType.audio_chunk:

@@ -1,6 +1,7 @@
 """Errors a job can end with. Each has a string `code` that becomes the job's `error.type`.
 
 EngineError
+├── EngineStalled         the engine stopped making progress; the worker restarts itself
 ├── ModelUnavailable      the model cannot be found or loaded here
 ├── InvalidJobInput       the request is well-formed but this engine cannot serve it
 │   └── ContextOverflow   prompt + max_tokens exceed the model's context window
@@ -13,6 +14,10 @@ from __future__ import annotations
 
 class EngineError(Exception):
     code = "engine_error"
+
+
+class EngineStalled(EngineError):
+    code = "engine_stalled"
 
 
 class ModelUnavailable(EngineError):

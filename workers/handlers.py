@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from config import Settings
 from tasks.audio import decode
 from tasks.execution import JobExecution
 from tasks.jobs import EventType, JobKind, JobRecord
@@ -21,7 +22,7 @@ from tasks.payloads import (
 from workers.audio_out import AudioEncoder, Tempo, normalize_loudness
 from workers.errors import InvalidJobInput
 from workers.llm import Prompt
-from workers.models import ModelCache
+from workers.models import ModelCache, SpeechEngine, VoiceEngine
 from workers.stt import RemoteWhisperEngine
 
 InputReader = Callable[[str], bytes | None]
@@ -59,22 +60,22 @@ def run_llm_job(job: JobRecord, run: JobExecution, models: ModelCache) -> dict[s
     params: GenerateRequest | ChatRequest | CompletionRequest
     if job.kind == JobKind.chat:
         params = ChatRequest.model_validate(job.request)
-        engine = models.llm(params.model)
-        prompt = engine.chat_prompt(params.messages)
     elif job.kind == JobKind.generate:
         params = GenerateRequest.model_validate(job.request)
-        engine = models.llm(params.model)
-        prompt = engine.chat_prompt([ChatMessage(role="user", content=params.prompt)])
     else:
         params = CompletionRequest.model_validate(job.request)
-        engine = models.llm(params.model)
-        prompt = Prompt(params.prompt, (), add_bos=True)
-
-    batcher = TokenBatcher(run, window=models.settings.llm_stream_batch_seconds)
-    # `check` notices a cancel or the time limit even while nothing is emitted (a slot still prefilling,
-    # a stretch of tokens that are not yet whole text).
-    generation = engine.generate(prompt, params, batcher, check=run.check)
-    batcher.flush()
+    with models.llm(params.model) as engine:
+        if isinstance(params, ChatRequest):
+            prompt = engine.chat_prompt(params.messages)
+        elif isinstance(params, GenerateRequest):
+            prompt = engine.chat_prompt([ChatMessage(role="user", content=params.prompt)])
+        else:
+            prompt = Prompt(params.prompt, (), add_bos=True)
+        batcher = TokenBatcher(run, window=models.settings.llm_stream_batch_seconds)
+        # `check` notices a cancel or the time limit even while nothing is emitted (a slot still prefilling,
+        # a stretch of tokens that are not yet whole text).
+        generation = engine.generate(prompt, params, batcher, check=run.check)
+        batcher.flush()
     return {
         "text": generation.text,
         "model": engine.name,
@@ -102,14 +103,19 @@ def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: I
     data = inputs(job.id)
     if data is None:
         raise InvalidJobInput("the job's audio is no longer stored (it expired with JOB_TTL_SECONDS)")
-    engine = models.stt(request.model)
+    with models.stt(request.model) as engine:
+        return _transcribe(engine, data, request, run, models.settings)
+
+
+def _transcribe(
+    engine: SpeechEngine, data: bytes, request: TranscribeRequest, run: JobExecution, settings: Settings
+) -> dict[str, Any]:
     if isinstance(engine, RemoteWhisperEngine):
         run.emit(EventType.progress, {"fraction": 0.0, "stage": "uploading"})
         result = engine.transcribe_file(data, request)
         for segment in result["segments"]:
             run.emit(EventType.segment, segment)
         return result
-    settings = models.settings
     run.emit(EventType.progress, {"fraction": 0.0, "stage": "decoding"})
     decode_started = time.perf_counter()
     pcm = decode(data, max_seconds=settings.max_audio_seconds, time_limit=settings.audio_decode_timeout_seconds)
@@ -129,7 +135,13 @@ def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: I
 def run_tts_job(job: JobRecord, run: JobExecution, models: ModelCache, outputs: OutputWriter) -> dict[str, Any]:
     """synthesize: speak sentence by sentence, send each as an `audio_chunk` event, store the whole file."""
     request = SynthesizeRequest.model_validate(job.request)
-    engine = models.tts(request.model)
+    with models.tts(request.model) as engine:
+        return _synthesize(engine, request, job, run, outputs)
+
+
+def _synthesize(
+    engine: VoiceEngine, request: SynthesizeRequest, job: JobRecord, run: JobExecution, outputs: OutputWriter
+) -> dict[str, Any]:
     rate = request.sample_rate or engine.sample_rate
     encoder = AudioEncoder(request.response_format, rate)
     started = time.perf_counter()

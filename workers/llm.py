@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.payloads import ChatMessage, GenerationParams
-from workers.errors import ContextOverflow, InvalidJobInput, ModelUnavailable
+from workers.errors import ContextOverflow, EngineStalled, InvalidJobInput, ModelUnavailable
 
 if TYPE_CHECKING:
     from workers.llm_batch import BatchScheduler
@@ -78,6 +78,7 @@ class LlmEngine:
         n_gpu_layers: int | None,
         n_batch: int,
         parallel: int = 1,
+        stall_seconds: float = 120.0,
     ):
         try:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -92,6 +93,7 @@ class LlmEngine:
             n_gpu_layers = -1 if gpu_offload_supported() and visible else 0
         self.name = name
         self.n_gpu_layers = n_gpu_layers
+        self.stall_seconds = stall_seconds
         started = time.perf_counter()
         self._model: NativeModel = NativeModel(path, n_gpu_layers=n_gpu_layers)
         threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
@@ -199,6 +201,11 @@ class LlmEngine:
                 if check is not None and time.monotonic() - checked >= check_every:
                     check()
                     checked = time.monotonic()
+                if event is None and self._scheduler.stalled_for > self.stall_seconds:
+                    raise EngineStalled(
+                        f"the language model has not finished a decode step in {self.stall_seconds:g} s "
+                        "(LLM_STALL_SECONDS); this worker restarts"
+                    )
         except BaseException:
             sequence.cancel()
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -87,6 +88,7 @@ class BatchScheduler(threading.Thread):
         self.wakeup = threading.Condition()
         self.closed = False
         self.steps = 0
+        self._stepping_since: float | None = None
 
     def submit(self, sequence: Sequence) -> None:
         with self.wakeup:
@@ -102,6 +104,13 @@ class BatchScheduler(threading.Thread):
         self.join(timeout=30)
 
     @property
+    def stalled_for(self) -> float:
+        """Seconds the current step has run (0 between steps): a step takes milliseconds, so a long one
+        means llama.cpp is stuck."""
+        since = self._stepping_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
     def active(self) -> int:
         return sum(slot is not None for slot in self.slots)
 
@@ -113,12 +122,15 @@ class BatchScheduler(threading.Thread):
                 if self.closed:
                     break
                 self._admit()
+            self._stepping_since = time.monotonic()
             try:
                 self._step()
             except Exception as exc:  # a bug or a broken context: fail what is running, keep serving
                 log.exception("LLM batch step failed")
                 for slot in [s for s in self.slots if s is not None]:
                     self._end(slot, error=EngineError(f"generation failed: {type(exc).__name__}"))
+            finally:
+                self._stepping_since = None
         for slot in [s for s in self.slots if s is not None]:
             self._end(slot, error=EngineError("the language model is shutting down"))
         for sequence in self.waiting:

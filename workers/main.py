@@ -7,22 +7,29 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import signal
 import socket
 import threading
 import time
 from functools import partial
+from typing import Any
 
 from redis import Redis
 
 from config import Settings
+from tasks.catalog import Registry, use_registry
 from tasks.celery_app import create_celery
-from tasks.definitions import JobRunner, register_tasks
-from tasks.execution import WorkerStore
+from tasks.definitions import JobHandler, JobRunner, register_tasks
+from tasks.execution import JobExecution, WorkerStore
+from tasks.jobs import JobRecord
 from tasks.registry import WorkerInfo, advertise, withdraw
 from workers.dialogue import Stages, run_dialogue_job
+from workers.errors import EngineStalled
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.metrics import WorkerMetrics
 from workers.models import ModelCache
+from workers.startup import RESTART_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +59,30 @@ class Heartbeat(threading.Thread):
             log.warning("could not withdraw worker advertisement: %s", exc)
 
 
+def restart_when_stalled(handler: JobHandler, stalled: threading.Event) -> JobHandler:
+    """The handler, but an engine that stopped making progress also asks this worker to shut down (its
+    job fails as `engine_stalled` first): a worker that cannot stop a runaway engine restarts."""
+
+    def run(job: JobRecord, execution: JobExecution) -> dict[str, Any]:
+        try:
+            return handler(job, execution)
+        except EngineStalled:
+            if not stalled.is_set():
+                stalled.set()
+                log.error("job %s: the engine is stuck; shutting this worker down to restart it", job.id)
+                os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: the other jobs end first
+            raise
+
+    return run
+
+
 def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, device: str | None = None) -> None:
     if settings.redis_url is None:
         raise RuntimeError("REDIS_URL must be set for a worker")
+    use_registry(Registry.load(settings))
     hostname = socket.gethostname()
-    worker_id = f"{hostname}:{os.getpid()}"
+    # Opaque: job records and events name it to clients; host and pid stay in the logs and Flower.
+    worker_id = f"worker_{secrets.token_hex(6)}"
     redis = Redis.from_url(
         settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
     )
@@ -70,15 +96,16 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     metrics = WorkerMetrics()
     if settings.worker_metrics_port:
         try:
-            metrics.serve(settings.worker_metrics_port)
-            log.info("metrics on :%d/metrics", settings.worker_metrics_port)
+            metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
+            log.info("metrics on %s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
         except OSError as exc:  # another worker on this host has the port: work on, without metrics
             log.error("WORKER_METRICS_PORT %d: %s; this worker serves no metrics", settings.worker_metrics_port, exc)
     models = ModelCache(settings, on_load=metrics.model_loaded)
 
     app = create_celery(settings)
-    handlers = {
-        "llm": partial(run_llm_job, models=models),
+    stalled = threading.Event()
+    handlers: dict[str, JobHandler] = {
+        "llm": restart_when_stalled(partial(run_llm_job, models=models), stalled),
         "stt": partial(run_stt_job, models=models, inputs=store.read_input),
         "tts": partial(run_tts_job, models=models, outputs=store.write_output),
         "dialogue": partial(run_dialogue_job, stages=Stages(store, app, settings)),
@@ -92,12 +119,15 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     }
     register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics, gates=gates))
 
-    if "llm" in queues and settings.llm_preload:
-        models.llm()
-    if "stt" in queues and settings.stt_preload:
-        models.stt()
-    if "tts" in queues and settings.tts_preload and settings.tts_model != "openaudio-s1-mini":
-        models.tts()
+    preload = (
+        (models.llm, "llm" in queues and settings.llm_preload),
+        (models.stt, "stt" in queues and settings.stt_preload),
+        (models.tts, "tts" in queues and settings.tts_preload and settings.tts_model != "openaudio-s1-mini"),
+    )
+    for model, wanted in preload:
+        if wanted:
+            with model():
+                pass  # loaded and kept: the first job does not wait for it
     info = WorkerInfo(
         id=worker_id,
         hostname=hostname,
@@ -111,7 +141,8 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     heartbeat = Heartbeat(redis, info, models, settings.worker_heartbeat_seconds)
     heartbeat.start()
     node = f"speechq-{'-'.join(queues)}{'-gpu' + device if device else ''}-{os.getpid()}@{hostname}"
-    log.info("worker %s serving queues %s on %s", worker_id, ",".join(queues), f"cuda:{device}" if device else "cpu")
+    where = f"cuda:{device}" if device else "cpu"
+    log.info("worker %s (%s pid %d) serving queues %s on %s", worker_id, hostname, os.getpid(), ",".join(queues), where)
     try:
         app.worker_main(
             [
@@ -131,3 +162,9 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         )
     finally:
         heartbeat.stop()
+        if stalled.is_set():
+            # A thread stuck in native code cannot be stopped or joined: leave at once, and let the
+            # supervisor start a fresh process (the stuck jobs have been failed and acknowledged).
+            log.error("exiting with status %d so that a fresh worker replaces this one", RESTART_EXIT_CODE)
+            logging.shutdown()
+            os._exit(RESTART_EXIT_CODE)

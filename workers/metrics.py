@@ -1,4 +1,10 @@
-"""Prometheus metrics of one worker process, served on its own port (`WORKER_METRICS_PORT`)."""
+"""Prometheus metrics of one worker process, served on its own address (`WORKER_METRICS_HOST`, loopback
+by default) and port (`WORKER_METRICS_PORT`), without auth.
+
+Label values never come from a client as sent: kinds and statuses are enums, stages and error types are
+checked against fixed sets (anything else is `other`), and model names are the engine's own, at most
+MAX_MODEL_LABELS of them per process.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,40 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tasks.jobs import JobRecord
+from tasks.jobs import JobRecord, JobStatus
 
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
+OTHER = "other"
+STAGES = frozenset({"queue", "total", "run", "first_token", "first_chunk", "decode"})
+STATUSES = frozenset(JobStatus)
+# Every `error.type` a job can end with (workers.errors, tasks.audio, the runner, a dialogue's stages).
+ERROR_TYPES = frozenset(
+    {
+        "engine_error",
+        "model_unavailable",
+        "model_not_found",
+        "invalid_input",
+        "context_length_exceeded",
+        "upstream_error",
+        "upstream_timeout",
+        "timeout",
+        "internal_error",
+        "empty_file",
+        "unsupported_media_type",
+        "invalid_audio",
+        "audio_too_long",
+        "stage_failed",
+        *(f"stage_{status}" for status in JobStatus),
+    }
+)
+# Distinct model names one process labels before the rest count as `other`: a bound on the series even
+# if a model name ever came from a request.
+MAX_MODEL_LABELS = 32
+
+
+def bounded(value: object, allowed: frozenset[str]) -> str:
+    """`value` as a label if it is one of `allowed`, else `other`."""
+    return value if isinstance(value, str) and value in allowed else OTHER
 
 
 class WorkerMetrics:
@@ -54,12 +91,21 @@ class WorkerMetrics:
         self.model_load_seconds = Gauge(
             "worker_model_load_seconds", "How long each loaded model took to load", ("model",), registry=r
         )
+        self.models: set[str] = set()  # the model names labelled so far
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+    def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
+    def model_label(self, name: object) -> str:
+        """The model's name, while fewer than MAX_MODEL_LABELS names have been seen; then `other`."""
+        label = str(name)[:128]
+        if label not in self.models and len(self.models) >= MAX_MODEL_LABELS:
+            return OTHER
+        self.models.add(label)
+        return label
+
     def model_loaded(self, name: str, seconds: float) -> None:
-        self.model_load_seconds.labels(name).set(seconds)
+        self.model_load_seconds.labels(self.model_label(name)).set(seconds)
 
     def claimed(self, job: JobRecord) -> None:
         queued, started = job.times.get("queued_at"), job.times.get("started_at")
@@ -72,18 +118,18 @@ class WorkerMetrics:
         self, job: JobRecord, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None, seconds: float
     ) -> None:
         kind = job.kind.value
-        self.jobs.labels(kind, status).inc()
+        self.jobs.labels(kind, bounded(status, STATUSES)).inc()
         self.job_seconds.labels(kind, "total").observe(seconds)
         if error is not None:
-            self.failures.labels(kind, str(error.get("type", "internal_error"))).inc()
+            self.failures.labels(kind, bounded(error.get("type", "internal_error"), ERROR_TYPES)).inc()
         if result is None:
             return
         timings = result.get("timings") or {}
         for name, value in timings.items():
             if name.endswith("seconds") and isinstance(value, int | float):
                 stage = name.removesuffix("_seconds") if name != "seconds" else "run"
-                self.job_seconds.labels(kind, stage).observe(value)
-        model = str(result.get("model", ""))
+                self.job_seconds.labels(kind, bounded(stage, STAGES)).observe(value)
+        model = self.model_label(result.get("model", ""))
         usage = result.get("usage") or {}
         if usage.get("completion_tokens"):
             self.tokens.labels(model).inc(usage["completion_tokens"])

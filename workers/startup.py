@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import importlib.util
+import os
 import sys
 
 
@@ -39,9 +40,14 @@ def load_llama_first() -> None:
         )
 
 
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: "start me again"; a worker whose engine got stuck exits with it
+
+
 def prepare_worker(queues: list[str]) -> None:
-    """Call first thing in a worker process: a fatal signal prints a traceback to the log, and a worker
-    serving `llm` has llama.cpp loaded before PyAV."""
+    """Call first thing in a worker process: a fatal signal prints a traceback to the log, Hugging Face
+    libraries stay offline, and a worker serving `llm` has llama.cpp loaded before PyAV."""
     faulthandler.enable(file=sys.stderr, all_threads=True)
+    # Workers never download while serving: models come prepared (`speechq models prepare`).
+    os.environ["HF_HUB_OFFLINE"] = "1"
     if "llm" in queues:
         load_llama_first()

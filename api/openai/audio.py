@@ -9,11 +9,10 @@ from fastapi.responses import Response
 
 from api.auth import Principal
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import ModelNotFound, Unprocessable
+from api.errors import Unprocessable
 from api.routes.transcription import AudioFile, OptionsDep, formatted, submit_upload
 from api.state import AppState
 from api.submit import wait_for
-from tasks.catalog import is_known_stt
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
 
@@ -22,8 +21,6 @@ async def _serve(state: AppState, principal: Principal, rid: str, file: AudioFil
     model = options.get("model")
     if model is None:
         raise Unprocessable("model: Field required", param="model")
-    if not is_known_stt(model):
-        raise ModelNotFound(f"The model `{model}` does not exist", param="model")
     job, request = await submit_upload(state, principal, file, options, request_id=rid)
     final = await wait_for(state, job)
     assert final.result is not None

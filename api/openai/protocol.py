@@ -69,9 +69,29 @@ class SamplingFields(BaseModel):
         return {"repeat_penalty": 1.0} | {name: value for name, value in fields.items() if value is not None}
 
 
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: `{"type": "text"}`, `json_object` or `json_schema` (with its schema)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[OpenAIMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    response_format: ResponseFormat | None = Field(None, description='only {"type": "text"} is supported')
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        # Nothing constrains the sampler to a grammar, so a JSON reply could not be promised: refuse it
+        # rather than answer free text to a client that will parse it.
+        if value is not None and value.type != "text":
+            raise ValueError(
+                'only {"type": "text"} is supported; json_object and json_schema replies cannot be guaranteed'
+            )
+        return value
 
 
 class CompletionRequestOpenAI(SamplingFields):

@@ -8,32 +8,19 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import ModelNotFound, Unprocessable, envelope, validation_summary
+from api.errors import Unprocessable, envelope, validated
 from api.openai.protocol import ChatCompletionRequest, CompletionRequestOpenAI, now
 from api.state import AppState
 from api.submit import follow, submit, wait_for
-from tasks.catalog import is_known_llm
 from tasks.jobs import EventType, JobKind, JobRecord
 from tasks.payloads import ChatRequest, CompletionRequest, GenerationParams
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 
 Chunk = Callable[[str | None, str | None], dict[str, Any]]
-
-
-def _payload(model: type[GenerationParams], fields: dict[str, Any]) -> GenerationParams:
-    if not is_known_llm(fields["model"]):
-        raise ModelNotFound(f"The model `{fields['model']}` does not exist", param="model")
-    try:
-        return model.model_validate(fields)
-    except (ValidationError, ValueError) as exc:
-        errors = exc.errors() if isinstance(exc, ValidationError) else [{"msg": str(exc), "loc": ()}]
-        message, param = validation_summary(list(errors))
-        raise Unprocessable(message, param=param) from exc
 
 
 def chat_payload(body: ChatCompletionRequest) -> GenerationParams:
@@ -43,12 +30,12 @@ def chat_payload(body: ChatCompletionRequest) -> GenerationParams:
     except ValueError as exc:
         raise Unprocessable(str(exc), param="messages") from exc
     fields = {**body.sampling(body.max_completion_tokens or body.max_tokens), "messages": messages}
-    return _payload(ChatRequest, fields)
+    return validated(ChatRequest, fields)
 
 
 def completion_payload(body: CompletionRequestOpenAI) -> GenerationParams:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    return _payload(CompletionRequest, {**body.sampling(body.max_tokens), "prompt": prompt})
+    return validated(CompletionRequest, {**body.sampling(body.max_tokens), "prompt": prompt})
 
 
 def chat_completion_body(job_id: str, model: str, created: int, result: dict[str, Any]) -> dict[str, Any]:

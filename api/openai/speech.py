@@ -10,14 +10,14 @@ from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import ModelNotFound
+from api.errors import validated
 from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
-from tasks.catalog import is_known_tts
-from tasks.payloads import MAX_SPEECH_CHARS, SynthesizeRequest
+from tasks.catalog import ModelRole
+from tasks.payloads import MAX_SPEECH_CHARS, SynthesizeRequest, registered
 from tasks.speech import MEDIA_TYPES, AudioFormat
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
@@ -38,18 +38,17 @@ class SpeechRequest(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _served(cls, value: object) -> object:
+        return registered(value, ModelRole.tts) if isinstance(value, str) else value
+
 
 @router.post("/speech", response_model=None)
 async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> Response:
-    if not is_known_tts(body.model):
-        raise ModelNotFound(f"The model `{body.model}` does not exist", param="model")
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
-    request = resolved(
-        state,
-        SynthesizeRequest(
-            text=body.input, model=body.model, voice=voice, response_format=body.response_format, speed=body.speed
-        ),
-    )
+    fields = {"text": body.input, "model": body.model, "voice": voice, "speed": body.speed}
+    request = resolved(state, validated(SynthesizeRequest, {**fields, "response_format": body.response_format}))
     job = await submit_synthesis(state, request, principal, rid)
     chunks = await started(audio_chunks(state, job))
     if body.stream_format == "sse":

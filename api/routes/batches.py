@@ -2,8 +2,9 @@
 
 Batches serve `/v1/chat/completions`, `/v1/completions` and `/v1/audio/transcriptions`; a transcription
 line names its audio as an uploaded file (`"file": "file-…"`). A batch whose lines do not validate ends
-`failed` with an error per bad line; otherwise every line becomes a job at once and the batch is
-`in_progress`. Its state is brought up to date whenever it is read: once every job has ended, the
+`failed` with an error per bad line; otherwise every line becomes a job at once (all or none, counted
+against the key's MAX_ACTIVE_JOBS_PER_KEY and storage quota) and the batch is `in_progress`. Its state
+is brought up to date whenever it is read: once every job has ended, the
 answers are written to an output file (and failures to an error file) and the batch is `completed` —
 or `cancelled`, or `expired` after its 24 h window.
 """
@@ -21,16 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import ApiError, NotFound, Unprocessable, validated
+from api.errors import ApiError, NotFound, RequestTooLarge, Unprocessable, validated
 from api.openai.protocol import ChatCompletionRequest, CompletionRequestOpenAI
 from api.openai.serving import chat_completion_body, chat_payload, completion_body, completion_payload
 from api.routes.transcription import transcribe_request
 from api.state import AppState
-from api.submit import FAILURE_STATUS, submit
-from api.uploads import check_audio
+from api.submit import FAILURE_STATUS, allowance, refusals, storage_quota
+from api.uploads import AudioBudget, check_audio
 from tasks.batches import new_id
-from tasks.catalog import is_known_stt
-from tasks.jobs import JobKind, JobStatus
+from tasks.jobs import TASKS, JobKind, JobStatus
 from tasks.payloads import with_defaults
 from tasks.transcripts import render
 
@@ -61,7 +61,10 @@ async def upload_file(
     data = await file.read()  # the body cap (MAX_UPLOAD_MB) has already held it to size
     if not data:
         raise Unprocessable("file: the file is empty", param="file")
-    return await state.batches.put_file(principal.id, file.filename or "upload", purpose, data)
+    with refusals(state):  # STORAGE_QUOTA_MB_PER_KEY: 413 before anything is stored
+        return await state.batches.put_file(
+            principal.id, file.filename or "upload", purpose, data, quota=storage_quota(state.settings)
+        )
 
 
 @router.get("/files")
@@ -114,10 +117,22 @@ class Planned:
     payload: dict[str, Any]
     audio: bytes | None = None
     response_format: str = "json"
+    budget: AudioBudget | None = None  # the audio seconds charged for it, given back if no job comes of it
+
+
+async def _refund(plans: list[Planned]) -> None:
+    """No job came of these lines: give their audio seconds back (AUDIO_SECONDS_PER_KEY_PER_DAY)."""
+    for plan in plans:
+        if plan.budget is not None:
+            await plan.budget.refund()
 
 
 def _batch_owner(principal: Principal) -> str:
-    return f"{principal.id}:batch"  # its jobs stay out of the owner's job list and active-job quota
+    return f"{principal.id}:batch"  # its jobs stay out of the key's job list (not out of its quotas)
+
+
+def _queue(batch: dict[str, Any]) -> str:
+    return TASKS[ENDPOINTS[batch["endpoint"]]][1]
 
 
 async def _plan_line(state: AppState, principal: Principal, endpoint: str, line: Any, seen: set[str]) -> Planned:
@@ -155,16 +170,17 @@ async def _plan_line(state: AppState, principal: Principal, endpoint: str, line:
 
 async def _plan_transcription(state: AppState, principal: Principal, custom_id: str, body: dict[str, Any]) -> Planned:
     model, file_id = body.get("model"), body.get("file")
-    if not isinstance(model, str) or not is_known_stt(model):
-        raise Unprocessable(f"body.model: unknown speech model {model!r}", param="body.model")
+    if not isinstance(model, str):
+        raise Unprocessable("body.model: the name of a speech-to-text model is required", param="body.model")
     if not isinstance(file_id, str):
         raise Unprocessable("body.file: the id of an uploaded audio file (files.create) is required", param="body.file")
+    options = {k: v for k, v in body.items() if k not in ("file", "model")}
+    request = transcribe_request({**options, "model": model, "filename": file_id})
     audio = await state.batches.file_content(file_id, principal.id)
     if audio is None:
         raise Unprocessable(f"body.file: no such file {file_id!r}", param="body.file")
-    await check_audio(audio, state.settings, param="body.file")
-    options = {k: v for k, v in body.items() if k not in ("file", "model")}
-    request = transcribe_request({**options, "model": model, "filename": file_id})
+    budget = AudioBudget(state.redis, state.settings, principal.id)
+    await check_audio(audio, state.settings, param="body.file", budget=budget)
     return Planned(
         custom_id=custom_id,
         kind=JobKind.transcribe,
@@ -172,6 +188,7 @@ async def _plan_transcription(state: AppState, principal: Principal, custom_id: 
         payload=request.model_dump(mode="json"),
         audio=audio,
         response_format=request.response_format,
+        budget=budget,
     )
 
 
@@ -214,11 +231,17 @@ async def create_batch(
     plans: list[Planned] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
+    limit = state.settings.max_job_request_kb * 1024
     for number, text in enumerate(content.decode("utf-8", errors="replace").splitlines(), start=1):
         if not text.strip():
             continue
         try:
-            plans.append(await _plan_line(state, principal, body.endpoint, json.loads(text), seen))
+            plan = await _plan_line(state, principal, body.endpoint, json.loads(text), seen)
+            if limit and len(json.dumps(plan.payload)) > limit:
+                raise RequestTooLarge(
+                    f"the request is over the {limit // 1024} KB a job may store (MAX_JOB_REQUEST_KB)"
+                )
+            plans.append(plan)
         except json.JSONDecodeError as exc:
             errors.append(
                 {"code": "invalid_json_line", "message": f"line {number}: {exc.msg}", "param": None, "line": number}
@@ -231,26 +254,29 @@ async def create_batch(
         errors.append({"code": "empty_file", "message": "the input file has no requests", "param": None, "line": None})
     batch["request_counts"]["total"] = len(plans) + len(errors)
     if errors:
+        await _refund(plans)
         batch.update(status="failed", failed_at=created, errors={"object": "list", "data": errors[:MAX_ERRORS]})
         await state.batches.put_batch(principal.id, batch, [])
         return batch
-    requests: list[list[str]] = []
+    # One script creates every line's job or none: over MAX_ACTIVE_JOBS_PER_KEY (the lines count with the
+    # key's other jobs) a 429, over QUEUE_MAX_DEPTH a 503, over the storage quota a 413, nothing queued.
     try:
-        for plan in plans:
-            job, _ = await submit(
-                state,
-                plan.kind,
-                plan.payload,
-                Principal(_batch_owner(principal)),
+        with refusals(state):
+            jobs = await state.store.create_many(
+                ENDPOINTS[body.endpoint],
+                [(plan.payload, plan.audio) for plan in plans],
+                owner=_batch_owner(principal),
+                active_owner=principal.id,
                 request_id=rid,
-                input_file=plan.audio,
-                max_active=0,
+                allowance=allowance(state.settings, principal.id),
             )
-            requests.append([plan.custom_id, job.id, plan.model, plan.response_format])
-    except ApiError:
-        for _, job_id, _, _ in requests:  # a full queue: take back what was queued, accept nothing
-            await state.store.cancel(job_id, owner=_batch_owner(principal))
+    except Exception:
+        await _refund(plans)
         raise
+    state.metrics.jobs_created.labels(ENDPOINTS[body.endpoint].value).inc(len(jobs))
+    requests = [
+        [plan.custom_id, job.id, plan.model, plan.response_format] for plan, job in zip(plans, jobs, strict=True)
+    ]
     batch.update(status="in_progress", in_progress_at=int(time.time()))
     await state.batches.put_batch(principal.id, batch, requests)
     return batch
@@ -275,9 +301,8 @@ async def _current(state: AppState, batch_id: str, principal: Principal) -> dict
     now = int(time.time())
     if not all(ended) and now >= batch["expires_at"] and batch["status"] == "in_progress":
         batch.update(status="cancelling", cancelling_at=now, expired_at=now)
-        for (_, job_id, _, _), done in zip(requests, ended, strict=True):
-            if not done:
-                await state.store.cancel(job_id, owner=owner)
+        undone = [job_id for (_, job_id, _, _), done in zip(requests, ended, strict=True) if not done]
+        await state.store.cancel_many(undone, owner=owner, queue=_queue(batch))
     if all(ended) and await state.batches.claim_finalizing(batch_id):
         batch["finalizing_at"] = now
         await _write_outputs(state, principal, batch, requests)
@@ -325,12 +350,21 @@ async def _write_outputs(
         failures.append(json.dumps(line))
     if outputs:
         data = ("\n".join(outputs) + "\n").encode()
-        record = await state.batches.put_file(principal.id, f"{batch['id']}_output.jsonl", "batch_output", data)
+        record = await state.batches.put_file(
+            principal.id, f"{batch['id']}_output.jsonl", "batch_output", data, quota=_counted(state)
+        )
         batch["output_file_id"] = record["id"]
     if failures:
         data = ("\n".join(failures) + "\n").encode()
-        record = await state.batches.put_file(principal.id, f"{batch['id']}_error.jsonl", "batch_output", data)
+        record = await state.batches.put_file(
+            principal.id, f"{batch['id']}_error.jsonl", "batch_output", data, quota=_counted(state)
+        )
         batch["error_file_id"] = record["id"]
+
+
+def _counted(state: AppState) -> int | None:
+    """A batch's output files count against the key's storage, but are never refused: the work is done."""
+    return 0 if storage_quota(state.settings) is not None else None
 
 
 @router.get("/batches/{batch_id}")
@@ -347,8 +381,9 @@ async def cancel_batch(batch_id: str, state: StateDep, principal: PrincipalDep) 
     if batch["status"] in ("validating", "in_progress"):
         batch.update(status="cancelling", cancelling_at=int(time.time()))
         await state.batches.save_batch(batch)
-        for _, job_id, _, _ in requests:
-            await state.store.cancel(job_id, owner=_batch_owner(principal))
+        # Their messages leave the queue too; any a worker already took is skipped before any model is used.
+        job_ids = [job_id for _, job_id, _, _ in requests]
+        await state.store.cancel_many(job_ids, owner=_batch_owner(principal), queue=_queue(batch))
     return await _current(state, batch_id, principal)
 
 

@@ -18,12 +18,12 @@ from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import Unprocessable, validated
 from api.routes.synthesis import remote_defaults
-from api.routes.transcription import AudioFile, sent_fields
+from api.routes.transcription import AudioFile, sent_fields, submit_charged
 from api.schemas import job_created
 from api.state import AppState
-from api.submit import follow, stored_audio, submit, wait_for
-from api.uploads import read_audio, websocket_audio
-from tasks.jobs import EventType, JobKind, JobRecord
+from api.submit import follow, stored_audio, wait_for
+from api.uploads import AudioBudget, read_audio, websocket_audio
+from tasks.jobs import EventType, JobRecord
 from tasks.payloads import (
     DialogueRequest,
     GenerationParams,
@@ -85,7 +85,7 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
             raise Unprocessable(
                 f"synthesis_config.{spoken}: the text spoken is the model's answer", param=f"synthesis_config.{spoken}"
             )
-    speech = validated(SynthesizeRequest, {**synthesis, "text": "-"}, "synthesis_config")
+    speech = validated(SynthesizeRequest, {**synthesis, "text": "a"}, "synthesis_config")  # checks the rest
     try:
         speech = resolve_synthesis(speech, state.settings.tts_model, remote_defaults(state))
     except InvalidField as exc:
@@ -108,13 +108,11 @@ async def submit_dialogue(
     principal: Principal,
     request: DialogueRequest,
     audio: bytes,
+    budget: AudioBudget,
     request_id: str | None,
     idem: str | None = None,
 ) -> JobRecord:
-    job, _ = await submit(
-        state, JobKind.dialogue, request, principal, request_id=request_id, idempotency_key=idem, input_file=audio
-    )
-    return job
+    return await submit_charged(state, request, principal, audio, budget, request_id=request_id, idempotency_key=idem)
 
 
 async def client_events(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
@@ -160,7 +158,9 @@ async def create_dialogue_job(
     idem: IdempotencyKeyDep = None,
 ) -> JSONResponse:
     request = dialogue_request(state, options, file.filename or "audio")
-    job = await submit_dialogue(state, principal, request, await read_audio(file, state.settings), rid, idem)
+    budget = AudioBudget(state.redis, state.settings, principal.id)
+    audio = await read_audio(file, state.settings, budget=budget)
+    job = await submit_dialogue(state, principal, request, audio, budget, rid, idem)
     body = job_created(job).model_dump(mode="json")
     return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job.id}"})
 
@@ -176,7 +176,9 @@ async def dialogue(
 ) -> Response:
     """The seed endpoint: `{transcript, response_text, audio_base64, …}`, or NDJSON events with `stream_audio`."""
     request = dialogue_request(state, options, file.filename or "audio")
-    job = await submit_dialogue(state, principal, request, await read_audio(file, state.settings), rid)
+    budget = AudioBudget(state.redis, state.settings, principal.id)
+    audio = await read_audio(file, state.settings, budget=budget)
+    job = await submit_dialogue(state, principal, request, audio, budget, rid)
     if stream_audio:
 
         async def lines() -> AsyncIterator[bytes]:
@@ -199,7 +201,8 @@ async def _dialogue_over_websocket(
     websocket: WebSocket, state: AppState, principal: Principal, message: dict[str, Any]
 ) -> None:
     request = dialogue_request(state, message, str(message.get("filename") or "audio"))
-    audio = await websocket_audio(message, state.settings)
-    job = await submit_dialogue(state, principal, request, audio, None)
+    budget = AudioBudget(state.redis, state.settings, principal.id)
+    audio = await websocket_audio(message, state.settings, budget=budget)
+    job = await submit_dialogue(state, principal, request, audio, budget, None)
     async for event in client_events(state, job):
         await websocket.send_json(event)

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, refuse, websocket_principal
-from api.errors import Conflict, NotFound, Unprocessable
+from api.errors import Conflict, NotFound, Unprocessable, quoted
 from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
 from api.submit import follow, stored_audio, submit
 from tasks.events import parse_event_id
@@ -58,7 +58,7 @@ async def create_completion(
 async def _owned(store: JobStore, job_id: str, principal: Principal) -> JobRecord:
     job = await store.get(job_id, owner=principal.id)
     if job is None:
-        raise NotFound(f"no job {job_id!r}", param="job_id")
+        raise NotFound(f"no job {quoted(job_id)!r}", param="job_id")
     return job
 
 
@@ -69,7 +69,8 @@ async def list_jobs(
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[float | None, Query(description="next_cursor of the previous page")] = None,
+    # A non-finite cursor would reach Redis as a score it cannot parse: refuse it here with a 422.
+    cursor: Annotated[float | None, Query(description="next_cursor of the previous page", allow_inf_nan=False)] = None,
 ) -> JobsPublic:
     jobs, next_cursor = await store.list(owner=principal.id, limit=limit, before=cursor, status=status, kind=kind)
     return JobsPublic(
@@ -88,7 +89,7 @@ async def get_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> JobP
 async def cancel_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> JobPublic:
     outcome = await store.cancel(job_id, owner=principal.id)
     if outcome is None:
-        raise NotFound(f"no job {job_id!r}", param="job_id")
+        raise NotFound(f"no job {quoted(job_id)!r}", param="job_id")
     if outcome not in (JobStatus.cancelled, JobStatus.cancelling):
         raise Conflict(f"job {job_id} already ended as {outcome}; there is nothing to cancel")
     return job_public(await _owned(store, job_id, principal))
@@ -131,10 +132,11 @@ async def _audio(store: JobStore, job: JobRecord) -> Response:
 
 
 def _resume_point(header: str | None, query: str | None) -> str | None:
+    given = query if query is not None else header
     try:
-        return parse_event_id(query if query is not None else header)
+        return parse_event_id(given)
     except ValueError as exc:
-        raise Unprocessable(str(exc), param="Last-Event-ID") from exc
+        raise Unprocessable(f"not an event id: {quoted(given)!r}", param="Last-Event-ID") from exc
 
 
 @router.get("/{job_id}/events")
@@ -162,7 +164,7 @@ async def job_websocket(websocket: WebSocket, job_id: str, after: str | None = N
         return
     job = await state.store.get(job_id, owner=principal.id)
     if job is None:
-        await refuse(websocket, 4404, f"no job {job_id!r}")
+        await refuse(websocket, 4404, f"no job {quoted(job_id)!r}")
         return
     try:
         start = parse_event_id(after)
@@ -187,4 +189,4 @@ fallback = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @fallback.post("/{kind}", include_in_schema=False)
 async def unknown_kind(kind: str, _: PrincipalDep) -> None:
-    raise NotFound(f"unknown job kind {kind!r}; kinds: {', '.join(k.value for k in JobKind)}", param="kind")
+    raise NotFound(f"unknown job kind {quoted(kind)!r}; kinds: {', '.join(k.value for k in JobKind)}", param="kind")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter
 
 from api.deps import PrincipalDep, StateDep
-from api.errors import ModelNotFound
-from tasks.catalog import CATALOG, CatalogEntry, ModelRole
+from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound
+from tasks.catalog import CatalogEntry, ModelRole, registry
 from tasks.registry import WorkerInfo, live_workers
 from tasks.speech import OPENAI_VOICES
 
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 
 def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> dict[str, Any]:
-    loaded_on = [w.id for w in workers if entry.name in w.models]
+    loaded_on = [public_worker_id(w.id) for w in workers if entry.name in w.models]
     speech = {"voices": list(entry.voices), "sample_rate": entry.sample_rate} if entry.role == ModelRole.tts else {}
     return {
         "id": entry.name,
@@ -37,25 +37,25 @@ def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> dict[str, Any]:
 @router.get("/models")
 async def list_models(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
     workers = await live_workers(state.redis)
-    return {"object": "list", "data": [_describe(entry, workers) for entry in CATALOG.values()]}
+    return {"object": "list", "data": [_describe(entry, workers) for entry in registry()]}
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id:path}")
 async def get_model(model_id: str, state: StateDep, _: PrincipalDep) -> dict[str, Any]:
-    entry = CATALOG.get(model_id)
+    entry = registry().get(model_id)
     if entry is None:
-        raise ModelNotFound(f"The model `{model_id}` does not exist", param="model")
+        raise ModelNotFound(MODEL_NOT_FOUND_MESSAGE, param="model")
     return _describe(entry, await live_workers(state.redis))
 
 
 @router.get("/audio/voices")
 async def list_voices(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
     """Every voice offered offline, by engine; OpenAI voice names are served by the default engine."""
-    default = CATALOG[state.settings.tts_model]
+    models = registry()
+    default = models.lookup(state.settings.tts_model, ModelRole.tts)
     voices = [
         {"id": voice, "model": entry.name, "sample_rate": entry.sample_rate, "default": index == 0}
-        for entry in CATALOG.values()
-        if entry.role == ModelRole.tts
+        for entry in models.role(ModelRole.tts)
         for index, voice in enumerate(entry.voices)
     ]
     aliases = {
@@ -71,6 +71,30 @@ async def list_voices(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
 
 @router.get("/workers")
 async def list_workers(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
-    """Live workers: host, pid, queues, device (and CUDA_VISIBLE_DEVICES as each process sees it), models."""
-    workers = sorted(await live_workers(state.redis), key=lambda w: w.id)
-    return {"object": "list", "data": [asdict(w) for w in workers]}
+    """Live workers: the queues each serves, its device, the registered models it has loaded and when it
+    started. Every key may read this, so nothing about the machines (host, pid, paths, ports) is in it."""
+    workers = [_public_worker(w) for w in await live_workers(state.redis)]
+    return {"object": "list", "data": sorted(workers, key=lambda w: str(w["id"]))}
+
+
+def public_worker_id(worker_id: str) -> str:
+    """A worker's name for clients: stable while it lives, but not its `host:pid` id."""
+    return "worker_" + hashlib.sha256(worker_id.encode()).hexdigest()[:12]
+
+
+def _public_worker(worker: WorkerInfo) -> dict[str, Any]:
+    served = registry()
+    return {
+        "id": public_worker_id(worker.id),
+        "object": "worker",
+        "queues": worker.queues,
+        "device": worker.device,
+        "cuda_visible_devices": worker.cuda_visible_devices,
+        # Registered names only, and never a path (LLM_MODEL may be one): a name is all a client can send.
+        "models": [name for name in worker.models if served.get(name) is not None and not _path_like(name)],
+        "started_at": worker.started_at,
+    }
+
+
+def _path_like(name: str) -> bool:
+    return name.startswith(("/", "~", ".")) or "\\" in name

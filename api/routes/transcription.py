@@ -13,9 +13,9 @@ from api.errors import GatewayTimeout, validated
 from api.schemas import job_created
 from api.state import AppState
 from api.submit import follow, raise_for_failure, submit, wait_for
-from api.uploads import read_audio, websocket_audio
+from api.uploads import AudioBudget, read_audio, websocket_audio
 from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import TranscribeRequest
+from tasks.payloads import DialogueRequest, TranscribeRequest
 from tasks.transcripts import MEDIA_TYPES, render, to_seed
 
 router = APIRouter(tags=["speech to text"])
@@ -67,19 +67,45 @@ async def submit_upload(
     request_id: str | None,
     idempotency_key: str | None = None,
 ) -> tuple[JobRecord, TranscribeRequest]:
-    """Validate the options, read and probe the upload, and queue the transcription."""
+    """Validate the options, read, probe and charge the upload, and queue the transcription."""
     request = transcribe_request({**options, "filename": file.filename or "audio"})
-    audio = await read_audio(file, state.settings)
-    job, _ = await submit(
-        state,
-        JobKind.transcribe,
-        request,
-        principal,
-        request_id=request_id,
-        idempotency_key=idempotency_key,
-        input_file=audio,
+    budget = AudioBudget(state.redis, state.settings, principal.id)
+    audio = await read_audio(file, state.settings, budget=budget)
+    job = await submit_charged(
+        state, request, principal, audio, budget, request_id=request_id, idempotency_key=idempotency_key
     )
     return job, request
+
+
+async def submit_charged(
+    state: AppState,
+    request: TranscribeRequest | DialogueRequest,
+    principal: Principal,
+    audio: bytes,
+    budget: AudioBudget,
+    *,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> JobRecord:
+    """Queue the transcription (or dialogue); audio charged to the budget is given back if no new job
+    came of it."""
+    kind = JobKind.transcribe if isinstance(request, TranscribeRequest) else JobKind.dialogue
+    try:
+        job, replayed = await submit(
+            state,
+            kind,
+            request,
+            principal,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            input_file=audio,
+        )
+    except Exception:  # refused (quota, queue full) or Redis away: nothing was queued
+        await budget.refund()
+        raise
+    if replayed:
+        await budget.refund()
+    return job
 
 
 def formatted(result: dict[str, Any], response_format: str, seed: bool = False) -> Response:
@@ -127,8 +153,9 @@ async def _transcribe_over_websocket(
     request = transcribe_request(
         {**{k: message.get(k) for k in fields}, "filename": message.get("filename") or "audio"}
     )
-    audio = await websocket_audio(message, state.settings)
-    job, _ = await submit(state, JobKind.transcribe, request, principal, input_file=audio)
+    budget = AudioBudget(state.redis, state.settings, principal.id)
+    audio = await websocket_audio(message, state.settings, budget=budget)
+    job = await submit_charged(state, request, principal, audio, budget)
     async for event in follow(state, job.id):
         if event.type == EventType.segment:
             await websocket.send_json({"event": "segment", "data": event.data})

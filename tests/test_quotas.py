@@ -1,0 +1,387 @@
+"""Fair shares: batch lines count against MAX_ACTIVE_JOBS_PER_KEY, a cancelled batch leaves the queue,
+each key's storage is capped, a job's request is capped, and a full Redis (maxmemory) is a 507, never a
+500 nor a lost job.
+
+Each API runs on a Valkey of its own with no worker unless the test starts one: what it accepts stays
+queued, so queue lengths and job records are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from redis.exceptions import OutOfMemoryError
+
+from cli.embedded_redis import EmbeddedRedis
+from config import load_settings
+from tasks import keys
+from tasks.batches import BatchStore
+from tasks.celery_app import create_celery
+from tasks.definitions import JobRunner
+from tasks.execution import JobExecution, WorkerStore
+from tasks.jobs import JobKind, JobRecord
+from tasks.storage import OverStorageQuota, StorageAccount, usage_key
+from tasks.store import CreatePlan
+from tests.stack import base_env, free_port, start_api, start_worker, wait_until
+
+KEY_A, KEY_B = "sk-quota-a", "sk-quota-b"
+SHORT_JOB = {"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}
+CHAT = {"model": "smollm2-135m-instruct", "max_tokens": 4, "temperature": 0}
+MB = 1024 * 1024
+
+
+def owner_of(key: str) -> str:
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+@contextmanager
+def api_on(redis_url: str, folder: Path, **env: str) -> Iterator[httpx.Client]:
+    """An API (keys A and B) on `redis_url` with no worker, and a client for it."""
+    api, url = start_api(
+        base_env(redis_url, folder, API_KEY_ENABLED="true", API_KEYS=f"{KEY_A},{KEY_B}", **env), folder
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+    finally:
+        api.stop()
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
+    with EmbeddedRedis(tmp_path / "valkey") as server:
+        with redis.Redis.from_url(server.url, decode_responses=True) as client:
+            yield server.url, client
+
+
+def chat_lines(count: int, **body: Any) -> bytes:
+    lines = [
+        {
+            "custom_id": f"line-{n}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**CHAT, "messages": [{"role": "user", "content": f"Say {n}."}], **body},
+        }
+        for n in range(count)
+    ]
+    return ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
+
+
+def create_batch(client: httpx.Client, key: str, content: bytes) -> httpx.Response:
+    uploaded = client.post(
+        "/v1/files", files={"file": ("batch.jsonl", content)}, data={"purpose": "batch"}, headers=headers(key)
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    body = {"input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    return client.post("/v1/batches", json=body, headers=headers(key))
+
+
+def job_records(r: redis.Redis) -> list[str]:
+    return [key for key in r.scan_iter(match="speechq:job:*") if key.count(":") == 2]
+
+
+def usage(r: redis.Redis, key: str) -> int:
+    return sum(int(value) for value in r.hvals(usage_key(owner_of(key))))
+
+
+def noise_wav(seconds: float, rate: int = 16_000) -> bytes:
+    samples = (np.random.default_rng(7).normal(0, 500, int(seconds * rate))).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def fill(r: redis.Redis) -> list[str]:
+    """Write junk until Redis refuses even a tiny write; returns the junk's keys."""
+    junk: list[str] = []
+    for size in (65_536, 1_024, 16):
+        try:
+            while True:
+                r.set(f"junk:{len(junk)}", b"x" * size)
+                junk.append(f"junk:{len(junk)}")
+        except OutOfMemoryError:
+            pass
+    assert junk, "nothing could be written at all"
+    return junk
+
+
+def expect_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and set(error) == {"message", "type", "param", "code"}, error
+    return dict(error)
+
+
+# --- M1: batches share the key's active-job quota --------------------------------------------------
+
+
+def test_a_batch_over_the_active_job_quota_is_refused_whole(valkey: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    url, r = valkey
+    with api_on(url, tmp_path, MAX_ACTIVE_JOBS_PER_KEY="5") as client:
+        for _ in range(2):
+            assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)).status_code == 202
+        stored_before = usage(r, KEY_A)
+
+        over = create_batch(client, KEY_A, chat_lines(4))  # 2 + 4 > 5
+        error = expect_error(over, 429, "too_many_active_jobs")
+        assert "4 more would pass the limit of 5" in error["message"]
+        assert over.headers["Retry-After"]
+        assert r.llen("llm") == 2 and len(job_records(r)) == 2, "a refused batch queues nothing"
+        kept = usage(r, KEY_A) - stored_before
+        assert kept == len(chat_lines(4)), "only the uploaded file stays counted: the lines were refunded"
+        too_big = create_batch(client, KEY_A, chat_lines(6))
+        assert "more than the 5 jobs" in expect_error(too_big, 429, "too_many_active_jobs")["message"]
+
+        fits = create_batch(client, KEY_A, chat_lines(3))
+        assert fits.status_code == 200 and fits.json()["status"] == "in_progress", fits.text
+        assert r.llen("llm") == 5
+        expect_error(
+            client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)), 429, "too_many_active_jobs"
+        )
+
+        # Another key is not held back by A's batch.
+        assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B)).status_code == 202
+        assert create_batch(client, KEY_B, chat_lines(2)).status_code == 200
+
+        cancelled = client.post(f"/v1/batches/{fits.json()['id']}/cancel", headers=headers(KEY_A))
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+        assert r.llen("llm") == 2 + 1 + 2, "the cancelled batch's messages left the queue"
+        assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)).status_code == 202
+
+
+def test_a_cancelled_batch_stops_counting_against_the_queue_and_a_worker_skips_what_it_gets(
+    valkey: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
+    url, r = valkey
+    with api_on(url, tmp_path, QUEUE_MAX_DEPTH="4") as client:
+        batch = create_batch(client, KEY_A, chat_lines(3))
+        assert batch.status_code == 200, batch.text
+        messages = r.lrange("llm", 0, -1)
+        batch_jobs = [json.loads(message)["headers"]["id"] for message in messages]
+        assert len(batch_jobs) == 3
+        first = client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B))
+        assert first.status_code == 202
+        expect_error(client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B)), 503, "queue_full")
+
+        assert client.post(f"/v1/batches/{batch.json()['id']}/cancel", headers=headers(KEY_A)).status_code == 200
+        assert r.llen("llm") == 1
+        singles = [first.json()["id"]]
+        for _ in range(3):  # the queue has room for them again
+            response = client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B))
+            assert response.status_code == 202, response.text
+            singles.append(response.json()["id"])
+        for job_id in singles:  # a cancelled single job's message stays queued
+            assert client.delete(f"/v1/jobs/{job_id}", headers=headers(KEY_B)).status_code == 202
+
+        # As if a worker had held the batch's messages when it was cancelled: they reach a worker anyway.
+        r.lpush("llm", *messages)
+        assert r.llen("llm") == 7
+        metrics_port = free_port()
+        env = base_env(url, tmp_path, LLM_PRELOAD="false", WORKER_METRICS_PORT=str(metrics_port))
+        worker = start_worker(env, tmp_path, queues="llm")
+        try:
+            wait_until(lambda: worker.log().count("not run: cancelled") >= 7, timeout=120, what="the skips")
+            wait_until(lambda: r.llen("llm") == 0 and not r.hlen("unacked"), timeout=30, what="an empty queue")
+            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            assert worker.alive()
+        finally:
+            worker.stop()
+    assert "# TYPE worker_model_load_seconds gauge" in metrics
+    assert "worker_model_load_seconds{" not in metrics, "no model was loaded for cancelled jobs"
+    skipped = [*batch_jobs, *singles]
+    for job_id in skipped:
+        record = r.hgetall(keys.job(job_id))
+        assert record["status"] == "cancelled" and record["attempts"] == "0" and "started_at" not in record
+        events = [fields["type"] for _, fields in r.xrange(keys.events(job_id))]
+        assert events == ["queued", "done"], (job_id, events)
+    assert worker.log().count("not run: cancelled") == len(skipped)
+
+
+# --- M3: storage quota, request cap, maxmemory ------------------------------------------------------
+
+
+def test_the_storage_quota_refuses_what_would_pass_it_and_frees_on_deletion(
+    valkey: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
+    url, r = valkey
+    part = b"p" * (600 * 1024)
+    with api_on(url, tmp_path, STORAGE_QUOTA_MB_PER_KEY="1") as client:
+
+        def upload(key: str) -> httpx.Response:
+            return client.post(
+                "/v1/files", files={"file": ("part.bin", part)}, data={"purpose": "user_data"}, headers=headers(key)
+            )
+
+        first = upload(KEY_A)
+        assert first.status_code == 200
+        expect_error(upload(KEY_A), 413, "storage_quota_exceeded")
+        assert [f["id"] for f in client.get("/v1/files", headers=headers(KEY_A)).json()["data"]] == [first.json()["id"]]
+        assert upload(KEY_B).status_code == 200, "each key has its own quota"
+
+        # Uploaded audio stored with a job counts too, and a queued job's is freed when it is cancelled.
+        def transcribe(seconds: float) -> httpx.Response:
+            return client.post(
+                "/v1/jobs/transcribe", files={"file": ("a.wav", noise_wav(seconds))}, headers=headers(KEY_A)
+            )
+
+        job = transcribe(9)  # 288 KB: 600 + 288 KB fit in 1 MB
+        assert job.status_code == 202, job.text
+        jobs_before = len(job_records(r))
+        expect_error(transcribe(9), 413, "storage_quota_exceeded")
+        assert len(job_records(r)) == jobs_before, "refused before anything was stored"
+        assert client.delete(f"/v1/jobs/{job.json()['id']}", headers=headers(KEY_A)).status_code == 202
+        assert not r.exists(keys.input(job.json()["id"]))
+        assert transcribe(9).status_code == 202
+
+        assert client.delete(f"/v1/files/{first.json()['id']}", headers=headers(KEY_A)).status_code == 200
+        assert upload(KEY_A).status_code == 200, "a deleted file gives its room back"
+
+
+def test_storage_counts_fall_when_what_they_count_expires(valkey: tuple[str, redis.Redis]) -> None:
+    url, r = valkey
+
+    async def go() -> None:
+        from redis.asyncio import Redis
+
+        async with Redis.from_url(url, decode_responses=True) as client, Redis.from_url(url) as raw:
+            account = StorageAccount(client, ttl=2)  # buckets of 1 s: gone at most 1 s after what they count
+            await account.charge("k", 600, quota=1000)
+            with pytest.raises(OverStorageQuota):
+                await account.charge("k", 600, quota=1000)
+            assert await account.usage("k") == 600
+            await asyncio.sleep(3.1)
+            assert await account.usage("k") == 0
+            await account.charge("k", 600, quota=1000)
+
+            files = BatchStore(client, raw, ttl=60)
+            record = await files.put_file("f", "a.bin", "user_data", b"z" * 700, quota=1000)
+            with pytest.raises(OverStorageQuota):
+                await files.put_file("f", "b.bin", "user_data", b"z" * 700, quota=1000)
+            assert await files.storage.usage("f") == 700
+            assert await client.ttl(usage_key("f")) > 0, "the count itself expires"
+            assert await files.delete_file(record["id"], "f")
+            assert await files.storage.usage("f") == 0
+            assert not await raw.exists(keys.file_content(record["id"]))
+
+    asyncio.run(go())
+    assert not r.exists(usage_key("f")), "nothing counted, nothing kept"
+
+
+def test_an_oversized_job_request_is_refused(valkey: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    url, r = valkey
+    big = [{"role": "user", "content": "w" * 150_000} for _ in range(8)]  # 1.2 MB, over the default 1 MB
+    with api_on(url, tmp_path) as client:
+        chat = client.post("/v1/chat/completions", json={**CHAT, "messages": big}, headers=headers(KEY_A))
+        expect_error(chat, 413, "request_too_large")
+        long = {**SHORT_JOB, "prompt": "w" * 150_000}
+        assert client.post("/v1/jobs/generate", json=long, headers=headers(KEY_A)).status_code == 202
+        batch = create_batch(client, KEY_A, chat_lines(2) + chat_lines(1, messages=big).replace(b"line-0", b"big"))
+        assert batch.status_code == 200 and batch.json()["status"] == "failed"
+        assert [e["code"] for e in batch.json()["errors"]["data"]] == ["request_too_large"]
+    assert r.llen("llm") == 1 and len(job_records(r)) == 1
+
+
+def test_the_embedded_valkey_has_a_maxmemory_and_never_evicts(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "small", maxmemory_mb=8) as server, redis.Redis.from_url(server.url) as r:
+        assert r.config_get("maxmemory") == {"maxmemory": str(8 * MB)}
+        assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    with EmbeddedRedis(tmp_path / "default") as server, redis.Redis.from_url(server.url) as r:
+        assert r.config_get("maxmemory") == {"maxmemory": str(load_settings().redis_maxmemory_mb * MB)}
+
+
+def test_a_full_redis_is_answered_507_in_the_error_envelope(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "valkey", maxmemory_mb=8) as server, redis.Redis.from_url(server.url) as r:
+        with api_on(server.url, tmp_path) as client:
+            junk = fill(r)
+            # A margin, so the few KB the server's own housekeeping frees do not make room again.
+            r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 256 * 1024)
+            for response in (
+                client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)),
+                client.post(
+                    "/v1/files",
+                    files={"file": ("a.txt", b"hello")},
+                    data={"purpose": "user_data"},
+                    headers=headers(KEY_A),
+                ),
+                client.post("/v1/jobs/transcribe", files={"file": ("a.wav", noise_wav(1))}, headers=headers(KEY_A)),
+            ):
+                error = expect_error(response, 507, "insufficient_storage")
+                assert error["type"] == "server_error" and int(response.headers["Retry-After"]) > 0
+            assert client.get("/v1/jobs", headers=headers(KEY_A)).status_code == 200, "reads still work"
+            assert r.llen("llm") == 0
+            r.delete(*junk)
+            assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)).status_code == 202
+
+
+def test_a_full_redis_fails_a_running_job_once_there_is_room_and_loses_no_job(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "valkey", maxmemory_mb=8) as server:
+        settings = load_settings(redis_url=server.url, task_time_limit_seconds=60)
+        decoded = redis.Redis.from_url(server.url, decode_responses=True)
+        raw = redis.Redis.from_url(server.url)
+        store = WorkerStore(decoded, ttl=600, lease=5, max_attempts=3, raw=raw)
+        celery = create_celery(settings)
+
+        def new_job() -> str:
+            plan = CreatePlan.build(
+                celery, JobKind.generate, SHORT_JOB, owner="k", ttl=600, max_queue_depth=0, max_active=0, direct=True
+            )
+            assert store.scripts["create"](keys=plan.keys, args=plan.args)[0] == "created"
+            return plan.job_id
+
+        running, waiting = new_job(), new_job()
+        timers: list[threading.Timer] = []
+
+        def full_for_a_second() -> None:
+            # Another tenant fills Redis: below its used memory, maxmemory refuses every write, as when full.
+            raw.config_set("maxmemory", 1)
+            timer = threading.Timer(1.0, lambda: raw.config_set("maxmemory", 8 * MB))
+            timer.start()
+            timers.append(timer)
+
+        def handler(job: JobRecord, run: JobExecution) -> dict[str, Any]:
+            full_for_a_second()
+            run.emit("token", {"text": "hi"})
+            return {"text": "hi"}
+
+        runner = JobRunner(settings, store, "worker-1", {"llm": handler})
+        task = SimpleNamespace(request=SimpleNamespace(request_id=None))
+        started = time.monotonic()
+        assert runner(task, running, "llm") == "failed"  # type: ignore[arg-type]
+        assert time.monotonic() - started >= 0.9, "it waited for room to record the failure"
+        record = decoded.hgetall(keys.job(running))
+        assert record["status"] == "failed" and json.loads(record["error"])["type"] == "insufficient_storage"
+        assert [f["type"] for _, f in decoded.xrange(keys.events(running))][-2:] == ["error", "done"]
+
+        # A claim made while Redis is full waits too, rather than dropping a queued job's message.
+        full_for_a_second()
+        started = time.monotonic()
+        claim = store.claim(waiting, "worker-1")
+        assert time.monotonic() - started >= 0.9
+        assert claim.run and decoded.hget(keys.job(waiting), "status") == "running"
+        for timer in timers:
+            timer.join()
+        decoded.close()
+        raw.close()
