@@ -67,7 +67,9 @@ class JobRunner:
         # The API puts its request id in the message headers; every line logged for this job carries it.
         with log_context(job_id=job_id, request_id=getattr(task.request, "request_id", None)):
             gate = self.gates.get(handler_key)
-            if gate is None:
+            # A job that already ended (cancelled while queued) is skipped by its claim: no need to wait
+            # for the model first.
+            if gate is None or self.store.ended(job_id):
                 return self._claim_and_run(task, job_id, handler_key)
             with gate:
                 return self._claim_and_run(task, job_id, handler_key)

@@ -108,6 +108,12 @@ class WorkerStore:
         self.scripts = {name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release")}
         self.leases = LeaseKeeper(self)
 
+    def ended(self, job_id: str) -> str | None:
+        """The job's status if it already ended (cancelled while queued, expired), else None: one read,
+        so a message that only has to be skipped never waits behind a busy model."""
+        status = self.redis.hget(keys.job(job_id), "status")
+        return status if status in ENDED else None
+
     def claim(self, job_id: str, worker: str) -> Claim:
         reply = self.when_room(
             lambda: self.scripts["claim"](

@@ -385,3 +385,38 @@ def test_a_full_redis_fails_a_running_job_once_there_is_room_and_loses_no_job(tm
             timer.join()
         decoded.close()
         raw.close()
+
+
+def test_a_cancelled_message_is_skipped_without_waiting_for_a_busy_model(tmp_path: Path) -> None:
+    """On a speech queue one job holds the model's gate; a cancelled job's message behind it is skipped
+    at once instead of waiting for that job to end."""
+    with EmbeddedRedis(tmp_path / "valkey") as server:
+        settings = load_settings(redis_url=server.url)
+        decoded = redis.Redis.from_url(server.url, decode_responses=True)
+        store = WorkerStore(decoded, ttl=600, lease=5, max_attempts=3)
+        plan = CreatePlan.build(
+            create_celery(settings),
+            JobKind.synthesize,
+            {"text": "hi"},
+            owner="k",
+            ttl=600,
+            max_queue_depth=0,
+            max_active=0,
+            direct=True,
+        )
+        assert store.scripts["create"](keys=plan.keys, args=plan.args)[0] == "created"
+        decoded.hset(keys.job(plan.job_id), "status", "cancelled")  # what a cancel while queued leaves
+        ran: list[str] = []
+        gate = threading.Semaphore(1)
+        runner = JobRunner(
+            settings, store, "worker-1", {"tts": lambda job, _run: ran.append(job.id) or {}}, gates={"tts": gate}
+        )
+        task = SimpleNamespace(request=SimpleNamespace(request_id=None))
+        with gate:  # the model is busy with another job
+            outcome: list[str] = []
+            skipper = threading.Thread(target=lambda: outcome.append(runner(task, plan.job_id, "tts")))  # type: ignore[arg-type]
+            skipper.start()
+            skipper.join(5)
+            assert outcome == ["cancelled"]
+        assert ran == []
+        decoded.close()
