@@ -229,20 +229,16 @@ class JobStore:
         """Record a job and enqueue it; raises `QueueFull`, `TooManyActive`, `IdempotencyConflict`, or with an
         `allowance` `OversizedRequest` and `OverStorageQuota`."""
         charge = await self._charge(allowance, [(request, input_file)])
-        plan = CreatePlan.build(
-            self.celery,
+        plan = self._plan(
             kind,
             request,
+            input_file,
+            charge,
             owner=owner,
-            ttl=self.ttl,
-            max_queue_depth=self.max_queue_depth,
             max_active=self.max_active if max_active is None else max_active,
-            direct=self._direct,
             request_id=request_id,
             idempotency_key=idempotency_key,
-            input_file=input_file,
             expires_at=await self._server_time() + queue_timeout if queue_timeout is not None else None,
-            extra_fields=charge.fields(len(input_file)) if charge is not None and input_file is not None else None,
         )
         try:
             if input_file is not None:
@@ -285,20 +281,8 @@ class JobStore:
             return []
         charge = await self._charge(allowance, requests)
         plans = [
-            CreatePlan.build(
-                self.celery,
-                kind,
-                request,
-                owner=owner,
-                ttl=self.ttl,
-                max_queue_depth=self.max_queue_depth,
-                max_active=self.max_active,
-                direct=self._direct,
-                request_id=request_id,
-                input_file=input_file,
-                extra_fields=charge.fields(len(input_file)) if charge is not None and input_file is not None else None,
-            )
-            for request, input_file in requests
+            self._plan(kind, request, file, charge, owner=owner, max_active=self.max_active, request_id=request_id)
+            for request, file in requests
         ]
         queue = plans[0].queue
         args: list[Any] = [self.ttl, self.max_queue_depth, self.max_active, json.dumps({"queue": queue})]
@@ -335,6 +319,35 @@ class JobStore:
                 await self.cancel_many([plan.job_id for plan in plans], owner=owner, queue=queue)
                 raise
         return records
+
+    def _plan(
+        self,
+        kind: JobKind,
+        request: dict[str, Any],
+        input_file: bytes | None,
+        charge: Charge | None,
+        *,
+        owner: str,
+        max_active: int,
+        request_id: str | None,
+        idempotency_key: str | None = None,
+        expires_at: float | None = None,
+    ) -> CreatePlan:
+        return CreatePlan.build(
+            self.celery,
+            kind,
+            request,
+            owner=owner,
+            ttl=self.ttl,
+            max_queue_depth=self.max_queue_depth,
+            max_active=max_active,
+            direct=self._direct,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            input_file=input_file,
+            expires_at=expires_at,
+            extra_fields=charge.fields(len(input_file)) if charge is not None and input_file is not None else None,
+        )
 
     async def _charge(
         self, allowance: Allowance | None, requests: Sequence[tuple[dict[str, Any], bytes | None]]

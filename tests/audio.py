@@ -31,19 +31,23 @@ def speak(text: str) -> tuple[np.ndarray, int]:
     return np.asarray(audio, dtype=np.float32), int(tts.sample_rate)  # type: ignore[attr-defined]
 
 
-def encode(pcm: np.ndarray, rate: int, fmt: str = "wav") -> bytes:
-    """PCM in the container `fmt` (wav, mp3, flac, ogg), encoded with PyAV."""
+def encode(pcm: np.ndarray, rate: int, fmt: str = "wav", bit_rate: int = 0) -> bytes:
+    """PCM in the container `fmt` (wav, mp3, flac, ogg), encoded with PyAV (at `bit_rate`, if given)."""
     codec = {"wav": "pcm_s16le", "mp3": "libmp3lame", "flac": "flac", "ogg": "libopus"}[fmt]
     out_rate = 48_000 if fmt == "ogg" else rate
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=out_rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
-        frame.sample_rate = rate
+        if bit_rate:
+            stream.codec_context.bit_rate = bit_rate
+        samples = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
         resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=out_rate)
-        for resampled in resampler.resample(frame):
-            for packet in stream.encode(resampled):
-                container.mux(packet)
+        for start in range(0, max(samples.size, 1), rate):  # a second a frame: long audio stays small
+            frame = av.AudioFrame.from_ndarray(samples[None, start : start + rate], format="s16", layout="mono")
+            frame.sample_rate = rate
+            for resampled in resampler.resample(frame):
+                for packet in stream.encode(resampled):
+                    container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
     return buffer.getvalue()

@@ -11,9 +11,7 @@ import json
 import wave
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from cli.embedded_redis import EmbeddedRedis
 from tasks.audio import InvalidAudio, decode, plausible_seconds, probe
 from tasks.jobs import JobKind, JobRecord, JobStatus
 from tasks.speech import speakable
-from tests.audio import SENTENCES, speak
+from tests.audio import SENTENCES, encode, speak
 from tests.sse import read_events
 from tests.stack import Process, base_env, free_port, start_api, start_worker, wait_until
 from workers.metrics import MAX_MODEL_LABELS, OTHER, WorkerMetrics
@@ -44,28 +42,8 @@ def low_rate_wav(samples: int, rate: int = 1) -> bytes:
     return buffer.getvalue()
 
 
-def encoded(pcm: np.ndarray, rate: int, fmt: str, codec: str, out_rate: int | None = None, bit_rate: int = 0) -> bytes:
-    """Mono PCM at `rate` encoded by `codec` in the container `fmt` (at `out_rate`, `bit_rate` if given)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=fmt) as container:
-        stream = cast(av.AudioStream, container.add_stream(codec, rate=out_rate or rate, layout="mono"))
-        if bit_rate:
-            stream.codec_context.bit_rate = bit_rate
-        samples = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
-        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=out_rate or rate)
-        for start in range(0, samples.size, rate):  # one second a frame
-            frame = av.AudioFrame.from_ndarray(samples[None, start : start + rate], format="s16", layout="mono")
-            frame.sample_rate = rate
-            for resampled in resampler.resample(frame):
-                for packet in stream.encode(resampled):
-                    container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def silent_flac(seconds: float, rate: int = 44_100) -> bytes:
-    return encoded(np.zeros(int(seconds * rate), np.float32), rate, "flac", "flac")
+    return encode(np.zeros(int(seconds * rate), np.float32), rate, "flac")
 
 
 def lying_flac(seconds: float, declared: float, rate: int = 44_100) -> bytes:
@@ -149,7 +127,7 @@ def test_ten_minutes_of_silent_flac_is_refused_at_the_api(intake: str) -> None:
 
 def test_real_speech_at_the_lowest_opus_bitrate_is_well_inside_the_bound(intake: str) -> None:
     pcm, rate = long_speech(180)
-    audio = encoded(pcm, rate, "ogg", "libopus", out_rate=48_000, bit_rate=6_000)
+    audio = encode(pcm, rate, "ogg", bit_rate=6_000)
     seconds = probe(audio, max_seconds=3_600).duration
     assert seconds is not None and seconds >= 180
     assert seconds / (len(audio) / 1024) < 2.0, "Opus at 6 kbps is ~1.3 s/KB; the bound is 2.5"
