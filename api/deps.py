@@ -19,6 +19,8 @@ from starlette.websockets import WebSocketDisconnect
 from api.auth import ANONYMOUS, Principal
 from api.errors import (
     ApiError,
+    Forbidden,
+    InvalidApiKey,
     TooManyRequests,
     Unauthorized,
     Unprocessable,
@@ -80,11 +82,26 @@ async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
             )
     if principal is None:
         header = state.keys.header
-        raise Unauthorized(f"missing or invalid API key: send it in {header} or as Authorization: Bearer <key>")
+        if presented and presented.strip():
+            raise InvalidApiKey(f"invalid API key: send one of the service's keys in {header} or as a Bearer token")
+        raise Unauthorized(f"missing API key: send it in {header} or as Authorization: Bearer <key>")
     bind(owner=principal.id)
     return principal
 
 
+# The Gemma 3 Speech API's routes: they answer as the original did (SPEC §7), a wrong key included.
+SEED_ROUTES = frozenset(
+    {
+        "/v1/generate",
+        "/v1/generate_stream",
+        "/v1/generate_ws",
+        "/v1/speech-to-text",
+        "/v1/speech-to-text/ws",
+        "/v1/text-to-speech",
+        "/v1/text-to-speech/ws",
+        "/v1/dialogue",
+    }
+)
 # Routes that answer without a key. `/metrics` checks its own when METRICS_REQUIRE_KEY is set.
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _PRINCIPAL = "principal"  # where the gate leaves the caller, in the request's scope state
@@ -108,6 +125,9 @@ class AccessGate:
         refusal: Response
         try:
             principal = await authenticate(conn, app_state(conn))
+        except InvalidApiKey as exc:
+            seed = scope["path"] in SEED_ROUTES  # the original answered a wrong key 403, a missing one 401
+            refusal = api_error_response(Forbidden("Invalid API key") if seed else exc)
         except ApiError as exc:
             refusal = api_error_response(exc)
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -153,8 +173,11 @@ async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal
         return state, await authenticate(websocket, state)
     except TooManyRequests as exc:
         await refuse(websocket, 4429, exc.message)
+    except InvalidApiKey:
+        seed = websocket.scope["path"] in SEED_ROUTES
+        await refuse(websocket, 4403 if seed else 4401, "Invalid API key" if seed else "invalid API key")
     except Unauthorized:
-        await refuse(websocket, 4401, "missing or invalid API key")
+        await refuse(websocket, 4401, "Missing API key")
     return state, None
 
 
@@ -162,25 +185,29 @@ WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Aw
 
 
 async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> None:
-    """The seed API's one-request WebSockets: check the key, accept, read one JSON object, let `handle`
-    answer it, close with 1000. A refused request gets `{"event": "error", "detail", "code"}` and a
-    close code: 1008 for the client's mistakes, 1011 for ours."""
+    """The seed API's WebSockets: check the key, accept, then answer JSON requests one after another on
+    the same connection, as the original's loops did. A refused request gets `{"event": "error",
+    "detail", "code"}` and the connection stays open for the next; losing Redis closes it with 1011."""
     state, principal = await websocket_principal(websocket)
     if principal is None:
         return
     await websocket.accept()
-    try:
-        message = await websocket.receive_json()
-        if not isinstance(message, dict):
-            raise Unprocessable("the message must be a JSON object")
-        await handle(websocket, state, principal, message)
-        await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        return
-    except (ApiError, json.JSONDecodeError, RedisError) as exc:
-        reply, close_code = websocket_failure(exc)
-        await websocket.send_json(reply)
-        await websocket.close(code=close_code)
+    while True:
+        try:
+            message = await websocket.receive_json()
+            if not isinstance(message, dict):
+                raise Unprocessable("the message must be a JSON object")
+            await handle(websocket, state, principal, message)
+        except WebSocketDisconnect:
+            return
+        except (ApiError, json.JSONDecodeError) as exc:
+            reply, _ = websocket_failure(exc)
+            await websocket.send_json(reply)
+        except RedisError as exc:
+            reply, close_code = websocket_failure(exc)
+            await websocket.send_json(reply)
+            await websocket.close(code=close_code)
+            return
 
 
 async def refuse(websocket: WebSocket, code: int, reason: str) -> None:

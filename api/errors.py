@@ -3,6 +3,8 @@
     ApiError (500 internal_error)
     ├── BadRequest (400)
     ├── Unauthorized (401 invalid_api_key)
+    │   └── InvalidApiKey (401, or 403 on the seed routes)
+    ├── Forbidden (403 invalid_api_key)
     ├── NotFound (404 not_found)
     │   └── ModelNotFound (404 model_not_found)
     ├── Conflict (409)
@@ -58,6 +60,14 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status, code, type = 401, "invalid_api_key", "authentication_error"
+
+
+class InvalidApiKey(Unauthorized):
+    """A key was sent and is not one of API_KEYS (401; 403 on the seed routes, as the original answered)."""
+
+
+class Forbidden(ApiError):
+    status, code, type = 403, "invalid_api_key", "authentication_error"
 
 
 class NotFound(ApiError):
@@ -147,7 +157,8 @@ def websocket_failure(exc: Exception) -> tuple[dict[str, Any], int]:
 
 
 def envelope(message: str, *, code: str, type_: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error object, and beside it the `detail` string the Gemma 3 Speech API's clients read."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}, "detail": message}
 
 
 # An error message quotes at most this much of anything the client sent (a value, a field name).
@@ -171,12 +182,31 @@ def public_errors(errors: list[Any]) -> list[dict[str, Any]]:
     (field names in `loc`, values a `msg` quotes) cut to `QUOTE_LIMIT` characters."""
     return [
         {
+            "type": error.get("type", "value_error"),
             "loc": [quoted(part) if isinstance(part, str) else part for part in error.get("loc", ())],
             "msg": _unechoed(str(error.get("msg", "invalid request")), error.get("input")),
-            "type": error.get("type", "value_error"),
+            **_input_and_context(error),
         }
         for error in errors
     ]
+
+
+def _input_and_context(error: Any) -> dict[str, Any]:
+    """FastAPI's `input` and `ctx`, where they are small plain values: a number, a short string."""
+    shown: dict[str, Any] = {}
+    value = error.get("input")
+    if value is None or isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= QUOTE_LIMIT):
+        shown["input"] = value
+    context = error.get("ctx")
+    if isinstance(context, dict):
+        plain = {
+            k: v
+            for k, v in context.items()
+            if isinstance(v, bool | int | float) or isinstance(v, str) and len(v) <= QUOTE_LIMIT
+        }
+        if plain:
+            shown["ctx"] = plain
+    return shown
 
 
 def _unechoed(message: str, value: object) -> str:

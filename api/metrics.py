@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The default collectors the original API exported (process_*, python_*): dashboards built on it.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         labels = ("method", "route", "status")
         self.requests = Counter("app_http_requests_total", "HTTP requests answered", labels, registry=self.registry)
         self.errors = Counter(

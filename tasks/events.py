@@ -127,6 +127,15 @@ class EventHub:
                 await asyncio.sleep(1.0)
 
 
+async def _nothing_follows(redis: Redis, job_id: str, last: str) -> bool:
+    """Whether no event can come after `last`: the reader already has the terminal event (a resume from
+    `done` itself), or the job expired while it was reading."""
+    tail = cast(list[tuple[str, dict[str, str]]], await redis.xrevrange(keys.events(job_id), count=1))
+    if tail and tail[0][1].get("type") == EventType.done and _order(tail[0][0]) <= _order(last):
+        return True
+    return not await redis.exists(keys.job(job_id))
+
+
 async def read_events(
     redis: Redis, hub: EventHub, job_id: str, *, after: str | None = None, poll: float = 2.0
 ) -> AsyncIterator[Event]:
@@ -155,8 +164,8 @@ async def read_events(
                 if len(entries) == 1000:
                     must_read = True
                     continue
-                if not entries and not await redis.exists(keys.job(job_id)):
-                    return  # the job expired while we were reading
+                if not entries and await _nothing_follows(redis, job_id, last):
+                    return
             while watch.notified:
                 previous, event = watch.notified.popleft()
                 if _order(event.id) <= _order(last):

@@ -48,8 +48,9 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_tokens: int = Field(512, ge=1, le=4096)
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    # The original API's bounds: llama.cpp samples sensibly across them (top-p 0 keeps the top token).
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
     top_k: int = Field(40, ge=0, le=1_000_000)
     repeat_penalty: float = Field(1.1, gt=0.0, le=10.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -60,8 +61,8 @@ class GenerationParams(BaseModel):
         default_factory=list, max_length=16
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    typical_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0)
+    typical_p: float = Field(1.0, ge=0.0)
     model: str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("stop", mode="before")
@@ -85,9 +86,10 @@ def with_defaults(params: P, defaults: dict[str, object]) -> P:
 
 
 class GenerateRequest(GenerationParams):
-    """`generate`: one prompt, answered in the model's chat turn format."""
+    """`generate`: one prompt, answered in the model's chat turn format (an empty one too, as the
+    original API allowed)."""
 
-    prompt: str = Field(min_length=1, max_length=200_000)
+    prompt: str = Field(max_length=200_000)
 
 
 class ChatMessage(BaseModel):
@@ -141,12 +143,13 @@ MAX_SPEECH_CHARS = 4_096
 
 
 class ReferenceAudio(BaseModel):
-    """A voice sample for OpenAudio's in-context cloning: the audio (base64) and what it says."""
+    """A voice sample for OpenAudio's in-context cloning: the audio (base64) and what it says (empty when
+    that is not known, as for the Gemma 3 Speech API's bare base64 references; fish-speech accepts it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     audio: str = Field(min_length=1, description="the sample, base64-encoded (wav, mp3, flac)")
-    text: str = Field(min_length=1, max_length=2_000)
+    text: str = Field(max_length=2_000)
 
     @field_validator("audio")
     @classmethod

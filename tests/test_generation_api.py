@@ -21,19 +21,6 @@ def test_generate_returns_generated_text(client: httpx.Client) -> None:
     assert response.json()["generated_text"].strip()
 
 
-def test_generate_stream_is_ndjson_tokens_then_done(client: httpx.Client) -> None:
-    with client.stream("POST", "/v1/generate_stream", json={"prompt": "Describe the moon.", "max_tokens": 24}) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("application/x-ndjson")
-        lines = [json.loads(line) for line in r.iter_lines() if line]
-    tokens = [line["token"] for line in lines if "token" in line]
-    assert len(tokens) > 3
-    done = lines[-1]
-    assert done["done"] is True and done["status"] == "succeeded"
-    assert done["generated_text"] == "".join(tokens)
-    assert done["usage"]["completion_tokens"] > 0
-
-
 def test_stop_sequences_are_honoured(client: httpx.Client) -> None:
     body = {"prompt": "a b c d e f g h i j", "max_tokens": 64, "temperature": 0.0, "stop": ["k"]}
     created = client.post("/v1/jobs/completion", json=body).json()
@@ -42,15 +29,6 @@ def test_stop_sequences_are_honoured(client: httpx.Client) -> None:
     result = client.get(f"/v1/jobs/{created['id']}/result").json()
     assert "k" not in result["text"]
     assert result["finish_reason"] == "stop"
-
-
-def test_generate_ws_streams_tokens_then_done(client: httpx.Client) -> None:
-    url = str(client.base_url.copy_with(scheme="ws").join("/v1/generate_ws"))
-    with connect(url) as ws:
-        ws.send(json.dumps({"prompt": "Say something kind.", "max_tokens": 12}))
-        messages = [json.loads(m) for m in ws]
-    assert any("token" in m for m in messages)
-    assert messages[-1]["status"] == "done"
 
 
 def test_generate_ws_bad_request_closes_1011_with_the_field(client: httpx.Client) -> None:

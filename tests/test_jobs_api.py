@@ -114,14 +114,14 @@ def test_idempotency_key_replays_and_rejects_a_different_body(client: httpx.Clie
         ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "hi", "max_tokens": 5000}, "max_tokens"),
         ({"prompt": "hi", "temperature": "hot"}, "temperature"),
-        ({"prompt": ""}, "prompt"),
+        ({"prompt": 7}, "prompt"),
         ({"max_tokens": 5}, "prompt"),
         ({"prompt": "hi", "model": 7}, "model"),
-        ({"prompt": "hi", "surprise": 1}, "surprise"),
+        ({"prompt": "hi", "surprise": 1}, "surprise"),  # speechq's own route only: the seed's ignores it
     ],
 )
 def test_bad_input_answers_422_naming_the_field(client: httpx.Client, body: dict[str, object], field: str) -> None:
-    for path in ("/v1/jobs/generate", "/v1/generate"):
+    for path in ("/v1/jobs/generate", "/v1/generate")[: 1 if field == "surprise" else 2]:
         response = client.post(path, json=body)
         assert response.status_code == 422, response.text
         error = response.json()["error"]
@@ -229,3 +229,19 @@ def test_readers_joining_mid_stream_see_exactly_the_history(client: httpx.Client
     assert len(seen) == 5
     for events in seen.values():
         assert events == history
+
+
+def test_a_resume_from_the_done_event_ends_at_once(client: httpx.Client) -> None:
+    """What an EventSource sends when the connection dropped just after `done`: nothing follows it, so
+    the stream (and the WebSocket) end at once instead of waiting for the job to expire."""
+    job_id = str(submit(client, prompt="Hi", max_tokens=2)["id"])
+    events = read_events(client, job_id)
+    done = events[-1]
+    assert done.event == "done"
+    started = time.monotonic()
+    with httpx.Client(base_url=client.base_url, timeout=10) as short:
+        assert read_events(short, job_id, **{"Last-Event-ID": done.id}) == []
+        url = str(short.base_url.copy_with(scheme="ws").join(f"/v1/jobs/{job_id}/ws"))
+    with connect(f"{url}?after={done.id}") as ws:
+        assert list(ws) == []
+    assert time.monotonic() - started < 3

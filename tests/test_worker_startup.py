@@ -30,9 +30,11 @@ def first_import_lines(stderr: str, *modules: str) -> dict[str, int]:
 
 def test_a_worker_serving_llm_loads_llama_cpp_before_pyav(tmp_path: Path) -> None:
     """The real `speechq worker --queues llm,stt,tts`, traced by the interpreter itself: fails if any import
-    path brings PyAV (FFmpeg) in before llama.cpp."""
+    path brings PyAV (FFmpeg) in before llama.cpp. (It is also asked for more threads than there are
+    cores, and must say so.)"""
+    cores = os.cpu_count() or 1
     with EmbeddedRedis(tmp_path / "valkey") as redis:
-        env = base_env(redis.url, tmp_path)
+        env = base_env(redis.url, tmp_path, STT_N_THREADS=str(cores + 1))  # the worker says it is too many
         argv = [sys.executable, "-X", "importtime", *SPEECHQ[1:], "worker", "--queues", "llm,stt,tts"]
         worker = Process("worker-importtime", argv, env, tmp_path)
         try:
@@ -40,6 +42,7 @@ def test_a_worker_serving_llm_loads_llama_cpp_before_pyav(tmp_path: Path) -> Non
             assert worker.alive(), worker.log()[-3000:]
         finally:
             worker.stop()
+    assert f"STT_N_THREADS={cores + 1} asks for more threads than this machine's {cores} cores" in worker.log()
     order = first_import_lines(worker.log(), "llama_cpp", "av")
     assert set(order) == {"llama_cpp", "av"}, "the worker should import both (it serves llm and decodes audio)"
     assert order["llama_cpp"] < order["av"], "PyAV was imported before llama.cpp"

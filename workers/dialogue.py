@@ -202,7 +202,12 @@ class Dialogue:
         transcript = str(transcription["text"]).strip()
         if not transcript:
             raise InvalidJobInput("no speech was heard in the audio")
-        self.run.emit(EventType.transcript, {"text": transcript, "language": transcription.get("language")})
+        segments = [
+            {k: part.get(k) for k in ("id", "start", "end", "text")} for part in transcription.get("segments") or ()
+        ]
+        self.run.emit(
+            EventType.transcript, {"text": transcript, "language": transcription.get("language"), "segments": segments}
+        )
         answer = self._answer_and_speak(transcript)
         tail, whole = self.encoder.close()
         self._send(tail, None)
@@ -216,6 +221,7 @@ class Dialogue:
         return {
             "transcript": transcript,
             "language": transcription.get("language"),
+            "segments": segments,
             "response_text": answer["text"],
             "response_format": self.format,
             "media_type": MEDIA_TYPES[self.format],

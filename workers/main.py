@@ -76,10 +76,25 @@ def restart_when_stalled(handler: JobHandler, stalled: threading.Event) -> JobHa
     return run
 
 
+def _warn_if_oversubscribed(settings: Settings) -> None:
+    """More threads than cores only makes every thread wait: say so once, at start."""
+    cores = os.cpu_count() or 1
+    for name, threads in (
+        ("LLM_N_THREADS", settings.llm_n_threads),
+        ("STT_N_THREADS", settings.stt_n_threads),
+        ("TTS_N_THREADS", settings.tts_n_threads),
+    ):
+        if threads is not None and threads > cores:
+            log.warning(
+                "%s=%d asks for more threads than this machine's %d cores; they will contend", name, threads, cores
+            )
+
+
 def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, device: str | None = None) -> None:
     if settings.redis_url is None:
         raise RuntimeError("REDIS_URL must be set for a worker")
     use_registry(Registry.load(settings))
+    _warn_if_oversubscribed(settings)
     hostname = socket.gethostname()
     # Opaque: job records and events name it to clients; host and pid stay in the logs and Flower.
     worker_id = f"worker_{secrets.token_hex(6)}"

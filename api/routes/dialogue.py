@@ -1,12 +1,14 @@
-"""Spoken dialogue: the job route, the seed API's `/v1/dialogue` (blocking JSON or NDJSON) and a WebSocket.
+"""Spoken dialogue: the job route, the seed API's `/v1/dialogue` and a WebSocket.
 
 The audio goes in, and out come the events of one `dialogue` job: `metadata`, `transcript`,
-`assistant_text` (deltas, then the final text), `audio_chunk`… in sentence order, and `done`.
+`assistant_text` (deltas, then the final text), `audio_chunk`… in sentence order, and `done`. The job route
+and the WebSocket are speechq's own and pass them on as they come. `/v1/dialogue` answers as the Gemma 3
+Speech API did (SPEC §7): its lenient form fields, its body, and its stream order — the whole reply in one
+`assistant_text`, then the audio — unless the client opts into speechq's sentence-pipelined order.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -20,6 +22,16 @@ from api.errors import Unprocessable, validated
 from api.routes.synthesis import remote_defaults
 from api.routes.transcription import AudioFile, sent_fields, submit_charged
 from api.schemas import job_created
+from api.seed_dialogue import (
+    SeedDialogue,
+    as_the_original,
+    config_object,
+    opened,
+    seed_generation,
+    seed_synthesis,
+    stream_lines,
+)
+from api.seed_speech import EmptyUpload
 from api.state import AppState
 from api.submit import follow, stored_audio, wait_for
 from api.uploads import AudioBudget, read_audio, websocket_audio
@@ -73,11 +85,10 @@ def _object(value: Any, name: str) -> dict[str, Any]:
 
 
 def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> DialogueRequest:
-    """Form or WebSocket fields → a validated dialogue request; a bad field is a 422 naming it
-    (`generation_config.temperature`, `synthesis_config.voice`, …)."""
-    generation = with_defaults(
-        validated(GenerationParams, _object(fields.get("generation_config"), "generation_config"), "generation_config"),
-        state.settings.generation_defaults,
+    """Form or WebSocket fields → a validated dialogue request, read strictly (the job route, the
+    WebSocket): a bad field is a 422 naming it (`generation_config.temperature`, `synthesis_config.voice`, …)."""
+    generation = validated(
+        GenerationParams, _object(fields.get("generation_config"), "generation_config"), "generation_config"
     )
     synthesis = _object(fields.get("synthesis_config"), "synthesis_config")
     for spoken in ("text", "input"):
@@ -86,6 +97,15 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
                 f"synthesis_config.{spoken}: the text spoken is the model's answer", param=f"synthesis_config.{spoken}"
             )
     speech = validated(SynthesizeRequest, {**synthesis, "text": "a"}, "synthesis_config")  # checks the rest
+    return _assembled(state, fields, generation, speech, filename)
+
+
+def _assembled(
+    state: AppState, fields: dict[str, Any], generation: GenerationParams, speech: SynthesizeRequest, filename: str
+) -> DialogueRequest:
+    """The job's request: the operator's generation defaults for what was left out, the speech (its text a
+    placeholder) resolved to an engine, a voice and a rate (what none can do is a 422 naming the field)."""
+    generation = with_defaults(generation, state.settings.generation_defaults)
     try:
         speech = resolve_synthesis(speech, state.settings.tts_model, remote_defaults(state))
     except InvalidField as exc:
@@ -101,6 +121,14 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
             "filename": filename,
         },
     )
+
+
+def seed_dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> tuple[DialogueRequest, str | None]:
+    """The form of `/v1/dialogue`, read as the original read it: both configs parsed, then checked."""
+    generation = config_object(fields.get("generation_config"), "generation_config")
+    synthesis = config_object(fields.get("synthesis_config"), "synthesis_config")
+    speech, response_format = seed_synthesis(synthesis)
+    return _assembled(state, fields, seed_generation(generation), speech, filename), response_format
 
 
 async def submit_dialogue(
@@ -133,21 +161,6 @@ async def client_events(state: AppState, job: JobRecord) -> AsyncIterator[dict[s
             yield {"event": "done", "data": {"job_id": job.id, **event.data, **result}}
 
 
-def dialogue_body(job: JobRecord, audio: bytes) -> dict[str, Any]:
-    result = job.result or {}
-    return {
-        "transcript": result.get("transcript"),
-        "response_text": result.get("response_text"),
-        "audio_base64": base64.b64encode(audio).decode(),
-        "response_format": result.get("response_format"),
-        "media_type": result.get("media_type"),
-        "sample_rate": result.get("sample_rate"),
-        "reference_id": result.get("reference_id"),
-        "conversation_id": result.get("conversation_id"),
-        "job_id": job.id,
-    }
-
-
 @router.post("/v1/jobs/dialogue", status_code=202, tags=["jobs"])
 async def create_dialogue_job(
     state: StateDep,
@@ -165,30 +178,48 @@ async def create_dialogue_job(
     return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.post("/v1/dialogue", response_model=None)
+@router.post("/v1/dialogue", response_model=SeedDialogue)
 async def dialogue(
     state: StateDep,
     principal: PrincipalDep,
     rid: RequestIdDep,
     file: AudioFile,
     options: OptionsDep,
-    stream_audio: Annotated[bool, Form(description="answer with NDJSON events as they happen")] = False,
+    stream_audio: Annotated[bool, Form(description="answer with one JSON event per line")] = False,
+    pipelined: Annotated[
+        bool,
+        Form(
+            description="speechq's order for `stream_audio`: `assistant_text` deltas and each sentence's audio as "
+            "they are made (the first sentence is heard while the model still writes), then the final text"
+        ),
+    ] = False,
 ) -> Response:
-    """The seed endpoint: `{transcript, response_text, audio_base64, …}`, or NDJSON events with `stream_audio`."""
-    request = dialogue_request(state, options, file.filename or "audio")
+    """The seed endpoint, as the Gemma 3 Speech API answered it: `{transcript: {text, language, segments},
+    response_text, audio_base64, response_format, media_type, sample_rate, reference_id}`; with
+    `stream_audio`, lines `{"event", "data"}` (`application/json`): `metadata`, `transcript`, one
+    `assistant_text` with the whole reply, `audio_chunk`…, `done`. A failure before the first line is an
+    HTTP error. `pipelined=true` streams in speechq's order instead (`application/x-ndjson`)."""
+    if file.size == 0:
+        raise EmptyUpload("Uploaded audio file was empty", param="file")  # checked first, as the original did
+    request, response_format = seed_dialogue_request(state, options, file.filename or "audio")
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await read_audio(file, state.settings, budget=budget)
     job = await submit_dialogue(state, principal, request, audio, budget, rid)
+    headers = {"X-Job-ID": job.id}
     if stream_audio:
+        lines = stream_lines(state, job, response_format, pipelined=pipelined)
+        opening = await opened(state, job, lines, first="transcript" if pipelined else "audio_chunk")
 
-        async def lines() -> AsyncIterator[bytes]:
-            async for message in client_events(state, job):
-                yield (json.dumps(message) + "\n").encode()
+        async def body() -> AsyncIterator[bytes]:
+            async for line in opening:
+                yield (json.dumps(line) + "\n").encode()
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson", headers={"X-Job-ID": job.id})
-    final = await wait_for(state, job)
-    audio = await stored_audio(state.store, final)
-    return JSONResponse(dialogue_body(final, audio), headers={"X-Job-ID": job.id})
+        media_type = "application/x-ndjson" if pipelined else "application/json"
+        return StreamingResponse(body(), media_type=media_type, headers=headers)
+    with as_the_original():
+        final = await wait_for(state, job)
+    answer = SeedDialogue.of(final, await stored_audio(state.store, final), response_format)
+    return JSONResponse(answer.model_dump(mode="json"), headers=headers)
 
 
 @router.websocket("/v1/dialogue/ws")

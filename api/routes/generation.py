@@ -1,4 +1,5 @@
-"""The seed API's generation endpoints, now backed by the queue: same paths, fields and answers."""
+"""The seed API's generation endpoints, now backed by the queue: the original's paths, request fields,
+answers and stream framing (SPEC §7), so its clients keep working unchanged."""
 
 from __future__ import annotations
 
@@ -8,17 +9,55 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, validation_summary
+from api.errors import ApiError, validated, validation_summary
+from api.state import AppState
 from api.submit import follow, submit, wait_for
 from tasks.jobs import EventType, JobKind, JobRecord
 from tasks.payloads import GenerateRequest
 
 router = APIRouter(prefix="/v1", tags=["generation (seed API)"])
+
+# Past every vocabulary's size a top-k keeps everything, as 0 does: the same sampling, within the bound
+# speechq keeps on what a worker is asked to allocate.
+_TOP_K_ALL = 1_000_000
+
+
+class SeedGenerationRequest(BaseModel):
+    """The original's `GenerationRequest`: its fields and bounds, unknown fields ignored, `stop: null`
+    allowed; `model` (a registered name) is speechq's addition. Only the fields sent are applied."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(max_length=200_000)
+    max_tokens: int = Field(512, ge=1, le=4096)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, ge=0.0)
+    stop: list[str] | None = None
+    seed: int | None = Field(None, ge=0)
+    min_p: float = Field(0.05, ge=0.0)
+    tfs_z: float = Field(1.0, ge=0.0)  # accepted, as the original did; llama.cpp no longer has tail-free sampling
+    typical_p: float = Field(1.0, ge=0.0)
+    model: str | None = None
+
+    def job_request(self) -> GenerateRequest:
+        """The job this asks for, in speechq's terms (a 404 for an unregistered model, as everywhere)."""
+        fields = self.model_dump(exclude_unset=True, exclude={"tfs_z"})
+        if "stop" in fields:
+            fields["stop"] = [stop for stop in fields["stop"] or () if stop]  # "" stops nothing
+        if fields.get("top_k", 0) > _TOP_K_ALL:
+            fields["top_k"] = 0
+        if "seed" in fields and fields["seed"] is not None:
+            fields["seed"] %= 2**32  # llama.cpp's seeds are 32-bit
+        if fields.get("repeat_penalty") == 0:
+            fields["repeat_penalty"] = 1.0  # dividing logits by zero samples nonsense: 0 means no penalty
+        return validated(GenerateRequest, fields)
 
 
 class GenerateResponse(BaseModel):
@@ -26,77 +65,89 @@ class GenerateResponse(BaseModel):
 
 
 @router.post("/generate", response_model=GenerateResponse)
-async def generate(body: GenerateRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> Any:
-    job, _ = await submit(state, JobKind.generate, body, principal, request_id=rid)
+async def generate(
+    body: SeedGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+) -> GenerateResponse:
+    job, _ = await submit(state, JobKind.generate, body.job_request(), principal, request_id=rid)
     final = await wait_for(state, job)
     assert final.result is not None
     return GenerateResponse(generated_text=final.result["text"])
 
 
-async def ndjson_events(state: Any, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
-    """A generation job's events as the seed's stream lines: `{"token"}`…, then `{"done": true, …}`."""
-    result: dict[str, Any] = {}
+async def _text_so_far(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
+    """The original's stream lines: `{"generated_text": <the text so far>}` for each delta, and a failure
+    as `{"detail": …}` (with speechq's `error` beside it)."""
+    text = ""
     async for event in follow(state, job.id):
         if event.type == EventType.token:
-            yield {"token": event.data["text"]}
-        elif event.type == EventType.result:
-            result = event.data
+            text += event.data["text"]
+            yield {"generated_text": text}
         elif event.type == EventType.error:
-            yield {"error": event.data}
-        elif event.type == EventType.done:
-            yield {
-                "done": True,
-                "status": event.data["status"],
-                "job_id": job.id,
-                "generated_text": result.get("text"),
-                "finish_reason": result.get("finish_reason"),
-                "usage": result.get("usage"),
-            }
+            yield {"detail": event.data["message"], "error": event.data}
+        elif event.type == EventType.done and event.data["status"] not in ("succeeded", "failed"):
+            yield {"detail": f"the generation was {event.data['status']}"}
 
 
 @router.post("/generate_stream")
 async def generate_stream(
-    body: GenerateRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+    body: SeedGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
 ) -> StreamingResponse:
-    job, _ = await submit(state, JobKind.generate, body, principal, request_id=rid)
+    """One JSON object per line, as the original sent them (`Content-Type: application/json`)."""
+    job, _ = await submit(state, JobKind.generate, body.job_request(), principal, request_id=rid)
 
     async def lines() -> AsyncIterator[bytes]:
-        async for line in ndjson_events(state, job):
+        async for line in _text_so_far(state, job):
             yield (json.dumps(line) + "\n").encode()
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson", headers={"X-Job-ID": job.id})
+    return StreamingResponse(lines(), media_type="application/json", headers={"X-Job-ID": job.id})
 
 
 @router.websocket("/generate_ws")
 async def generate_ws(websocket: WebSocket) -> None:
+    """Request after request on one connection: `{"token": …}`… then `{"status": "done"}` for each. A bad
+    request or a failed generation closes it with 1011, as the original did, after a message saying why."""
     state, principal = await websocket_principal(websocket)
     if principal is None:
         return
     await websocket.accept()
-    try:
-        raw = await websocket.receive_json()
-        body = GenerateRequest.model_validate(raw)
-        job, _ = await submit(state, JobKind.generate, body, principal)
-        async for line in ndjson_events(state, job):
-            if "token" in line:
-                await websocket.send_json(line)
-            elif "error" in line:
-                await websocket.send_json({"status": "error", "detail": line["error"]["message"], "job_id": job.id})
-                await websocket.close(code=1011)
-                return
-            elif line["status"] != "succeeded":
-                await websocket.send_json({"status": "error", "detail": f"job {job.id} {line['status']}"})
-                await websocket.close(code=1011)
-                return
-            else:
-                await websocket.send_json({"status": "done", "job_id": job.id, "usage": line["usage"]})
-        await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        return
-    except (ValidationError, json.JSONDecodeError) as exc:
-        message = validation_summary(exc.errors())[0] if isinstance(exc, ValidationError) else f"invalid JSON: {exc}"
-        await websocket.send_json({"status": "error", "detail": message})
-        await websocket.close(code=1011)
-    except (ApiError, RedisError) as exc:
-        await websocket.send_json({"status": "error", "detail": str(exc)})
-        await websocket.close(code=1011)
+    while True:
+        try:
+            raw = await websocket.receive_json()
+            request = SeedGenerationRequest.model_validate(raw).job_request()
+            job, _ = await submit(state, JobKind.generate, request, principal)
+            failure = await _stream_tokens(websocket, state, job)
+        except WebSocketDisconnect:
+            return
+        except (ValidationError, ValueError, ApiError, RedisError) as exc:
+            failure = _reason(exc)
+        if failure is not None:
+            await websocket.send_json({"status": "error", "detail": failure})
+            await websocket.close(code=1011, reason=failure[:120])
+            return
+
+
+async def _stream_tokens(websocket: WebSocket, state: AppState, job: JobRecord) -> str | None:
+    """Send the job's text as `token` messages, then `done`; returns why it failed, if it did."""
+    result: dict[str, Any] = {}
+    async for event in follow(state, job.id):
+        if event.type == EventType.token:
+            await websocket.send_json({"token": event.data["text"]})
+        elif event.type == EventType.result:
+            result = event.data
+        elif event.type == EventType.error:
+            return str(event.data["message"])
+        elif event.type == EventType.done:
+            if event.data["status"] != "succeeded":
+                return f"job {job.id} {event.data['status']}"
+    await websocket.send_json({"status": "done", "job_id": job.id, "usage": result.get("usage")})
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return validation_summary(list(exc.errors()))[0]
+    if isinstance(exc, ApiError):
+        return exc.message
+    if isinstance(exc, RedisError):
+        return f"the job store is unreachable: {exc}"
+    return f"invalid request: {exc}"  # a message that is not JSON

@@ -21,6 +21,7 @@ def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> dict[str, Any]:
     speech = {"voices": list(entry.voices), "sample_rate": entry.sample_rate} if entry.role == ModelRole.tts else {}
     return {
         "id": entry.name,
+        "name": entry.name,  # the original API's ModelInfo: id, name, description
         "object": "model",
         "created": 0,
         "owned_by": "speechq",
@@ -36,8 +37,10 @@ def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> dict[str, Any]:
 
 @router.get("/models")
 async def list_models(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
+    """OpenAI's model list; `models` holds the same entries for clients of the original API."""
     workers = await live_workers(state.redis)
-    return {"object": "list", "data": [_describe(entry, workers) for entry in registry()]}
+    described = [_describe(entry, workers) for entry in registry()]
+    return {"object": "list", "data": described, "models": described}
 
 
 @router.get("/models/{model_id:path}")

@@ -9,28 +9,18 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import GatewayTimeout, Unprocessable, validated
 from api.routes.jobs import accepted
+from api.seed_speech import SeedAudioFormat, SeedSpeechRequest, SeedSynthesis
 from api.state import AppState
 from api.submit import follow, raise_for_failure, stored_audio, submit, wait_for
 from tasks.jobs import EventType, JobKind, JobRecord
 from tasks.payloads import InvalidField, SynthesizeRequest, resolve_synthesis
-from tasks.speech import MEDIA_TYPES
 
 router = APIRouter(tags=["text to speech"])
-
-
-class TextToSpeechRequest(SynthesizeRequest):
-    """The seed endpoint's body: a synthesis request, and whether to stream the raw audio back."""
-
-    stream: bool = Field(False, description="answer with the raw audio bytes as they are synthesized")
-
-    def job_request(self) -> SynthesizeRequest:
-        return SynthesizeRequest.model_validate(self.model_dump(exclude={"stream"}, exclude_unset=True))
 
 
 def remote_defaults(state: AppState) -> dict[str, Any]:
@@ -96,13 +86,15 @@ async def create_synthesis_job(
     return await accepted(state, JobKind.synthesize, resolved(state, body), principal, rid, idem)
 
 
-@router.post("/v1/text-to-speech", response_model=None)
+@router.post("/v1/text-to-speech", response_model=SeedSynthesis)
 async def text_to_speech(
-    body: TextToSpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
-) -> Response:
+    body: SeedSpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+) -> Response | SeedSynthesis:
     """The seed endpoint: `{audio_base64, response_format, media_type, sample_rate, reference_id}`, or with
-    `stream` the raw audio bytes as they are synthesized (headers `x-audio-format`, `x-sample-rate`)."""
+    `stream` the raw audio bytes as they are synthesized (headers `x-audio-format`, `x-sample-rate`, and
+    `x-reference-id` when there is one)."""
     request = resolved(state, body.job_request())
+    answered_format = body.answered_format(request)
     job = await submit_synthesis(state, request, principal, rid)
     if body.stream:
         chunks = await started(audio_chunks(state, job))
@@ -111,57 +103,49 @@ async def text_to_speech(
             async for chunk in chunks:
                 yield base64.b64decode(chunk["audio"])
 
-        media_type = MEDIA_TYPES[request.response_format]
-        return StreamingResponse(audio(), media_type=media_type, headers=audio_headers(request, job))
+        described = SeedAudioFormat.of(request, answered_format, job.id)
+        headers = {**audio_headers(request, job), **described.headers()}
+        return StreamingResponse(audio(), media_type=described.media_type, headers=headers)
     final = await wait_for(state, job)
-    return JSONResponse(synthesis_body(final, await stored_audio(state.store, final)), headers={"X-Job-ID": job.id})
+    response.headers["X-Job-ID"] = job.id
+    return await seed_synthesis(state, final, answered_format)
 
 
-def synthesis_body(job: JobRecord, audio: bytes) -> dict[str, Any]:
-    result = job.result or {}
-    return {
-        "audio_base64": base64.b64encode(audio).decode(),
-        "response_format": result.get("format"),
-        "media_type": result.get("media_type"),
-        "sample_rate": result.get("sample_rate"),
-        "reference_id": result.get("reference_id"),
-        "voice": result.get("voice"),
-        "model": result.get("model"),
-        "duration": result.get("duration"),
-        "job_id": job.id,
-    }
+async def seed_synthesis(state: AppState, job: JobRecord, response_format: str) -> SeedSynthesis:
+    assert job.result is not None
+    return SeedSynthesis.of(job.result, await stored_audio(state.store, job), response_format, job.id)
 
 
 @router.websocket("/v1/text-to-speech/ws")
 async def text_to_speech_ws(websocket: WebSocket) -> None:
-    """Send one JSON request; with `stream`: `metadata`, `audio_chunk`…, `done`; else one `synthesis` event."""
+    """Request after request on one connection, each `{text, stream, format, sample_rate, reference_id,
+    normalize, references, top_p}`: with `stream` (the default) `metadata`, `audio_chunk`…, `done`; with
+    `"stream": false` one `synthesis` event; a refused request gets an `error` event and the connection
+    stays open."""
     await serve_websocket(websocket, _synthesize_over_websocket)
 
 
 async def _synthesize_over_websocket(
     websocket: WebSocket, state: AppState, principal: Principal, message: dict[str, Any]
 ) -> None:
-    body = validated(TextToSpeechRequest, message)
+    if not (message.get("text") or message.get("input")):
+        raise Unprocessable("Missing 'text' field.", param="text")
+    # The original read `stream` by its truth, absent meaning true: null, false and 0 ask for one event.
+    streaming = bool(message.get("stream", True))
+    body = validated(SeedSpeechRequest, {k: v for k, v in message.items() if k != "stream"})
     request = resolved(state, body.job_request())
+    answered_format = body.answered_format(request)
     job = await submit_synthesis(state, request, principal, None)
-    if not body.stream:
+    if not streaming:
         final = await wait_for(state, job)
-        await websocket.send_json(
-            {"event": "synthesis", "data": synthesis_body(final, await stored_audio(state.store, final))}
-        )
+        synthesis = await seed_synthesis(state, final, answered_format)
+        # The original left `reference_id` out of this event when there was none.
+        await websocket.send_json({"event": "synthesis", "data": synthesis.model_dump(mode="json", exclude_none=True)})
         return
-    metadata = {
-        "job_id": job.id,
-        "response_format": request.response_format,
-        "media_type": MEDIA_TYPES[request.response_format],
-        "sample_rate": request.sample_rate,
-        "reference_id": request.reference_id,
-        "voice": request.voice,
-        "model": request.model,
-    }
-    await websocket.send_json({"event": "metadata", "data": metadata})
+    metadata = SeedAudioFormat.of(request, answered_format, job.id)
+    await websocket.send_json({"event": "metadata", "data": metadata.model_dump(mode="json", exclude_none=True)})
     async for chunk in audio_chunks(state, job):
-        data = {"index": chunk["index"], "audio_base64": chunk["audio"], "text": chunk.get("text")}
+        data = {"audio_base64": chunk["audio"], "index": chunk["index"], "text": chunk.get("text")}
         await websocket.send_json({"event": "audio_chunk", "data": data})
     ended = await state.store.get(job.id, owner=principal.id)
     assert ended is not None and ended.result is not None

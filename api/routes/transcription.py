@@ -9,14 +9,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
-from api.errors import GatewayTimeout, validated
+from api.errors import Unprocessable, validated
 from api.schemas import job_created
+from api.seed_speech import EmptyUpload, SeedTranscript, seed_transcription, seed_websocket_audio
 from api.state import AppState
-from api.submit import follow, raise_for_failure, submit, wait_for
-from api.uploads import AudioBudget, read_audio, websocket_audio
-from tasks.jobs import EventType, JobKind, JobRecord
+from api.submit import submit, wait_for
+from api.uploads import AudioBudget, read_audio
+from tasks.jobs import JobKind, JobRecord
 from tasks.payloads import DialogueRequest, TranscribeRequest
-from tasks.transcripts import MEDIA_TYPES, render, to_seed
+from tasks.transcripts import MEDIA_TYPES, render
 
 router = APIRouter(tags=["speech to text"])
 
@@ -69,12 +70,25 @@ async def submit_upload(
 ) -> tuple[JobRecord, TranscribeRequest]:
     """Validate the options, read, probe and charge the upload, and queue the transcription."""
     request = transcribe_request({**options, "filename": file.filename or "audio"})
+    job = await submit_file(state, principal, file, request, request_id=request_id, idempotency_key=idempotency_key)
+    return job, request
+
+
+async def submit_file(
+    state: AppState,
+    principal: Principal,
+    file: UploadFile,
+    request: TranscribeRequest,
+    *,
+    request_id: str | None,
+    idempotency_key: str | None = None,
+) -> JobRecord:
+    """Read, probe and charge the upload, and queue its transcription."""
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await read_audio(file, state.settings, budget=budget)
-    job = await submit_charged(
+    return await submit_charged(
         state, request, principal, audio, budget, request_id=request_id, idempotency_key=idempotency_key
     )
-    return job, request
 
 
 async def submit_charged(
@@ -108,11 +122,11 @@ async def submit_charged(
     return job
 
 
-def formatted(result: dict[str, Any], response_format: str, seed: bool = False) -> Response:
+def formatted(result: dict[str, Any], response_format: str) -> Response:
     body = render(result, response_format)
     if isinstance(body, str):
         return PlainTextResponse(body, media_type=MEDIA_TYPES[response_format])
-    return JSONResponse(to_seed(result) if seed else body)
+    return JSONResponse(body)
 
 
 @router.post("/v1/jobs/transcribe", status_code=202, tags=["jobs"])
@@ -129,44 +143,45 @@ async def create_transcription_job(
     return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.post("/v1/speech-to-text", response_model=None)
+@router.post("/v1/speech-to-text", response_model=SeedTranscript)
 async def speech_to_text(
-    state: StateDep, principal: PrincipalDep, rid: RequestIdDep, file: AudioFile, options: OptionsDep
-) -> Response:
-    """The seed endpoint: blocks until the transcript is ready; `{text, language, segments}`."""
-    job, request = await submit_upload(state, principal, file, options, request_id=rid)
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    file: AudioFile,
+    options: OptionsDep,
+    response: Response,
+) -> SeedTranscript:
+    """The seed endpoint: blocks until the transcript is ready and answers `{text, language, segments}`,
+    whatever `response_format` says (the original passed it to Whisper and answered the same object)."""
+    if file.size == 0:
+        raise EmptyUpload("Uploaded audio file was empty", param="file")
+    request = seed_transcription(options, file.filename)
+    job = await submit_file(state, principal, file, request, request_id=rid)
     final = await wait_for(state, job)
     assert final.result is not None
-    return formatted(final.result, request.response_format, seed=True)
+    response.headers["X-Job-ID"] = job.id
+    return SeedTranscript.of(final.result)
 
 
 @router.websocket("/v1/speech-to-text/ws")
 async def speech_to_text_ws(websocket: WebSocket) -> None:
-    """Send one JSON request; get `segment` events as they are decoded, then one `transcript` event."""
+    """Request after request on one connection, each `{audio_base64, filename, content_type, language,
+    prompt, response_format, temperature}`, each answered by one `{"event": "transcript", "data": {text,
+    language, segments}}`, or `{"event": "error", "detail"}` with the connection left open."""
     await serve_websocket(websocket, _transcribe_over_websocket)
 
 
 async def _transcribe_over_websocket(
     websocket: WebSocket, state: AppState, principal: Principal, message: dict[str, Any]
 ) -> None:
-    fields = ("language", "prompt", "response_format", "temperature")
-    request = transcribe_request(
-        {**{k: message.get(k) for k in fields}, "filename": message.get("filename") or "audio"}
-    )
+    if not message.get("audio_base64"):
+        raise Unprocessable("Missing 'audio_base64' field.", param="audio_base64")
+    request = seed_transcription(message, message.get("filename"))
     budget = AudioBudget(state.redis, state.settings, principal.id)
-    audio = await websocket_audio(message, state.settings, budget=budget)
+    audio = await seed_websocket_audio(message, state.settings, budget)
     job = await submit_charged(state, request, principal, audio, budget)
-    async for event in follow(state, job.id):
-        if event.type == EventType.segment:
-            await websocket.send_json({"event": "segment", "data": event.data})
-    final = await state.store.get(job.id, owner=principal.id)
-    if final is None:
-        raise GatewayTimeout(f"job {job.id} expired before it finished")
-    raise_for_failure(final)
+    final = await wait_for(state, job)
     assert final.result is not None
-    await websocket.send_json({"event": "transcript", "data": render_for_ws(final.result, request)})
-
-
-def render_for_ws(result: dict[str, Any], request: TranscribeRequest) -> Any:
-    body = render(result, request.response_format)
-    return body if isinstance(body, str) else {**to_seed(result), **body}
+    transcript = SeedTranscript.of(final.result)
+    await websocket.send_json({"event": "transcript", "data": transcript.model_dump(mode="json")})
