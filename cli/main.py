@@ -64,13 +64,20 @@ def up(
     queues: Annotated[str, typer.Option(help="queues the one worker serves")] = "llm,stt,tts,dialogue",
     flower: Annotated[bool, typer.Option(help="also start Flower")] = True,
 ) -> None:
-    """Start everything: embedded Redis (unless REDIS_URL is set), the API, one worker, Flower."""
-    from cli.stack import run_stack
+    """Start everything: embedded Redis (unless REDIS_URL is set), the API, one worker, Flower.
+
+    One stack per data dir (DATA_DIR): a second `speechq up` from it refuses in one line."""
+    from cli.stack import StackRefused, run_stack
 
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format, "supervisor")
     overrides = {k: v for k, v in {"api_port": port, "api_host": host}.items() if v is not None}
-    raise typer.Exit(run_stack(settings.model_copy(update=overrides), queues=queues, flower=flower))
+    try:
+        status = run_stack(settings.model_copy(update=overrides), queues=queues, flower=flower)
+    except StackRefused as exc:  # its message names speechq
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(status)
 
 
 @app.command()
@@ -257,7 +264,8 @@ def models_prepare(
 ) -> None:
     """Fetch, assemble and verify model files ahead of time: the only step that may use the network.
 
-    Workers load only what this prepared; they never download while serving."""
+    Workers load only what this prepared; they never download while serving. With no names, a model whose
+    engine is an optional extra that is not installed (Piper) is listed as skipped, not failed."""
     from tasks.catalog import ModelRole, UnknownModel, use_registry
     from workers.errors import ModelUnavailable
     from workers.registry import fetch, resolve_llm, resolve_stt
@@ -290,6 +298,9 @@ def models_prepare(
             typer.secho(f"{name}: not in the registry (see `speechq models list`)", fg="red", err=True)
             failed = True
         except ModelUnavailable as exc:
+            if not names and isinstance(exc.__context__, ImportError):  # its engine library is not installed
+                typer.secho(f"{name}: skipped: {exc}", fg="yellow", err=True)
+                continue
             typer.secho(f"{name}: {exc}", fg="red", err=True)
             failed = True
     raise typer.Exit(1 if failed else 0)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import ipaddress
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from config import Settings
 from workers.startup import RESTART_EXIT_CODE
@@ -23,30 +28,47 @@ log = logging.getLogger("speechq")
 SPEECHQ = [sys.executable, "-m", "cli.main"]
 
 
+LOCK_FILE = "speechq-up.lock"
+SETTLED = 60.0  # seconds a child must have run for its death to be a crash to restart, not a failed start
+
+
+class StackRefused(Exception):
+    """`speechq up` will not start: another stack holds the data dir, a killed one's Valkey still serves it,
+    or the API's port is taken. The message is the one line the operator sees."""
+
+
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
     argv: list[str]
     env: dict[str, str]
+    optional: bool = False  # Flower: when it ends, the rest runs on without it
+    ended: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
-    """Starts children, stops them all on Ctrl-C/SIGTERM or when one of them dies; a child that exits
-    with RESTART_EXIT_CODE (a worker whose engine got stuck) is started again instead."""
+    """Starts children, stops them all on Ctrl-C/SIGTERM or when one of them fails to start; a child that
+    exits with RESTART_EXIT_CODE (a worker whose engine got stuck) or dies after serving for a while is
+    started again instead, and an optional child that ends is let go with one log line."""
 
     def __init__(self) -> None:
         self.children: list[Child] = []
         self.stopping = False
         self.signal: int | None = None
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.children.append(Child(name, self._spawn(argv, env), argv, env))
+    def start(self, name: str, argv: list[str], env: dict[str, str], *, optional: bool = False) -> None:
+        self.children.append(Child(name, self._spawn(argv, env), argv, env, optional=optional))
 
     @staticmethod
     def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         preexec = _die_with_parent if sys.platform == "linux" else None
         return subprocess.Popen(argv, env=env, preexec_fn=preexec)
+
+    def _restart(self, child: Child) -> None:
+        child.process = self._spawn(child.argv, child.env)
+        child.started = time.monotonic()
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
@@ -60,10 +82,20 @@ class Supervisor:
         try:
             while not self.stopping:
                 for child in self.children:
-                    code = child.process.poll()
+                    code = None if child.ended else child.process.poll()
                     if code == RESTART_EXIT_CODE:
                         log.warning("%s asked to be restarted (its engine got stuck); starting it again", child.name)
-                        child.process = self._spawn(child.argv, child.env)
+                        self._restart(child)
+                    elif code is not None and not child.optional and time.monotonic() - child.started > SETTLED:
+                        # It served for a while, then died (a broker connection lost mid-read can take a
+                        # Celery worker with it): start it again. One that dies at start stops the stack.
+                        log.error("%s %s after serving; starting it again", child.name, exit_reason(code))
+                        self._restart(child)
+                    elif code is not None and child.optional:
+                        log.warning(
+                            "%s %s; the rest runs on without it (its log above says why)", child.name, exit_reason(code)
+                        )
+                        child.ended = True
                     elif code is not None:
                         log.error("%s %s; stopping the rest (its log above says why)", child.name, exit_reason(code))
                         self.stopping, status = True, 1
@@ -136,14 +168,105 @@ def redis_for(settings: Settings) -> Iterator[str]:
         yield server.url
 
 
+@contextlib.contextmanager
+def data_dir_lock(settings: Settings) -> Iterator[None]:
+    """Hold DATA_DIR/speechq-up.lock for the stack's life, so a second `speechq up` from the same data dir
+    (two Valkeys on one AOF) refuses. An flock, not a pid file: the kernel drops it when the process ends,
+    however it ends, so a crashed stack leaves nothing stale. The file says who holds it."""
+    folder = settings.data_dir.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise StackRefused(already_running(folder, handle.read())) from None
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "api": api_url(settings)}) + "\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
+def already_running(folder: Path, holder: str) -> str:
+    try:
+        found = json.loads(holder)
+        who = f"pid {int(found['pid'])}, API on {found['api']}"
+    except (ValueError, KeyError, TypeError):  # the holder is between taking the lock and writing to it
+        who = "starting up"
+    return (
+        f"speechq is already running from this data dir ({who}); stop it, or set DATA_DIR to another "
+        f"folder to run a second stack beside it (data dir: {folder})"
+    )
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port: a trial bind, with SO_REUSEADDR as servers set it
+    (a port left in TIME_WAIT is free)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # the server will say what is wrong with the host
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as trial:
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                trial.bind(address)
+            except OSError:
+                return True
+    return False
+
+
 def run_stack(settings: Settings, *, queues: str, flower: bool) -> int:
+    """Raises StackRefused, before anything starts, when the data dir is in use or the API port taken."""
+    with data_dir_lock(settings):
+        if port_taken(settings.api_host, settings.api_port):
+            raise StackRefused(
+                f"speechq up: port {settings.api_port} on {settings.api_host} is already in use; "
+                "pass --port or set API_PORT to a free one"
+            )
+        orphan = orphaned_valkey(settings)
+        if orphan is not None:
+            raise StackRefused(
+                f"speechq up: a Valkey left behind by a speechq up that did not stop cleanly still serves this "
+                f"data dir on {orphan}; stop that valkey-server process, then start again "
+                f"(data dir: {settings.data_dir.resolve()})"
+            )
+        return supervise_stack(settings, queues=queues, flower=flower)
+
+
+def orphaned_valkey(settings: Settings) -> str | None:
+    """The URL of an embedded Valkey that still answers on this data dir while no stack holds its lock: its
+    `speechq up` was SIGKILLed, which the Valkey outlives. A second one on the same files would corrupt them."""
+    if settings.redis_url:
+        return None
+    from cli.embedded_redis import running_embedded_url
+
+    url = running_embedded_url(settings.data_dir)
+    if url is None:
+        return None
+    where = urlsplit(url)
+    try:
+        socket.create_connection((where.hostname or "127.0.0.1", where.port or 6379), timeout=1).close()
+    except OSError:
+        return None  # a stale address file: nothing listens there any more
+    return url
+
+
+def supervise_stack(settings: Settings, *, queues: str, flower: bool) -> int:
     with redis_for(settings) as redis_url:
         env = {**os.environ, "REDIS_URL": redis_url}
         supervisor = Supervisor()
         supervisor.start("worker", [*SPEECHQ, "worker", "--queues", queues], env)
         supervisor.start("api", [*SPEECHQ, "api", "--host", settings.api_host, "--port", str(settings.api_port)], env)
         log.info("Redis      %s%s", redis_url, "" if settings.redis_url else " (embedded Valkey)")
-        log.info("API        http://%s:%d  (docs at /docs)", settings.api_host, settings.api_port)
+        log.info("API        %s  (docs at /docs)", api_url(settings))
         log.info("worker     queues %s", queues)
         if flower:
             start_flower(supervisor, settings, env)
@@ -152,15 +275,22 @@ def run_stack(settings: Settings, *, queues: str, flower: bool) -> int:
 
 
 def start_flower(supervisor: Supervisor, settings: Settings, env: dict[str, str]) -> None:
-    """Flower beside the stack, unless it is not installed or would be open to the network without a login
-    (then one log line says why, and the rest of the stack runs without it)."""
+    """Flower beside the stack, unless it is not installed, would be open to the network without a login,
+    or its port is taken (then one log line says why, and the rest of the stack runs without it)."""
     refusal = flower_refusal(settings)
     if refusal is not None:
         log.error("Flower     %s", refusal)
     elif importlib.util.find_spec("flower") is None:
         log.info("Flower     not installed (pip install 'speechq[flower]'); skipped")
+    elif port_taken(settings.flower_host, settings.flower_port):
+        log.error(
+            "Flower     not started: port %d on %s is already in use; set FLOWER_PORT to a free port, or pass "
+            "--no-flower",
+            settings.flower_port,
+            settings.flower_host,
+        )
     else:
-        supervisor.start("flower", [*SPEECHQ, "flower"], env)
+        supervisor.start("flower", [*SPEECHQ, "flower"], env, optional=True)
         log.info("Flower     http://%s:%d", settings.flower_host, settings.flower_port)
 
 

@@ -23,6 +23,9 @@ def transport_options(settings: Settings) -> dict[str, object]:
         # Sweep for a dead worker's unacked messages every interval (kombu's default is 10 × 10 s).
         "unacked_restore_interval": settings.broker_restore_interval_seconds,
         "unacked_restore_throttle": 1,
+        # The sweep holds a Redis mutex that expires after kombu's 300 s: a worker killed while holding it
+        # would delay every redelivery that long. A sweep takes milliseconds; the interval is plenty.
+        "unacked_mutex_expire": settings.broker_restore_interval_seconds,
     }
 
 
@@ -35,6 +38,8 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,  # results live in the job store, not a Celery backend
         task_acks_late=True,  # a message is acked only once its job has finished
+        # ...and also when its task reports FAILURE (a failed job, already recorded): never redelivered.
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,  # a pool process that dies gives its message back
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,

@@ -1,10 +1,12 @@
-"""The Celery tasks. Each is thin: claim the job, hand it to a plain handler, record how it ended.
+"""The Celery tasks. Each is thin: claim the job, hand it to a plain handler, record how it ended,
+then tell Celery (and so Flower) the same ending.
 
 Handlers are passed in by the worker (`workers.main`), so this module never imports model code.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -12,9 +14,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
 from config import Settings
 from config.logs import log_context
+from tasks import keys
 from tasks.execution import JobCancelled, JobExecution, JobTimedOut, LeaseLost, WorkerStore
 from tasks.jobs import JobRecord, JobStatus
 
@@ -32,6 +36,25 @@ class JobObserver(Protocol):
         self, job: JobRecord, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None, seconds: float
     ) -> None: ...
 
+
+class JobFailed(Exception):
+    """Raised by a task once its job's failure is recorded, so that Celery reports the task FAILURE and
+    Flower shows `JobFailed('model_unavailable', '…')`. The message is still acknowledged (acks_late with
+    `task_acks_on_failure_or_timeout`) and never retried: the job store has already ended the job."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(error_type, message)
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+# How a task's outcome (the job's final status, or why its message was skipped) is told to Celery.
+REPORTED_FAILED = frozenset({"failed", "poison"})  # poison: the claim failed the job past JOB_MAX_ATTEMPTS
+REPORTED_REVOKED = frozenset({"cancelled", "expired", "missing"})  # ended without running here, or gone from the store
+# 'lost': another worker holds the job, and reports its end under the same task id (the job id).
 
 # Task name -> the handler key the worker supplies; the queue is in the name (see celery_app.TASK_ROUTES).
 TASK_NAMES = {
@@ -125,11 +148,44 @@ class JobRunner:
         log.info("job %s %s", job.id, status)
         return status, result, None
 
+    def report(self, task: Task[Any, Any], job_id: str, status: str) -> str:
+        """Tell Celery how the job ended, as its record says, without changing the record: a failed job
+        raises `JobFailed` (FAILURE); a cancelled, expired or vanished one sends `task-revoked` and is
+        ignored (REVOKED); a lost one is ignored, so that the worker holding it reports it; else SUCCESS.
+        Ignored and failed messages are acknowledged all the same."""
+        if status in REPORTED_FAILED:
+            raise JobFailed(*self.recorded_error(job_id))
+        if status in REPORTED_REVOKED:
+            announce_revoked(task, expired=status == "expired")
+            raise Ignore()
+        if status == "lost":
+            raise Ignore()
+        return status
+
+    def recorded_error(self, job_id: str) -> tuple[str, str]:
+        """The failed job's `error` {type, message} as its record has it (one read, on failures only)."""
+        try:
+            error = json.loads(self.store.redis.hget(keys.job(job_id), "error") or "{}")
+        except Exception as exc:  # the failure is recorded; only Flower's view of it is poorer
+            log.warning("could not read the error of failed job %s: %s", job_id, exc)
+            error = {}
+        return str(error.get("type") or "failed"), str(error.get("message") or "")
+
+
+def announce_revoked(task: Task[Any, Any], *, expired: bool) -> None:
+    """The `task-revoked` event Celery sends for a task revoked before it ran, sent for a job that ended
+    without running to its end; monitoring only, so a broker hiccup here is logged, never raised."""
+    try:
+        task.send_event("task-revoked", terminated=False, signum=None, expired=expired)
+    except Exception as exc:
+        log.warning("could not send task-revoked for job %s: %s", task.request.id, exc)
+
 
 def register_tasks(app: Celery, runner: JobRunner) -> None:
     for name, handler_key in TASK_NAMES.items():
 
         def body(task: Task[Any, Any], job_id: str, _key: str = handler_key) -> str:
-            return runner(task, job_id, _key)
+            return runner.report(task, job_id, runner(task, job_id, _key))
 
-        app.task(name=name, bind=True, max_retries=None, acks_late=True)(body)
+        # `throws`: a JobFailed is an expected ending, logged by Celery on one line without a traceback.
+        app.task(name=name, bind=True, max_retries=None, acks_late=True, throws=(JobFailed,))(body)

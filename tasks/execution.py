@@ -87,7 +87,9 @@ class LeaseKeeper(threading.Thread):
                 held = list(self.active.items())
             for job_id, worker in held:
                 try:
-                    status = self.store.scripts["renew"](keys=[keys.job(job_id)], args=[self.store.lease, worker])
+                    status = self.store.scripts["renew"](
+                        keys=[keys.job(job_id), keys.LEASES], args=[self.store.lease, worker, job_id]
+                    )
                 except Exception as exc:  # a Redis blip: the next round tries again
                     log.warning("could not renew the lease of %s: %s", job_id, exc)
                     continue
@@ -117,8 +119,8 @@ class WorkerStore:
     def claim(self, job_id: str, worker: str) -> Claim:
         reply = self.when_room(
             lambda: self.scripts["claim"](
-                keys=[keys.job(job_id), keys.events(job_id)],
-                args=[worker, self.lease, self.max_attempts, self.ttl, keys.notify(job_id)],
+                keys=[keys.job(job_id), keys.events(job_id), keys.LEASES],
+                args=[worker, self.lease, self.max_attempts, self.ttl, keys.notify(job_id), job_id],
             )
         )
         if reply[0] != "run":
@@ -212,7 +214,9 @@ class JobExecution:
         """Renew the lease and stop (`JobCancelled`/`JobTimedOut`/`LeaseLost`) if the job must, without
         writing an event: for a job that waits on others (a dialogue waiting for its stages)."""
         with storing():
-            status = self._stores.scripts["renew"](keys=[self._keys[0]], args=[self._stores.lease, self.worker])
+            status = self._stores.scripts["renew"](
+                keys=[self._keys[0], keys.LEASES], args=[self._stores.lease, self.worker, self.job_id]
+            )
         self._check("running" if status == JobStatus.running else str(status))
 
     def _check(self, status: str) -> None:

@@ -3,6 +3,9 @@
 PREFIX = "speechq"
 
 
+LEASES = f"{PREFIX}:leases"  # sorted set: running job id -> when its lease runs out (claims and renewals)
+
+
 def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 

@@ -70,6 +70,30 @@ def test_every_service_is_healthchecked_and_waits_for_healthy_dependencies() -> 
     assert "deploy" not in services["cpu-worker"], "the dialogue worker needs no GPU"
 
 
+def test_a_plain_compose_up_starts_exactly_one_gpu_worker() -> None:
+    """A one-GPU host runs the file unedited; the second card's worker waits behind the `gpu2` profile."""
+    services = compose()["services"]
+
+    def gpu_worker(service: dict[str, Any]) -> bool:
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        return service.get("command", [""])[0] == "worker" and any("gpu" in d["capabilities"] for d in devices)
+
+    by_default = sorted(
+        name for name, service in services.items() if gpu_worker(service) and not service.get("profiles")
+    )
+    assert by_default == ["gpu-worker-0"]
+    cards = {
+        card
+        for service in services.values()
+        if not service.get("profiles")
+        for device in service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        for card in device.get("device_ids", [])
+    }
+    assert cards == {"0"}, "without a profile nothing may reserve a second card"
+    assert services["gpu-worker-1"]["profiles"] == ["gpu2"] and gpu_worker(services["gpu-worker-1"])
+    assert not any(service.get("profiles") for name, service in services.items() if name != "gpu-worker-1")
+
+
 def test_secrets_have_no_defaults_and_prometheus_scrapes_every_worker() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for secret in ("SPEECHQ_API_KEYS", "OPENAUDIO_API_KEY", "FLOWER_BASIC_AUTH"):

@@ -317,7 +317,7 @@ def test_a_full_redis_is_answered_507_in_the_error_envelope(tmp_path: Path) -> N
         with api_on(server.url, tmp_path) as client:
             junk = fill(r)
             # A margin, so the few KB the server's own housekeeping frees do not make room again.
-            r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 256 * 1024)
+            r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 1024 * 1024)
             for response in (
                 client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)),
                 client.post(

@@ -23,6 +23,7 @@ from tasks.celery_app import create_celery
 from tasks.definitions import JobHandler, JobRunner, register_tasks
 from tasks.execution import JobExecution, WorkerStore
 from tasks.jobs import JobRecord
+from tasks.reaper import Reaper
 from tasks.registry import WorkerInfo, advertise, withdraw
 from workers.dialogue import Stages, run_dialogue_job
 from workers.errors import EngineStalled
@@ -155,6 +156,9 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     )
     heartbeat = Heartbeat(redis, info, models, settings.worker_heartbeat_seconds)
     heartbeat.start()
+    reaper = Reaper(redis, app, settings) if Reaper.applies(settings) else None
+    if reaper is not None:
+        reaper.start()
     node = f"speechq-{'-'.join(queues)}{'-gpu' + device if device else ''}-{os.getpid()}@{hostname}"
     where = f"cuda:{device}" if device else "cpu"
     log.info("worker %s (%s pid %d) serving queues %s on %s", worker_id, hostname, os.getpid(), ",".join(queues), where)
@@ -177,6 +181,8 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         )
     finally:
         heartbeat.stop()
+        if reaper is not None:
+            reaper.stop()
         if stalled.is_set():
             # A thread stuck in native code cannot be stopped or joined: leave at once, and let the
             # supervisor start a fresh process (the stuck jobs have been failed and acknowledged).

@@ -4,8 +4,8 @@
 --   running, lease expired         -> its worker died: run it again, unless the attempt cap is reached
 --   cancelling, lease expired      -> cancelled
 --   anything else                  -> already finished: do nothing
--- KEYS: job, stream   ARGV: worker, lease seconds, max attempts, ttl, channel
-local job, stream = KEYS[1], KEYS[2]
+-- KEYS: job, stream, leases   ARGV: worker, lease seconds, max attempts, ttl, channel, job id
+local job, stream, leases = KEYS[1], KEYS[2], KEYS[3]
 local worker, lease, max_attempts, ttl, channel =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local status = redis.call('HGET', job, 'status')
@@ -25,6 +25,7 @@ end
 local function start(attempts, redelivered)
   set_status(job, 'running', t)
   redis.call('HSET', job, 'worker', worker, 'lease_until', stamp(t + lease), 'attempts', attempts)
+  redis.call('ZADD', leases, t + lease, ARGV[6])  -- what the reaper looks through
   if not redelivered then redis.call('HSET', job, 'started_at', stamp(t)) end
   emit(job, stream, channel, ttl, 'started', cjson.encode({attempt = attempts, worker = worker, redelivered = redelivered}))
   -- The record comes back with the claim, saving the worker a round trip before it starts.

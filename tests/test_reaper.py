@@ -1,0 +1,144 @@
+"""No job stays `running` once its worker and its message are both gone (issue 15, R1), and the restore
+sweep's mutex never delays a redelivery past its own interval (R2)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from cli.embedded_redis import EmbeddedRedis
+from config import load_settings
+from tasks import keys
+from tasks.celery_app import create_celery
+from tasks.execution import WorkerStore
+from tasks.jobs import JobKind, JobStatus
+from tasks.reaper import UNACKED, Reaper
+from tasks.store import CreatePlan
+from tests.sse import read_events
+from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
+
+LEASE = 0.5
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[str]:
+    with EmbeddedRedis(tmp_path / "valkey") as server:
+        yield server.url
+
+
+def test_a_sweep_requeues_only_jobs_that_lost_worker_and_message(valkey: str) -> None:
+    settings = load_settings(redis_url=valkey, job_lease_seconds=LEASE)
+    client = redis.Redis.from_url(valkey, decode_responses=True)
+    store = WorkerStore(client, ttl=600, lease=LEASE, max_attempts=3)
+    celery = create_celery(settings)
+
+    def claimed() -> tuple[str, str]:
+        plan = CreatePlan.build(
+            celery,
+            JobKind.completion,
+            {"prompt": "a"},
+            owner="k",
+            ttl=600,
+            max_queue_depth=0,
+            max_active=0,
+            direct=True,
+        )
+        assert store.scripts["create"](keys=plan.keys, args=plan.args)[0] == "created"
+        assert store.claim(plan.job_id, "worker-gone").run
+        return plan.job_id, plan.message
+
+    orphan, held, live, ended = (claimed() for _ in range(4))
+    client.delete("llm")  # the messages were taken off the queue by the (now gone) consumers
+    client.hset(UNACKED, "tag-1", f'[{held[1]}, "llm", "llm"]')  # one still held by a worker's prefetch
+    client.hset(keys.job(ended[0]), "status", JobStatus.succeeded.value)
+    reaper = Reaper(client, celery, settings)
+    assert reaper.sweep() == []  # every lease is still young
+
+    stop = threading.Event()
+
+    def keep_renewing() -> None:
+        while not stop.wait(LEASE / 3):
+            store.scripts["renew"](keys=[keys.job(live[0]), keys.LEASES], args=[LEASE, "worker-gone", live[0]])
+
+    renewer = threading.Thread(target=keep_renewing)
+    renewer.start()
+    try:
+        time.sleep(2 * LEASE + 0.3)
+        sent = reaper.sweep()
+        names = {orphan[0]: "orphan", held[0]: "held", live[0]: "live", ended[0]: "ended"}
+        assert [names[j] for j in sent] == ["orphan"]
+    finally:
+        stop.set()
+        renewer.join()
+    [message] = client.lrange("llm", 0, -1)
+    assert f'"id": "{orphan[0]}"' in message
+    assert client.zscore(keys.LEASES, ended[0]) is None  # dropped from the index
+    assert reaper.sweep() == []  # not sent twice while the claim has its chance
+    # The claim treats it as a redelivery: its worker is gone, so it runs again.
+    claim = store.claim(orphan[0], "worker-new")
+    assert claim.run and claim.attempt == 2
+    client.close()
+
+
+def test_a_job_whose_message_was_acknowledged_under_a_redis_crash_still_ends(tmp_path: Path) -> None:
+    """Valkey SIGKILLed mid-generation and restarted on the same data: the running job's worker loses its
+    writes, its message is acknowledged, and without the reaper the job stayed `running` forever."""
+    port = free_port()
+    data = tmp_path / "valkey"
+    with EmbeddedRedis(data, port) as server:
+        # Whichever way the message went (acknowledged: the reaper; still unacknowledged in a dead worker:
+        # kombu's restore after the visibility timeout), the job must end within that timeout + 30 s.
+        env = base_env(
+            server.url,
+            tmp_path,
+            JOB_LEASE_SECONDS="2",
+            BROKER_RESTORE_INTERVAL_SECONDS="1",
+            TASK_TIME_LIMIT_SECONDS="20",
+            BROKER_VISIBILITY_TIMEOUT_SECONDS="25",
+        )
+        worker = start_worker(env, tmp_path, queues="llm")
+        api, url = start_api(env, tmp_path)
+        try:
+            wait_for_worker(url, worker)
+            with httpx.Client(base_url=url, timeout=30) as client:
+                body = {"prompt": "Once upon a time", "max_tokens": 200, "temperature": 0.7}
+                job = client.post("/v1/jobs/completion", json=body).json()["id"]
+                wait_until(lambda: client.get(f"/v1/jobs/{job}").json()["status"] == "running", timeout=60)
+                time.sleep(1.0)  # mid-generation
+                pid = int(redis.Redis.from_url(server.url).info("server")["process_id"])
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(3.0)
+                with EmbeddedRedis(data, port):
+                    if not worker.alive():  # kombu can lose the consumer with the broker: compose restarts it
+                        worker.stop()
+                        worker = start_worker(env, tmp_path, queues="llm")
+                    final = wait_until(
+                        lambda: (j := client.get(f"/v1/jobs/{job}").json())["status"] in ("succeeded", "failed") and j,
+                        timeout=25 + 30,
+                        what="the job to end after the crash",
+                    )
+                    assert final["attempts"] >= 1
+                    events = read_events(client, job)  # the stream ends
+                    assert events[-1].event == "done"
+                    assert [e.event for e in events].count("result") <= 1
+        finally:
+            api.stop()
+            worker.stop()
+
+
+def test_the_restore_sweeps_mutex_expires_with_the_sweep_interval(valkey: str) -> None:
+    """kombu's restore sweep holds `unacked_mutex`, 300 s by default: a worker killed while holding it held
+    back every dead worker's redelivery that long. Now it lapses after one sweep interval."""
+    settings = load_settings(redis_url=valkey, broker_restore_interval_seconds=3)
+    with create_celery(settings).connection_for_write() as connection:
+        channel = connection.default_channel
+        assert channel.unacked_mutex_expire == 3
+        assert channel.unacked_restore_interval == 3
