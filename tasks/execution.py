@@ -107,7 +107,9 @@ class WorkerStore:
         self.ttl = ttl
         self.lease = lease
         self.max_attempts = max_attempts
-        self.scripts = {name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release")}
+        self.scripts = {
+            name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release", "abandon")
+        }
         self.leases = LeaseKeeper(self)
 
     def ended(self, job_id: str) -> str | None:
@@ -144,6 +146,13 @@ class WorkerStore:
         """A job's binary result (audio), expiring with the job."""
         with storing():
             self._bytes().set(keys.output(job_id), data, ex=self.ttl)
+
+    def abandon(self, job_id: str, error: dict[str, str]) -> None:
+        """End a queued job whose message the broker refused as `failed` with `error` (`lua/abandon.lua`)."""
+        self.scripts["abandon"](
+            keys=[keys.job(job_id), keys.events(job_id)], args=[json.dumps(error), self.ttl, keys.notify(job_id)]
+        )
+        self.release_input(job_id)
 
     def release_input(self, job_id: str) -> None:
         """Delete an ended job's input and give its bytes back to its key's storage quota (`lua/release.lua`)."""

@@ -222,3 +222,29 @@ def test_cancelling_a_dialogue_cancels_its_stages(client: httpx.Client, stack: S
         return redis.hget(keys.job(chat["id"]), "status") == "cancelled"
 
     wait_until(chat_stopped, timeout=10, what="the generation stage to be cancelled")
+
+
+def test_a_stage_the_broker_refuses_ends_failed_rather_than_queued_forever(private_redis: str) -> None:
+    """With RabbitMQ (any broker but the job store's Redis) a stage's message goes through `send_task`;
+    when the broker refuses it, the stage's record ends `failed` and the dialogue is told why."""
+    from config import load_settings
+    from tasks.celery_app import create_celery
+    from tasks.execution import WorkerStore
+    from tasks.jobs import JobKind, JobRecord, JobStatus
+    from tests.stack import free_port
+    from workers.dialogue import Stages
+    from workers.errors import EngineError
+
+    settings = load_settings(redis_url=private_redis, celery_broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    decoded = Redis.from_url(private_redis, decode_responses=True)
+    store = WorkerStore(decoded, ttl=600, lease=5, max_attempts=3, raw=Redis.from_url(private_redis))
+    stages = Stages(store, create_celery(settings), settings)
+    parent = JobRecord(id="job_parent", kind=JobKind.dialogue, status=JobStatus.running, owner="k", request={})
+    with pytest.raises(EngineError, match="broker is unreachable"):
+        stages.start(parent, "transcription", JobKind.transcribe, {"filename": "a.wav"}, audio=b"RIFF....")
+    [stage] = decoded.zrange(keys.owner_index("k:dialogue"), 0, -1)
+    record = decoded.hgetall(keys.job(stage))
+    assert record["status"] == "failed" and json.loads(record["error"])["type"] == "broker_unavailable"
+    assert [fields["type"] for _, fields in decoded.xrange(keys.events(stage))][-2:] == ["error", "done"]
+    assert not decoded.exists(keys.input(stage))  # its audio is not kept for a job that will never run
+    decoded.close()

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 from celery import Celery
+from kombu.exceptions import OperationalError
 from redis import Redis
 
 from config import Settings
@@ -92,13 +93,20 @@ class Stages:
         except JobStoreError as exc:
             raise EngineError(f"could not queue the {name} stage: {exc}") from exc
         if not self.direct:
-            self.celery.send_task(
-                plan.task_name,
-                kwargs={"job_id": plan.job_id},
-                task_id=plan.job_id,
-                queue=plan.queue,
-                headers={"request_id": parent.request_id} if parent.request_id else {},
-            )
+            try:
+                self.celery.send_task(
+                    plan.task_name,
+                    kwargs={"job_id": plan.job_id},
+                    task_id=plan.job_id,
+                    queue=plan.queue,
+                    headers={"request_id": parent.request_id} if parent.request_id else {},
+                )
+            except OperationalError as exc:
+                # The broker refused the message: end the stage's record too, or it would wait `queued`
+                # for a message that never comes (as `JobStore.create` does for the API's jobs).
+                error = {"type": "broker_unavailable", "message": f"the job broker refused the message: {exc}"}
+                self.store.abandon(plan.job_id, error)
+                raise EngineError(f"could not queue the {name} stage: the job broker is unreachable") from exc
         return Stage(name=name, job_id=plan.job_id, created=time.monotonic())
 
     def read(self, stages: list[Stage], block_ms: int) -> list[tuple[Stage, str, Any]]:
