@@ -140,6 +140,13 @@ class OperatorModel(BaseModel):
     n_gpu_layers: int | None = Field(None, ge=-1)
     n_batch: int | None = Field(None, ge=1)
 
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _quoted(cls, value: object) -> object:
+        if isinstance(value, int | float):
+            raise ValueError("quote the digest: YAML reads one made only of digits as a number")
+        return value
+
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import sys
 import threading
@@ -82,6 +83,7 @@ def test_the_catalogue_aliases_and_the_operator_file(tmp_path: Path) -> None:
         ("../evil:\n  role: llm\n  source: /x\n", "not a model name"),
         ("m:\n  role: llm\n  source: /x\n  aliases: [whisper-base]\n", "also model names"),
         ("[1, 2]\n", "mapping"),
+        (f"m:\n  role: llm\n  source: /x\n  sha256: {'1' * 64}\n", "quote the digest"),
         ("m: {role: llm, source: [\n", "MODELS_FILE"),
     ],
 )
@@ -323,3 +325,84 @@ def test_workers_never_download() -> None:
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["1", "True"], done.stderr
+
+
+def test_models_prepare_fetches_an_hf_entry_and_checks_its_digest(tmp_path: Path) -> None:
+    """`speechq models prepare` is the one step that downloads: it fetches an `hf://` entry from the hub
+    (a local server speaking its protocol) into the models folder and refuses a file whose sha256 differs;
+    a worker then resolves the prepared copy without any network."""
+    import hashlib
+    import http.server
+    import subprocess
+
+    from tasks.catalog import CatalogEntry
+    from tests.stack import ROOT, SPEECHQ
+    from workers.registry import resolve_llm
+
+    weights = b"GGUF" + bytes(range(256)) * 8
+    digest = hashlib.sha256(weights).hexdigest()
+    asked: list[str] = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def _headers(self) -> bool:
+            asked.append(f"{self.command} {self.path}")
+            if self.path != "/acme/tiny/resolve/main/weights/model.gguf":
+                self.send_response(404)
+                self.end_headers()
+                return False
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", "a" * 40)
+            self.send_header("ETag", f'"{digest}"')
+            self.send_header("Content-Length", str(len(weights)))
+            self.end_headers()
+            return True
+
+        def do_HEAD(self) -> None:
+            self._headers()
+
+        def do_GET(self) -> None:
+            if self._headers():
+                self.wfile.write(weights)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    models = tmp_path / "models"
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(
+        f"tiny:\n  role: llm\n  source: hf://acme/tiny/weights/model.gguf\n  sha256: {digest}\n"
+        f"tampered:\n  role: llm\n  source: hf://acme/tiny/weights/model.gguf\n  sha256: '{'1' * 64}'\n"
+    )
+    env = {
+        **os.environ,
+        "MODELS_FILE": str(models_file),
+        "LLM_MODELS_DIR": str(models),
+        "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}",
+        "HF_HUB_OFFLINE": "0",
+    }
+    try:
+        done = subprocess.run(
+            [*SPEECHQ, "models", "prepare", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        prepared = models / "hf" / "acme" / "tiny" / "weights" / "model.gguf"
+        assert prepared.read_bytes() == weights and "GET /acme/tiny/resolve/main/weights/model.gguf" in asked
+        refused = subprocess.run(
+            [*SPEECHQ, "models", "prepare", "tampered"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 1 and "does not match its sha256" in refused.stderr
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    asked.clear()
+    entry = CatalogEntry(
+        name="tiny",
+        role=ModelRole.llm,
+        package="",
+        description="",
+        license="",
+        source="hf://acme/tiny/weights/model.gguf",
+    )
+    assert resolve_llm(entry, models) == prepared and asked == []  # the worker's side: no request at all
