@@ -6,12 +6,9 @@ Lua script (`tasks/lua/`), so two parties can never both move a job out of the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from celery import Celery
@@ -19,182 +16,20 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from tasks import keys, scripts
-from tasks.broker import is_redis_url, redis_message
-from tasks.jobs import TASKS, JobKind, JobRecord, JobStatus
+from tasks.broker import is_redis_url
+from tasks.creation import (
+    Allowance,
+    Created,
+    CreatePlan,
+    JobStoreError,
+    OversizedRequest,
+    QueueFull,
+    TooManyActive,
+)
+from tasks.jobs import JobKind, JobRecord, JobStatus
 from tasks.storage import Charge, StorageAccount
 
 log = logging.getLogger(__name__)
-
-
-class JobStoreError(Exception):
-    """Base of the job store's errors."""
-
-
-class QueueFull(JobStoreError):
-    def __init__(self, queue: str, depth: int) -> None:
-        super().__init__(f"queue {queue!r} holds {depth} jobs, its limit; retry later")
-        self.queue = queue
-        self.depth = depth
-
-
-class TooManyActive(JobStoreError):
-    def __init__(self, owner: str, count: int, *, adding: int = 1, limit: int = 0) -> None:
-        if adding == 1:
-            message = f"{count} jobs of yours are queued or running, the limit; wait for some to finish"
-        elif adding > limit:
-            message = f"{adding} requests are more than the {limit} jobs a key may have queued or running at once"
-        else:
-            message = (
-                f"{count} jobs of yours are queued or running; {adding} more would pass the limit of {limit}: "
-                "wait for some to finish"
-            )
-        super().__init__(message)
-        self.owner = owner
-        self.count = count
-
-
-class OversizedRequest(JobStoreError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"the job's request is {size / 1024:.0f} KB as stored, over the {limit / 1024:.0f} KB a job may store "
-            "(MAX_JOB_REQUEST_KB)"
-        )
-        self.size = size
-        self.limit = limit
-
-
-class IdempotencyConflict(JobStoreError):
-    def __init__(self, key: str) -> None:
-        super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
-
-
-@dataclass(frozen=True, slots=True)
-class Allowance:
-    """What one API key may store with a job: a cap on the request's size (MAX_JOB_REQUEST_KB; 0: none)
-    and the key's storage quota (STORAGE_QUOTA_MB_PER_KEY; None: not counted, 0: counted, never refused)."""
-
-    owner: str  # the API key's id, whoever owns the jobs (a batch's lines, say)
-    storage_quota: int | None = None
-    max_request_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    job: JobRecord
-    replayed: bool  # True when an Idempotency-Key returned an existing job
-
-
-def new_job_id() -> str:
-    return "job_" + secrets.token_urlsafe(18)
-
-
-def fingerprint(kind: JobKind, request: dict[str, Any], input_file: bytes | None = None) -> str:
-    canonical = json.dumps([kind, request], sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode())
-    if input_file is not None:
-        digest.update(hashlib.sha256(input_file).digest())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class CreatePlan:
-    """The keys and arguments of `lua/create.lua` for one new job; shared by the API (async) and the
-    dialogue worker (sync), which creates its stage jobs the same way."""
-
-    job_id: str
-    task_name: str
-    queue: str
-    owner: str
-    idempotency_key: str | None
-    fields: dict[str, str]
-    message: str  # the broker message ('' when the broker is not this Redis)
-    keys: list[str]
-    args: list[Any]
-
-    @classmethod
-    def build(
-        cls,
-        celery: Celery,
-        kind: JobKind,
-        request: dict[str, Any],
-        *,
-        owner: str,
-        ttl: int,
-        max_queue_depth: int,
-        max_active: int,
-        direct: bool,
-        request_id: str | None = None,
-        idempotency_key: str | None = None,
-        input_file: bytes | None = None,
-        expires_at: float | None = None,
-        parent: str | None = None,
-        extra_fields: dict[str, str] | None = None,
-    ) -> CreatePlan:
-        job_id = new_job_id()
-        task_name, queue = TASKS[kind]
-        fields: dict[str, str] = {
-            "id": job_id,
-            "kind": kind.value,
-            "status": JobStatus.queued.value,
-            "owner": owner,
-            "queue": queue,
-            "request": json.dumps(request),
-            "request_id": request_id or "",
-            "attempts": "0",
-        }
-        if expires_at is not None:
-            fields["expires_at"] = f"{expires_at:.6f}"
-        if input_file is not None:
-            fields["input_bytes"] = str(len(input_file))
-        if parent is not None:
-            fields["parent"] = parent
-        fields.update(extra_fields or {})
-        headers = {"request_id": request_id} if request_id else None
-        message = redis_message(celery, task_name, queue, job_id, {"job_id": job_id}, headers) if direct else ""
-        return cls(
-            job_id=job_id,
-            task_name=task_name,
-            queue=queue,
-            owner=owner,
-            idempotency_key=idempotency_key,
-            fields=fields,
-            message=message,
-            keys=[
-                keys.job(job_id),
-                keys.events(job_id),
-                keys.owner_index(owner),
-                queue if direct else "",
-                keys.idempotency(owner, idempotency_key) if idempotency_key else "",
-                keys.active_jobs(owner),
-            ],
-            args=[
-                job_id,
-                ttl,
-                max_queue_depth,
-                fingerprint(kind, request, input_file),
-                keys.notify(job_id),
-                message,
-                json.dumps({"queue": queue}),
-                max_active,
-                *[item for pair in fields.items() for item in pair],
-            ],
-        )
-
-    def outcome(self, reply: list[Any]) -> JobRecord | None:
-        """The new job's record, or None when an Idempotency-Key replays an existing one (reply[1])."""
-        outcome, value = reply[0], reply[1]
-        if outcome == "full":
-            raise QueueFull(self.queue, int(value))
-        if outcome == "quota":
-            raise TooManyActive(self.owner, int(value))
-        if outcome == "conflict":
-            raise IdempotencyConflict(self.idempotency_key or "")
-        if outcome != "created":
-            return None
-        created_at = reply[2]  # the record is what was just written: no need to read it back
-        return JobRecord.from_hash(
-            {**self.fields, "created_at": created_at, "queued_at": created_at, "updated_at": created_at}
-        )
 
 
 class JobStore:

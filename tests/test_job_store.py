@@ -14,9 +14,10 @@ from redis.asyncio import Redis as AsyncRedis
 from config import Settings
 from tasks import keys
 from tasks.celery_app import create_celery
+from tasks.creation import Created, IdempotencyConflict, QueueFull
 from tasks.execution import JobCancelled, LeaseLost, WorkerStore
 from tasks.jobs import JobKind, JobStatus
-from tasks.store import Created, IdempotencyConflict, JobStore, QueueFull
+from tasks.store import JobStore
 
 
 @pytest.fixture

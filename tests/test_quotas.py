@@ -32,11 +32,11 @@ from config import load_settings
 from tasks import keys
 from tasks.batches import BatchStore
 from tasks.celery_app import create_celery
+from tasks.creation import CreatePlan
 from tasks.definitions import JobRunner
 from tasks.execution import JobExecution, WorkerStore
 from tasks.jobs import JobKind, JobRecord
 from tasks.storage import OverStorageQuota, StorageAccount, usage_key
-from tasks.store import CreatePlan
 from tests.stack import base_env, free_port, start_api, start_worker, wait_until
 
 KEY_A, KEY_B = "sk-quota-a", "sk-quota-b"

@@ -18,10 +18,10 @@ from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
 from tasks import keys
 from tasks.celery_app import create_celery
+from tasks.creation import CreatePlan
 from tasks.execution import WorkerStore
 from tasks.jobs import JobKind, JobStatus
 from tasks.reaper import UNACKED, Reaper
-from tasks.store import CreatePlan
 from tests.sse import read_events
 from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
 

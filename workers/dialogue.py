@@ -25,11 +25,11 @@ from redis import Redis
 from config import Settings
 from tasks import keys
 from tasks.broker import is_redis_url
+from tasks.creation import CreatePlan, JobStoreError
 from tasks.execution import JobExecution, WorkerStore
 from tasks.jobs import EventType, JobKind, JobRecord, JobStatus
 from tasks.payloads import ChatMessage, ChatRequest, DialogueRequest, TranscribeRequest
 from tasks.speech import MEDIA_TYPES, complete_sentences, speakable
-from tasks.store import CreatePlan, JobStoreError
 from workers.audio_out import AudioEncoder
 from workers.errors import EngineError, InvalidJobInput
 
