@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError, BadRequest, GatewayTimeout, Unprocessable, validated, validation_summary
-from api.routes.generation import SeedGenerationRequest
+from api.seed_generation import SeedGenerationRequest
 from api.seed_speech import FORMAT_ALIASES, SeedSpeechRequest, SeedTranscript
 from api.state import AppState
 from api.submit import follow, raise_for_failure

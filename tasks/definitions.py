@@ -90,12 +90,18 @@ class JobRunner:
         # The API puts its request id in the message headers; every line logged for this job carries it.
         with log_context(job_id=job_id, request_id=getattr(task.request, "request_id", None)):
             gate = self.gates.get(handler_key)
-            # A job that already ended (cancelled while queued) is skipped by its claim: no need to wait
-            # for the model first.
-            if gate is None or self.store.ended(job_id):
+            if gate is None:
                 return self._claim_and_run(task, job_id, handler_key)
-            with gate:
+            if not gate.acquire(blocking=False):
+                # The model is busy. A job that already ended (cancelled while queued) is skipped by its
+                # claim: no need to wait for the model first.
+                if self.store.ended(job_id):
+                    return self._claim_and_run(task, job_id, handler_key)
+                gate.acquire()
+            try:
                 return self._claim_and_run(task, job_id, handler_key)
+            finally:
+                gate.release()
 
     def _claim_and_run(self, task: Task[Any, Any], job_id: str, handler_key: str) -> str:
         claim = self.store.claim(job_id, self.worker)
