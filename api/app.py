@@ -24,11 +24,11 @@ from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
 from config.settings import SettingsError
-from tasks.batches import BatchStore
-from tasks.catalog import Registry, use_registry
-from tasks.celery_app import create_celery
-from tasks.events import EventHub
-from tasks.store import JobStore
+from contract.catalog import Registry, use_registry
+from jobstore.celery_app import create_celery
+from jobstore.events import EventHub
+from jobstore.files import BatchStore
+from jobstore.store import JobStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

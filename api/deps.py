@@ -30,7 +30,7 @@ from api.errors import (
 )
 from api.state import AppState
 from config.logs import bind
-from tasks.store import JobStore
+from jobstore.store import JobStore
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread,
 # and four thread hops per request cost more than the whole job submission.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from config import Settings
-from tasks import keys, scripts
+from jobstore import keys, scripts
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.jobs import JobKind, JobRecord, JobStatus
+from contract.jobs import JobKind, JobRecord, JobStatus
 
 
 class JobLinks(BaseModel):

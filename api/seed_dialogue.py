@@ -17,8 +17,8 @@ from api.seed_generation import SeedGenerationRequest
 from api.seed_speech import FORMAT_ALIASES, SeedSpeechRequest, SeedTranscript
 from api.state import AppState
 from api.submit import follow, raise_for_failure
-from tasks.jobs import EventType, JobRecord
-from tasks.payloads import GenerationParams, SynthesizeRequest
+from contract.jobs import EventType, JobRecord
+from contract.payloads import GenerationParams, SynthesizeRequest
 
 INVALID_GENERATION = "Invalid generation overrides supplied"  # the original's 400 detail, word for word
 # synthesis_config keys the original dropped: the text spoken is the reply, streaming is `stream_audio`.

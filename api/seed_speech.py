@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.errors import BadRequest, Unprocessable, validated
 from api.uploads import AudioBudget, check_audio, too_large, upload_limit_bytes
 from config import Settings
-from tasks.payloads import SynthesizeRequest, TranscribeRequest
-from tasks.speech import ENCODER_RATES, MAX_SAMPLE_RATE, MEDIA_TYPES, MIN_SAMPLE_RATE
-from tasks.transcripts import to_seed
+from contract.payloads import SynthesizeRequest, TranscribeRequest
+from media.speech import ENCODER_RATES, MAX_SAMPLE_RATE, MEDIA_TYPES, MIN_SAMPLE_RATE
+from media.transcripts import to_seed
 
 # --- speech to text ---------------------------------------------------------------------------------
 

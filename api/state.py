@@ -11,9 +11,9 @@ from api.auth import KeyRing
 from api.limits import RateLimiter
 from api.metrics import ApiMetrics
 from config import Settings
-from tasks.batches import BatchStore
-from tasks.events import EventHub
-from tasks.store import JobStore
+from jobstore.events import EventHub
+from jobstore.files import BatchStore
+from jobstore.store import JobStore
 
 
 @dataclass(slots=True)

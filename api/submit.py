@@ -23,12 +23,12 @@ from api.errors import (
 )
 from api.state import AppState
 from config import Settings
-from tasks.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
-from tasks.events import Event, read_events
-from tasks.jobs import JobKind, JobRecord, JobStatus
-from tasks.payloads import GenerationParams, with_defaults
-from tasks.storage import OverStorageQuota
-from tasks.store import JobStore
+from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.payloads import GenerationParams, with_defaults
+from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
+from jobstore.events import Event, read_events
+from jobstore.storage import OverStorageQuota
+from jobstore.store import JobStore
 
 
 async def submit(

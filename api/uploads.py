@@ -17,8 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, TooManyRequests, Unprocessable, envelope
 from config import Settings
-from tasks import keys
-from tasks.audio import AudioInfo, InvalidAudio, plausible_seconds, probe
+from jobstore import keys
+from media.audio import AudioInfo, InvalidAudio, plausible_seconds, probe
 
 # Room for the multipart framing and form fields around the file itself.
 FORM_OVERHEAD = 1 << 20

@@ -50,9 +50,9 @@ def cli(url: str, folder: Path, out: Path, concurrency: int) -> float:
 def in_process(folder: Path) -> float:
     from faster_whisper import WhisperModel
 
-    from tasks.audio import decode
-    from tasks.catalog import CATALOG
-    from workers.registry import resolve_stt
+    from contract.catalog import CATALOG
+    from media.audio import decode
+    from workers.weights import resolve_stt
 
     path = resolve_stt(CATALOG["whisper-tiny.en"], ROOT / "var" / "models")
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
@@ -65,9 +65,9 @@ def in_process(folder: Path) -> float:
 
 
 def openai_whisper_cli(folder: Path, out: Path) -> float | None:
-    from tasks.catalog import CATALOG
+    from contract.catalog import CATALOG
     from workers.openai_whisper import find_checkpoint
-    from workers.registry import resolve_stt
+    from workers.weights import resolve_stt
 
     whisper = Path(sys.executable).with_name("whisper")
     if not whisper.exists() or shutil.which("ffmpeg") is None:  # the whisper CLI decodes with ffmpeg

@@ -118,9 +118,9 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",")]
 
-    from tasks.catalog import CATALOG
+    from contract.catalog import CATALOG
     from workers.llm_native import NativeContext, NativeModel
-    from workers.registry import resolve_llm
+    from workers.weights import resolve_llm
 
     model = NativeModel(resolve_llm(CATALOG["gemma-3-270m"], Path("var/models")), n_gpu_layers=0)
     context = NativeContext(

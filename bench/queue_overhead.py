@@ -27,7 +27,7 @@ from httpx_sse import connect_sse
 from redis import Redis
 
 from bench.harness import bench_stack, median, percentile
-from tasks import keys
+from jobstore import keys
 
 TRIVIAL = {"prompt": "a", "max_tokens": 1, "temperature": 0.0}
 BODY = '{"prompt":"a","max_tokens":1,"temperature":0.0}'
@@ -37,8 +37,8 @@ def in_process_latencies(samples: int) -> list[float]:
     from llama_cpp import Llama
 
     from config import Settings
-    from tasks.catalog import CATALOG
-    from workers.registry import resolve_llm
+    from contract.catalog import CATALOG
+    from workers.weights import resolve_llm
 
     path = resolve_llm(CATALOG["gemma-3-270m"], Settings().models_dir)
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, verbose=False)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.harness import median
-from tasks.payloads import GenerationParams
+from contract.payloads import GenerationParams
 from workers.llm import LlmEngine, Prompt
 
 PROMPT = Prompt("Once upon a time, in a small village by the sea,", (), add_bos=True)
@@ -67,8 +67,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
 
-    from tasks.catalog import CATALOG
-    from workers.registry import resolve_llm
+    from contract.catalog import CATALOG
+    from workers.weights import resolve_llm
 
     path = resolve_llm(CATALOG["gemma-3-270m"], Path("var/models"))
     engine = LlmEngine("gemma-3-270m", path, n_ctx=2048, n_threads=2, n_gpu_layers=0, n_batch=512, parallel=1)

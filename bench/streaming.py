@@ -15,7 +15,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from bench.harness import bench_stack, median
-from tasks.payloads import GenerationParams
+from contract.payloads import GenerationParams
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -27,7 +27,7 @@ def in_process(llm: object, tokens: int) -> tuple[float, float, int]:
     started = time.perf_counter()
     first = 0.0
     pieces = []
-    # The sampling a speechq job uses by default (tasks.payloads.GenerationParams), so both sides do the same work.
+    # The sampling a speechq job uses by default (contract.payloads.GenerationParams), so both sides do the same work.
     defaults = GenerationParams(temperature=0.0)
     sampling = defaults.model_dump(include={"temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty"})
     for chunk in llm.create_completion(PROMPT, max_tokens=tokens, stream=True, **sampling):  # type: ignore[attr-defined]
@@ -66,7 +66,7 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from workers.registry import resolve_llm
+    from workers.weights import resolve_llm
 
     # llama-cpp-python's high-level API: what speechq's engine was before continuous batching.
     path = resolve_llm("gemma-3-270m", Path("var/models"))

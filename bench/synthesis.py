@@ -44,7 +44,7 @@ class MemoryRun:
 
 
 def in_process(models: Any, engine: str, text: str) -> tuple[float, float, float]:
-    from tasks.jobs import JobKind, JobRecord, JobStatus
+    from contract.jobs import JobKind, JobRecord, JobStatus
     from workers.handlers import run_tts_job
 
     request = {"text": text, "model": engine, "response_format": FORMAT, "sample_rate": None}

@@ -1,7 +1,7 @@
 """Speech to text: real-time factor through the queue ÷ faster-whisper in-process, on the same files.
 
 Test speech is synthesized (hibari-tts) from known sentences into clips of 10–30 s. Both sides decode
-with the same code (`tasks.audio.decode`) and run whisper-tiny.en int8 with the same thread count;
+with the same code (`media.audio.decode`) and run whisper-tiny.en int8 with the same thread count;
 runs alternate per file. Speed ratio = in-process seconds ÷ queue seconds (1.0 = no overhead).
 
     python -m bench.transcription [--rounds 3]
@@ -36,8 +36,8 @@ def clips() -> dict[str, tuple[bytes, float]]:
 def in_process(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[str, list[float]]:
     from faster_whisper import WhisperModel
 
-    from tasks.audio import decode
-    from workers.registry import resolve_stt
+    from media.audio import decode
+    from workers.weights import resolve_stt
 
     path = resolve_stt("whisper-tiny.en", Path("var/models"), "whisper-tiny.en")[1]
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
@@ -59,9 +59,9 @@ def openai_whisper(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[s
         import whisper
     except ImportError:
         return None
-    from tasks.audio import decode
+    from media.audio import decode
     from workers.openai_whisper import find_checkpoint
-    from workers.registry import resolve_stt
+    from workers.weights import resolve_stt
 
     torch.set_num_threads(2)
     path = resolve_stt("whisper-tiny.en", Path("var/models"), "whisper-tiny.en")[1]

@@ -13,7 +13,7 @@ from config import Settings, SettingsError, load_settings
 from config.logs import configure_logging
 
 if TYPE_CHECKING:
-    from tasks.catalog import Registry
+    from contract.catalog import Registry
 
 app = typer.Typer(help="speechq: queue-based speech and language inference.", no_args_is_help=True)
 models_app = typer.Typer(help="List and prepare the models of the registry.", no_args_is_help=True)
@@ -29,7 +29,7 @@ def settings_or_exit(**overrides: object) -> Settings:
 
 
 def registry_or_exit(settings: Settings) -> Registry:
-    from tasks.catalog import Registry
+    from contract.catalog import Registry
 
     try:
         return Registry.load(settings)
@@ -127,7 +127,7 @@ def worker(
     The `dialogue` queue always gets a process of its own: a dialogue waits on its stages, so sharing
     a pool with the model queues could leave no thread to run them.
     """
-    from tasks.jobs import QUEUES
+    from contract.jobs import QUEUES
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(chosen) - set(QUEUES))
@@ -266,9 +266,9 @@ def models_prepare(
 
     Workers load only what this prepared; they never download while serving. With no names, a model whose
     engine is an optional extra that is not installed (Piper) is listed as skipped, not failed."""
-    from tasks.catalog import ModelRole, UnknownModel, use_registry
-    from workers.errors import ModelUnavailable
-    from workers.registry import fetch, resolve_llm, resolve_stt
+    from contract.catalog import ModelRole, UnknownModel, use_registry
+    from contract.errors import ModelUnavailable
+    from workers.weights import fetch, resolve_llm, resolve_stt
 
     settings = settings_or_exit()
     registry = registry_or_exit(settings)

@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeRemainingColumn
 
-from tasks.transcripts import render
+from media.transcripts import render
 
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .mp3 .flac .ogg .oga .opus .m4a .mp4 .aac .webm .mka .mkv .aiff .aif .wma .amr .3gp .caf".split()

@@ -18,9 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cli.embedded_redis import EmbeddedRedis
-from tasks.audio import InvalidAudio, decode, plausible_seconds, probe
-from tasks.jobs import JobKind, JobRecord, JobStatus
-from tasks.speech import speakable
+from contract.jobs import JobKind, JobRecord, JobStatus
+from media.audio import InvalidAudio, decode, plausible_seconds, probe
+from media.speech import speakable
 from tests.audio import SENTENCES, encode, speak
 from tests.sse import read_events
 from tests.stack import Process, base_env, free_port, start_api, start_worker, wait_until

@@ -1,10 +1,10 @@
-"""Audio intake limits, unit-tested on `tasks.audio` (the same functions the API and the worker call)."""
+"""Audio intake limits, unit-tested on `media.audio` (the same functions the API and the worker call)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.audio import InvalidAudio, decode, probe
+from media.audio import InvalidAudio, decode, probe
 from tests.audio import spoken
 
 

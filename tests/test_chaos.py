@@ -14,7 +14,7 @@ import httpx
 import redis
 
 from cli.embedded_redis import EmbeddedRedis
-from tasks import keys
+from jobstore import keys
 from tests.stack import Process, base_env, start_api, start_worker, wait_for_worker, wait_until
 
 JOBS = 200

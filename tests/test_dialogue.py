@@ -16,7 +16,7 @@ from httpx_sse import connect_sse
 from redis import Redis
 from websockets.sync.client import connect
 
-from tasks import keys
+from jobstore import keys
 from tests.audio import decode_audio, encode, speak, wer
 from tests.conftest import Stack
 from tests.sse import read_events
@@ -228,12 +228,12 @@ def test_a_stage_the_broker_refuses_ends_failed_rather_than_queued_forever(priva
     """With RabbitMQ (any broker but the job store's Redis) a stage's message goes through `send_task`;
     when the broker refuses it, the stage's record ends `failed` and the dialogue is told why."""
     from config import load_settings
-    from tasks.celery_app import create_celery
-    from tasks.execution import WorkerStore
-    from tasks.jobs import JobKind, JobRecord, JobStatus
+    from contract.errors import EngineError
+    from contract.jobs import JobKind, JobRecord, JobStatus
+    from jobstore.celery_app import create_celery
     from tests.stack import free_port
     from workers.dialogue import Stages
-    from workers.errors import EngineError
+    from workers.execution import WorkerStore
 
     settings = load_settings(redis_url=private_redis, celery_broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     decoded = Redis.from_url(private_redis, decode_responses=True)

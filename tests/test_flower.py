@@ -17,12 +17,12 @@ from redis import Redis
 
 from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
-from tasks import keys
-from tasks.definitions import JobFailed, JobRunner
-from tasks.execution import WorkerStore
+from jobstore import keys
 from tests.conftest import MISSING_MODEL
 from tests.sse import read_events
 from tests.stack import SPEECHQ, Process, base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
+from workers.celery_tasks import JobFailed, JobRunner
+from workers.execution import WorkerStore
 
 AUTH = ("operator", "flower-test-login")
 ENDED = ("succeeded", "failed", "cancelled", "expired")

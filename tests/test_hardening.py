@@ -24,8 +24,8 @@ from api.errors import Unprocessable, validated
 from api.routes.models import public_worker_id
 from cli.stack import flower_refusal
 from config import Settings
-from tasks.keys import WORKER_PATTERN
-from tasks.registry import WorkerInfo, advertise, withdraw
+from jobstore.adverts import WorkerInfo, advertise, withdraw
+from jobstore.keys import WORKER_PATTERN
 from tests.conftest import Stack
 from tests.stack import ROOT, base_env, free_port, start_api, wait_until
 

@@ -12,12 +12,12 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
-from tasks import keys
-from tasks.celery_app import create_celery
-from tasks.creation import Created, IdempotencyConflict, QueueFull
-from tasks.execution import JobCancelled, LeaseLost, WorkerStore
-from tasks.jobs import JobKind, JobStatus
-from tasks.store import JobStore
+from contract.jobs import JobKind, JobStatus
+from jobstore import keys
+from jobstore.celery_app import create_celery
+from jobstore.creation import Created, IdempotencyConflict, QueueFull
+from jobstore.store import JobStore
+from workers.execution import JobCancelled, LeaseLost, WorkerStore
 
 
 @pytest.fixture

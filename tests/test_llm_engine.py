@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama, StoppingCriteriaList
 
-from tasks.catalog import CATALOG
-from tasks.payloads import ChatMessage, GenerationParams
-from workers.errors import ContextOverflow
+from contract.catalog import CATALOG
+from contract.errors import ContextOverflow
+from contract.payloads import ChatMessage, GenerationParams
 from workers.llm import GEMMA_START_OF_TURN, Generation, LlmEngine, Prompt
-from workers.registry import resolve_llm
+from workers.weights import resolve_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 GEMMA = resolve_llm(CATALOG["gemma-3-270m"], ROOT / "var" / "models")

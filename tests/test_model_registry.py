@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from config import Settings
 from config.settings import SettingsError
-from tasks.catalog import ModelRole, ModelsFileError, Registry, UnknownModel, use_registry
+from contract.catalog import ModelRole, ModelsFileError, Registry, UnknownModel, use_registry
 from tests.audio import spoken
 from tests.stack import private_stack, wait_until
 
@@ -211,7 +211,7 @@ def test_unregistered_names_open_no_file_and_try_no_network(redis_url: str, shor
     """In this process: the API refusing every hostile name, and the worker's model cache refusing them
     too (a job from an API with another registry), with every open() and connect() recorded."""
     from api.app import create_app
-    from workers.errors import ModelUnavailable
+    from contract.errors import ModelUnavailable
     from workers.models import ModelCache
 
     settings = Settings(redis_url=redis_url)
@@ -335,9 +335,9 @@ def test_models_prepare_fetches_an_hf_entry_and_checks_its_digest(tmp_path: Path
     import http.server
     import subprocess
 
-    from tasks.catalog import CatalogEntry
+    from contract.catalog import CatalogEntry
     from tests.stack import ROOT, SPEECHQ
-    from workers.registry import resolve_llm
+    from workers.weights import resolve_llm
 
     weights = b"GGUF" + bytes(range(256)) * 8
     digest = hashlib.sha256(weights).hexdigest()

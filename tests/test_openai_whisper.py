@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import whisper  # the openai-whisper extra; `make test` installs it
 
-from tasks.catalog import CATALOG
+from contract.catalog import CATALOG
 from tests.audio import SENTENCES, spoken, wer
 from tests.stack import private_stack
-from workers.registry import resolve_stt
+from workers.weights import resolve_stt
 from workers.whisper_checkpoint import read_ctranslate2, to_openai_whisper
 
 TINY = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))

@@ -29,15 +29,15 @@ from redis.exceptions import OutOfMemoryError
 
 from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
-from tasks import keys
-from tasks.batches import BatchStore
-from tasks.celery_app import create_celery
-from tasks.creation import CreatePlan
-from tasks.definitions import JobRunner
-from tasks.execution import JobExecution, WorkerStore
-from tasks.jobs import JobKind, JobRecord
-from tasks.storage import OverStorageQuota, StorageAccount, usage_key
+from contract.jobs import JobKind, JobRecord
+from jobstore import keys
+from jobstore.celery_app import create_celery
+from jobstore.creation import CreatePlan
+from jobstore.files import BatchStore
+from jobstore.storage import OverStorageQuota, StorageAccount, usage_key
 from tests.stack import base_env, free_port, start_api, start_worker, wait_until
+from workers.celery_tasks import JobRunner
+from workers.execution import JobExecution, WorkerStore
 
 KEY_A, KEY_B = "sk-quota-a", "sk-quota-b"
 SHORT_JOB = {"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}

@@ -16,14 +16,14 @@ import redis
 
 from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
-from tasks import keys
-from tasks.celery_app import create_celery
-from tasks.creation import CreatePlan
-from tasks.execution import WorkerStore
-from tasks.jobs import JobKind, JobStatus
-from tasks.reaper import UNACKED, Reaper
+from contract.jobs import JobKind, JobStatus
+from jobstore import keys
+from jobstore.celery_app import create_celery
+from jobstore.creation import CreatePlan
 from tests.sse import read_events
 from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
+from workers.execution import WorkerStore
+from workers.reaper import UNACKED, Reaper
 
 LEASE = 0.5
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, PositiveInt
 from redis import Redis
 
 from api.seed_dialogue import seed_generation
-from tasks import keys
+from jobstore import keys
 from tests.audio import decode_audio, encode, spoken
 from tests.conftest import MISSING_MODEL, Stack
 from tests.stack import start_api

@@ -15,7 +15,7 @@ from typing import Any
 import av
 import numpy as np
 
-from tasks.speech import MEDIA_TYPES
+from media.speech import MEDIA_TYPES
 
 # Container and codec for each format PyAV encodes; wav and pcm are written directly.
 _CODECS = {"flac": ("flac", "flac"), "mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus"), "aac": ("adts", "aac")}

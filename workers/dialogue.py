@@ -23,15 +23,15 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 
 from config import Settings
-from tasks import keys
-from tasks.broker import is_redis_url
-from tasks.creation import CreatePlan, JobStoreError
-from tasks.execution import JobExecution, WorkerStore
-from tasks.jobs import EventType, JobKind, JobRecord, JobStatus
-from tasks.payloads import ChatMessage, ChatRequest, DialogueRequest, TranscribeRequest
-from tasks.speech import MEDIA_TYPES, complete_sentences, speakable
+from contract.errors import EngineError, InvalidJobInput
+from contract.jobs import EventType, JobKind, JobRecord, JobStatus
+from contract.payloads import ChatMessage, ChatRequest, DialogueRequest, TranscribeRequest
+from jobstore import keys
+from jobstore.broker import is_redis_url
+from jobstore.creation import CreatePlan, JobStoreError
+from media.speech import MEDIA_TYPES, complete_sentences, speakable
 from workers.audio_out import AudioEncoder
-from workers.errors import EngineError, InvalidJobInput
+from workers.execution import JobExecution, WorkerStore
 
 log = logging.getLogger(__name__)
 HISTORY_MESSAGES = 40  # the last 20 turns of a conversation are kept

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from config import Settings
-from tasks.audio import decode
-from tasks.execution import JobExecution
-from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import (
+from contract.errors import InvalidJobInput
+from contract.jobs import EventType, JobKind, JobRecord
+from contract.payloads import (
     ChatMessage,
     ChatRequest,
     CompletionRequest,
@@ -19,8 +18,9 @@ from tasks.payloads import (
     SynthesizeRequest,
     TranscribeRequest,
 )
+from media.audio import decode
 from workers.audio_out import AudioEncoder, Tempo, normalize_loudness
-from workers.errors import InvalidJobInput
+from workers.execution import JobExecution
 from workers.llm import Prompt
 from workers.models import ModelCache, SpeechEngine, VoiceEngine
 from workers.stt import RemoteWhisperEngine

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks.payloads import ChatMessage, GenerationParams
-from workers.errors import ContextOverflow, EngineStalled, InvalidJobInput, ModelUnavailable
+from contract.errors import ContextOverflow, EngineStalled, InvalidJobInput, ModelUnavailable
+from contract.payloads import ChatMessage, GenerationParams
 
 if TYPE_CHECKING:
     from workers.llm_batch import BatchScheduler

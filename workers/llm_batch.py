@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tasks.payloads import GenerationParams
-from workers.errors import EngineError
+from contract.errors import EngineError
+from contract.payloads import GenerationParams
 from workers.llm_native import NativeContext, NativeModel
 from workers.llm_sampling import SequenceSampler
 from workers.llm_text import TextStream

@@ -14,7 +14,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import llama_cpp as native
 
-from workers.errors import ModelUnavailable
+from contract.errors import ModelUnavailable
 
 _backend_ready = False
 

@@ -18,18 +18,18 @@ from typing import Any
 from redis import Redis
 
 from config import Settings
-from tasks.catalog import Registry, use_registry
-from tasks.celery_app import create_celery
-from tasks.definitions import JobHandler, JobRunner, register_tasks
-from tasks.execution import JobExecution, WorkerStore
-from tasks.jobs import JobRecord
-from tasks.reaper import Reaper
-from tasks.registry import WorkerInfo, advertise, withdraw
+from contract.catalog import Registry, use_registry
+from contract.errors import EngineStalled
+from contract.jobs import JobRecord
+from jobstore.adverts import WorkerInfo, advertise, withdraw
+from jobstore.celery_app import create_celery
+from workers.celery_tasks import JobHandler, JobRunner, register_tasks
 from workers.dialogue import Stages, run_dialogue_job
-from workers.errors import EngineStalled
+from workers.execution import JobExecution, WorkerStore
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.metrics import WorkerMetrics
 from workers.models import ModelCache
+from workers.reaper import Reaper
 from workers.startup import RESTART_EXIT_CODE
 
 log = logging.getLogger(__name__)

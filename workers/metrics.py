@@ -12,13 +12,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tasks.jobs import JobRecord, JobStatus
+from contract.jobs import JobRecord, JobStatus
 
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
 OTHER = "other"
 STAGES = frozenset({"queue", "total", "run", "first_token", "first_chunk", "decode"})
 STATUSES = frozenset(JobStatus)
-# Every `error.type` a job can end with (workers.errors, tasks.audio, the runner, a dialogue's stages).
+# Every `error.type` a job can end with (contract.errors, media.audio, the runner, a dialogue's stages).
 ERROR_TYPES = frozenset(
     {
         "engine_error",

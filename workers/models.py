@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from config import Settings
-from tasks.catalog import CatalogEntry, ModelRole, UnknownModel, registry
-from workers.errors import ModelUnavailable
+from contract.catalog import CatalogEntry, ModelRole, UnknownModel, registry
+from contract.errors import ModelUnavailable
 from workers.llm import LlmEngine
-from workers.registry import resolve_llm, resolve_stt
 from workers.stt import RemoteWhisperEngine, WhisperEngine
+from workers.weights import resolve_llm, resolve_stt
 
 if TYPE_CHECKING:
     from workers.openai_whisper import OpenAIWhisperEngine

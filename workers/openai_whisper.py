@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.payloads import TranscribeRequest
-from workers.errors import InvalidJobInput, ModelUnavailable
+from contract.errors import InvalidJobInput, ModelUnavailable
+from contract.payloads import TranscribeRequest
 from workers.stt import FALLBACK_TEMPERATURES, SegmentSink
 
 if TYPE_CHECKING:

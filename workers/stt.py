@@ -1,6 +1,6 @@
 """Speech-to-text engines: faster-whisper on this host, or OpenAI's transcription API over HTTP.
 
-Both return the same result dict (see `tasks.transcripts`): text, language, duration, task, segments
+Both return the same result dict (see `media.transcripts`): text, language, duration, task, segments
 (id, start, end, text, and words when asked), words, model.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.payloads import TranscribeRequest
-from workers.errors import EngineError, InvalidJobInput, ModelUnavailable
+from contract.errors import EngineError, InvalidJobInput, ModelUnavailable
+from contract.payloads import TranscribeRequest
 
 if TYPE_CHECKING:
     import numpy as np

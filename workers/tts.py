@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from config import Settings
-from tasks.payloads import SynthesizeRequest
-from tasks.speech import split_sentences
-from workers.errors import InvalidJobInput, ModelUnavailable, UpstreamError, UpstreamTimeout
+from contract.errors import InvalidJobInput, ModelUnavailable, UpstreamError, UpstreamTimeout
+from contract.payloads import SynthesizeRequest
+from media.speech import split_sentences
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.payloads import ChatMessage
+from contract.payloads import ChatMessage
 
 
 class StreamOptions(BaseModel):

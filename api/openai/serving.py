@@ -15,8 +15,8 @@ from api.errors import Unprocessable, envelope, validated
 from api.openai.protocol import ChatCompletionRequest, CompletionRequestOpenAI, now
 from api.state import AppState
 from api.submit import follow, submit, wait_for
-from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import ChatRequest, CompletionRequest, GenerationParams
+from contract.jobs import EventType, JobKind, JobRecord
+from contract.payloads import ChatRequest, CompletionRequest, GenerationParams
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 

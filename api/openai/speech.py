@@ -16,9 +16,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import validated
 from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
-from tasks.catalog import ModelRole
-from tasks.payloads import MAX_SPEECH_CHARS, SynthesizeRequest, registered
-from tasks.speech import MEDIA_TYPES, AudioFormat
+from contract.catalog import ModelRole
+from contract.payloads import MAX_SPEECH_CHARS, SynthesizeRequest, registered
+from media.speech import MEDIA_TYPES, AudioFormat
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
 

@@ -29,10 +29,10 @@ from api.routes.transcription import transcribe_request
 from api.state import AppState
 from api.submit import FAILURE_STATUS, allowance, refusals, storage_quota
 from api.uploads import AudioBudget, check_audio
-from tasks.batches import new_id
-from tasks.jobs import TASKS, JobKind, JobStatus
-from tasks.payloads import with_defaults
-from tasks.transcripts import render
+from contract.jobs import TASKS, JobKind, JobStatus
+from contract.payloads import with_defaults
+from jobstore.files import new_id
+from media.transcripts import render
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 

@@ -35,8 +35,8 @@ from api.seed_speech import EmptyUpload
 from api.state import AppState
 from api.submit import follow, stored_audio, wait_for
 from api.uploads import AudioBudget, read_audio, websocket_audio
-from tasks.jobs import EventType, JobRecord
-from tasks.payloads import (
+from contract.jobs import EventType, JobRecord
+from contract.payloads import (
     DialogueRequest,
     GenerationParams,
     InvalidField,

@@ -18,7 +18,7 @@ from api.errors import ApiError, validation_summary
 from api.seed_generation import SeedGenerationRequest
 from api.state import AppState
 from api.submit import follow, submit, wait_for
-from tasks.jobs import EventType, JobKind, JobRecord
+from contract.jobs import EventType, JobKind, JobRecord
 
 router = APIRouter(prefix="/v1", tags=["generation (seed API)"])
 

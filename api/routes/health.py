@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from api.deps import StateDep, authenticate
-from tasks.broker import is_redis_url
-from tasks.jobs import QUEUES
-from tasks.registry import live_workers
+from contract.jobs import QUEUES
+from jobstore.adverts import live_workers
+from jobstore.broker import is_redis_url
 
 router = APIRouter(tags=["health"])
 

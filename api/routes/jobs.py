@@ -17,10 +17,10 @@ from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, St
 from api.errors import Conflict, NotFound, Unprocessable, quoted
 from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
 from api.submit import follow, stored_audio, submit
-from tasks.events import parse_event_id
-from tasks.jobs import JobKind, JobRecord, JobStatus
-from tasks.payloads import ChatRequest, CompletionRequest, GenerateRequest
-from tasks.store import JobStore
+from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.payloads import ChatRequest, CompletionRequest, GenerateRequest
+from jobstore.events import parse_event_id
+from jobstore.store import JobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

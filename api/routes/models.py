@@ -9,9 +9,9 @@ from fastapi import APIRouter
 
 from api.deps import PrincipalDep, StateDep
 from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound
-from tasks.catalog import CatalogEntry, ModelRole, registry
-from tasks.registry import WorkerInfo, live_workers
-from tasks.speech import OPENAI_VOICES
+from contract.catalog import CatalogEntry, ModelRole, registry
+from jobstore.adverts import WorkerInfo, live_workers
+from media.speech import OPENAI_VOICES
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

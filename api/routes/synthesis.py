@@ -17,8 +17,8 @@ from api.routes.jobs import accepted
 from api.seed_speech import SeedAudioFormat, SeedSpeechRequest, SeedSynthesis
 from api.state import AppState
 from api.submit import follow, raise_for_failure, stored_audio, submit, wait_for
-from tasks.jobs import EventType, JobKind, JobRecord
-from tasks.payloads import InvalidField, SynthesizeRequest, resolve_synthesis
+from contract.jobs import EventType, JobKind, JobRecord
+from contract.payloads import InvalidField, SynthesizeRequest, resolve_synthesis
 
 router = APIRouter(tags=["text to speech"])
 

@@ -15,9 +15,9 @@ from api.seed_speech import EmptyUpload, SeedTranscript, seed_transcription, see
 from api.state import AppState
 from api.submit import submit, wait_for
 from api.uploads import AudioBudget, read_audio
-from tasks.jobs import JobKind, JobRecord
-from tasks.payloads import DialogueRequest, TranscribeRequest
-from tasks.transcripts import MEDIA_TYPES, render
+from contract.jobs import JobKind, JobRecord
+from contract.payloads import DialogueRequest, TranscribeRequest
+from media.transcripts import MEDIA_TYPES, render
 
 router = APIRouter(tags=["speech to text"])
 

@@ -1,7 +1,7 @@
 """`JobStore`: the API's side of the job record — create (and enqueue), read, list, cancel.
 
 A job is a Redis hash (`keys.job`) that expires after `JOB_TTL_SECONDS`; every change of state is a
-Lua script (`tasks/lua/`), so two parties can never both move a job out of the same state.
+Lua script (`jobstore/lua/`), so two parties can never both move a job out of the same state.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from celery import Celery
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from tasks import keys, scripts
-from tasks.broker import is_redis_url
-from tasks.creation import (
+from contract.jobs import JobKind, JobRecord, JobStatus
+from jobstore import keys, scripts
+from jobstore.broker import is_redis_url
+from jobstore.creation import (
     Allowance,
     Created,
     CreatePlan,
@@ -26,8 +27,7 @@ from tasks.creation import (
     QueueFull,
     TooManyActive,
 )
-from tasks.jobs import JobKind, JobRecord, JobStatus
-from tasks.storage import Charge, StorageAccount
+from jobstore.storage import Charge, StorageAccount
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A file is a hash of metadata plus its bytes; a batch is a hash of its state plus the list of its
 requests, each `[custom_id, job_id, model]`: every request runs as an ordinary job on the queue.
-Files count against their key's storage quota (`tasks/storage.py`) until they expire or are deleted.
+Files count against their key's storage quota (`jobstore/storage.py`) until they expire or are deleted.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-from tasks import keys
-from tasks.storage import StorageAccount
+from jobstore import keys
+from jobstore.storage import StorageAccount
 
 
 def new_id(prefix: str) -> str:

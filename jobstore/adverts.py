@@ -9,7 +9,7 @@ from typing import Any
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from tasks import keys
+from jobstore import keys
 
 
 @dataclass(slots=True)

@@ -12,8 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from tasks.catalog import CatalogEntry
-from workers.errors import ModelUnavailable
+from contract.catalog import CatalogEntry
+from contract.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 

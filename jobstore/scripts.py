@@ -8,8 +8,8 @@ from importlib.resources import files
 
 @cache
 def source(name: str) -> str:
-    """The full text of script `name` (a file in `tasks/lua/`), prelude included."""
-    folder = files("tasks").joinpath("lua")
+    """The full text of script `name` (a file in `jobstore/lua/`), prelude included."""
+    folder = files("jobstore").joinpath("lua")
     prelude = folder.joinpath("_prelude.lua").read_text()
     return prelude + "\n" + folder.joinpath(f"{name}.lua").read_text()
 

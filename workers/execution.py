@@ -22,8 +22,8 @@ from typing import Any, TypeVar, cast
 from redis import Redis
 from redis.exceptions import OutOfMemoryError
 
-from tasks import keys, scripts
-from tasks.jobs import EventType, JobRecord, JobStatus
+from contract.jobs import EventType, JobRecord, JobStatus
+from jobstore import keys, scripts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

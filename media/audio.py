@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import av
 
-from tasks.speech import MIN_SAMPLE_RATE
+from media.speech import MIN_SAMPLE_RATE
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,9 +13,9 @@ from typing import Any
 
 from celery import Celery
 
-from tasks import keys
-from tasks.broker import redis_message
-from tasks.jobs import TASKS, JobKind, JobRecord, JobStatus
+from contract.jobs import TASKS, JobKind, JobRecord, JobStatus
+from jobstore import keys
+from jobstore.broker import redis_message
 
 
 class JobStoreError(Exception):

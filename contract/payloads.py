@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from tasks.catalog import ModelRole, UnknownModel, registry
-from tasks.speech import (
+from contract.catalog import ModelRole, UnknownModel, registry
+from media.speech import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     OPENAI_TTS_MODELS,

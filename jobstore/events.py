@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from tasks import keys
-from tasks.jobs import EventType
+from contract.jobs import EventType
+from jobstore import keys
 
 log = logging.getLogger(__name__)
 _HUB_CHANNEL = f"{keys.PREFIX}:hub"

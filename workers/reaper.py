@@ -20,9 +20,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from config import Settings
-from tasks import keys, scripts
-from tasks.broker import is_redis_url, redis_message
-from tasks.jobs import TASKS, JobKind
+from contract.jobs import TASKS, JobKind
+from jobstore import keys, scripts
+from jobstore.broker import is_redis_url, redis_message
 
 log = logging.getLogger(__name__)
 UNACKED = "unacked"  # kombu's Redis transport: the messages its consumers hold, by delivery tag

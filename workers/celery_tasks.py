@@ -18,9 +18,9 @@ from celery.exceptions import Ignore
 
 from config import Settings
 from config.logs import log_context
-from tasks import keys
-from tasks.execution import JobCancelled, JobExecution, JobTimedOut, LeaseLost, WorkerStore
-from tasks.jobs import JobRecord, JobStatus
+from contract.jobs import JobRecord, JobStatus
+from jobstore import keys
+from workers.execution import JobCancelled, JobExecution, JobTimedOut, LeaseLost, WorkerStore
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from config import Settings
-from tasks.broker import is_redis_url
-from tasks.jobs import QUEUES
+from contract.jobs import QUEUES
+from jobstore.broker import is_redis_url
 
 # Task names carry their queue: `speechq.<queue>.<name>`.
 TASK_ROUTES = {f"speechq.{queue}.*": {"queue": queue, "routing_key": queue} for queue in QUEUES}
