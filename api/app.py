@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from api.auth import KeyRing
+from api.batch_sweeper import BatchSweeper
+from api.batches import BatchService
 from api.deps import OPEN_PATHS, AccessGate
 from api.errors import install_error_handlers
 from api.limits import RateLimiter
@@ -19,7 +21,7 @@ from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
 from api.openai import speech as openai_speech
 from api.request_id import RequestIdMiddleware
-from api.routes import batches, dialogue, generation, health, jobs, models, synthesis, transcription
+from api.routes import batches, dialogue, files, generation, health, jobs, models, synthesis, transcription
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
@@ -52,27 +54,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery = create_celery(settings)
         hub = EventHub(redis)
         await hub.start()
+        store = JobStore(
+            redis,
+            raw,
+            celery,
+            ttl=settings.job_ttl_seconds,
+            max_queue_depth=settings.queue_max_depth,
+            max_active=settings.max_active_jobs_per_key,
+        )
+        batch_store = BatchStore(redis, raw, ttl=settings.job_ttl_seconds)
+        batch_service = BatchService(store, batch_store, settings)
+        sweeper = BatchSweeper(batch_service, settings.batch_sweep_interval_seconds)
         app.state.speechq = AppState(
             settings=settings,
             redis=redis,
             celery=celery,
-            store=JobStore(
-                redis,
-                raw,
-                celery,
-                ttl=settings.job_ttl_seconds,
-                max_queue_depth=settings.queue_max_depth,
-                max_active=settings.max_active_jobs_per_key,
-            ),
-            batches=BatchStore(redis, raw, ttl=settings.job_ttl_seconds),
+            store=store,
+            batches=batch_store,
+            batch_service=batch_service,
             hub=hub,
             keys=KeyRing(settings),
             limiter=RateLimiter(redis, settings),
             metrics=metrics,
         )
+        sweeper.start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await hub.stop()
             await redis.aclose()
             await raw.aclose()
@@ -84,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (jobs, generation, transcription, synthesis, dialogue, batches, models):
+    for module in (jobs, generation, transcription, synthesis, dialogue, files, batches, models):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(health.router)
     app.include_router(openai_serving.router, responses=ERROR_RESPONSES)

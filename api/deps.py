@@ -26,10 +26,11 @@ from api.errors import (
     Unprocessable,
     api_error_response,
     redis_down_response,
-    websocket_failure,
+    websocket_error,
 )
 from api.state import AppState
 from config.logs import bind
+from contract.errors import JobError
 from jobstore.store import JobStore
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread,
@@ -186,8 +187,8 @@ WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Aw
 
 async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> None:
     """The seed API's WebSockets: check the key, accept, then answer JSON requests one after another on
-    the same connection, as the original's loops did. A refused request gets `{"event": "error",
-    "detail", "code"}` and the connection stays open for the next; losing Redis closes it with 1011."""
+    the same connection, as the original's loops did. A refused or failed request gets its
+    `websocket_error` message and the connection stays open for the next; losing Redis closes it (1011)."""
     state, principal = await websocket_principal(websocket)
     if principal is None:
         return
@@ -200,13 +201,12 @@ async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> Non
             await handle(websocket, state, principal, message)
         except WebSocketDisconnect:
             return
-        except (ApiError, json.JSONDecodeError) as exc:
-            reply, _ = websocket_failure(exc)
-            await websocket.send_json(reply)
+        except (ApiError, JobError, json.JSONDecodeError) as exc:
+            await websocket.send_json(websocket_error(exc).message)
         except RedisError as exc:
-            reply, close_code = websocket_failure(exc)
-            await websocket.send_json(reply)
-            await websocket.close(code=close_code)
+            failure = websocket_error(exc)
+            await websocket.send_json(failure.message)
+            await websocket.close(code=failure.close_code, reason=failure.reason)
             return
 
 

@@ -8,24 +8,37 @@
     ├── NotFound (404 not_found)
     │   └── ModelNotFound (404 model_not_found)
     ├── Conflict (409)
+    │   ├── JobNotSucceeded (409 job_not_succeeded)
+    │   ├── BatchCancelled (409 batch_cancelled)
+    │   └── BatchExpired (409 batch_expired)
     ├── RequestTooLarge (413 request_too_large)
     │   └── StorageQuotaExceeded (413 storage_quota_exceeded)
     ├── Unprocessable (422 validation_error)
     ├── TooManyRequests (429 rate_limit_exceeded, Retry-After)
     │   └── QuotaExceeded (429 too_many_active_jobs)
     ├── ServiceUnavailable (503)
-    │   └── QueueFullError (503 queue_full, Retry-After)
+    │   ├── QueueFullError (503 queue_full, Retry-After)
+    │   ├── StoreUnavailable (503 redis_unavailable, Retry-After)
+    │   └── BrokerUnavailableError (503 broker_unavailable, Retry-After)
     ├── GatewayTimeout (504 job_timeout)
-    └── InsufficientStorage (507 insufficient_storage, Retry-After: Redis is at its maxmemory)
+    ├── InsufficientStorage (507 insufficient_storage, Retry-After: Redis is at its maxmemory)
+    └── JobFailure (a job's `contract.errors.JobError`: its code, the status its category maps to)
 
 The envelope is OpenAI's, so the official client reads it everywhere:
 `{"error": {"message", "type", "param", "code"}}`; validation errors also keep FastAPI's `detail` list.
+
+One mapping per surface, all from `ApiError`: `api_error_response` (HTTP), `websocket_error` (every
+WebSocket route's error message and close code), `batch_error` (a batch's error-file line). A job's
+failure reaches them as `JobFailure`, whose status comes from `HTTP_STATUS`, the one table from a
+failure's category to HTTP. The text of an unexpected exception reaches the log, never a client.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -34,9 +47,12 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from config.logs import current_request_id
+from contract.errors import Category, JobError, failure_from, internal_error_message
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -82,6 +98,22 @@ class Conflict(ApiError):
     status, code, type = 409, "conflict", "invalid_request_error"
 
 
+class JobNotSucceeded(Conflict):
+    code = "job_not_succeeded"
+
+
+class BatchCancelled(Conflict):
+    """A batch's request that was not run because the batch was cancelled."""
+
+    code = "batch_cancelled"
+
+
+class BatchExpired(Conflict):
+    """A batch's request that was not run because the batch expired."""
+
+    code = "batch_expired"
+
+
 class RequestTooLarge(ApiError):
     status, code, type = 413, "request_too_large", "invalid_request_error"
 
@@ -110,12 +142,56 @@ class QueueFullError(ServiceUnavailable):
     code = "queue_full"
 
 
+class StoreUnavailable(ServiceUnavailable):
+    code = "redis_unavailable"
+
+
+class BrokerUnavailableError(ServiceUnavailable):
+    code = "broker_unavailable"
+
+
 class GatewayTimeout(ApiError):
     status, code, type = 504, "job_timeout", "server_error"
 
 
 class InsufficientStorage(ApiError):
     status, code, type = 507, "insufficient_storage", "server_error"
+
+
+# A job failure's category as HTTP; the envelope's `type` follows from the status (`envelope_type`).
+HTTP_STATUS: dict[Category, int] = {
+    Category.invalid_request: 400,
+    Category.unsupported_media: 415,
+    Category.unprocessable: 422,
+    Category.internal: 500,
+    Category.upstream: 502,
+    Category.unavailable: 503,
+    Category.timeout: 504,
+    Category.storage_full: 507,
+}
+
+
+def envelope_type(status: int) -> str:
+    """OpenAI's error `type` for a job failure: the client's fault or ours, whether it was asked for
+    blocking or streaming."""
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+class JobFailure(ApiError):
+    """A job's failure as the API answers it: its code, and the status its category maps to (`status`
+    only where a route must answer as the original did)."""
+
+    def __init__(self, failure: JobError, *, param: str | None = None, status: int | None = None) -> None:
+        super().__init__(failure.message, param=param)
+        self.failure = failure
+        self.status = status or HTTP_STATUS[failure.category]
+        self.code = failure.code
+        self.type = envelope_type(self.status)
+
+    @classmethod
+    def recorded(cls, error: Mapping[str, Any] | None) -> JobFailure:
+        """The failure a job's record (or its `error` event) holds as `{type, message}`."""
+        return cls(failure_from(error))
 
 
 MODEL_NOT_FOUND_MESSAGE = "The model does not exist or is not served here; GET /v1/models lists the models"
@@ -147,18 +223,69 @@ def validated(model: type[M], value: dict[str, Any], prefix: str | None = None) 
         raise Unprocessable(f"{prefix}.{message}", param=f"{prefix}.{param}" if param else prefix) from exc
 
 
-def websocket_failure(exc: Exception) -> tuple[dict[str, Any], int]:
-    """What a WebSocket route sends when a request fails, and the close code that follows."""
+REDIS_DOWN = "the job store (Redis) is unreachable; retry shortly"
+BROKER_DOWN = "the job broker is unreachable; retry shortly"
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    """What a route answers for an exception it caught: an `ApiError` as it is, a job's failure as
+    `JobFailure`, a bad message as a 4xx; the text of anything else goes to the log only."""
     if isinstance(exc, ApiError):
-        return {"event": "error", "detail": exc.message, "code": exc.code}, 1008 if exc.status < 500 else 1011
-    if isinstance(exc, ValueError):  # a message that is not JSON
-        return {"event": "error", "detail": f"invalid request: {exc}", "code": "bad_request"}, 1008
-    return {"event": "error", "detail": f"the job store is unreachable: {exc}", "code": "redis_unavailable"}, 1011
+        return exc
+    if isinstance(exc, JobError):
+        return JobFailure(exc)
+    if isinstance(exc, ValidationError):
+        errors = list(exc.errors())
+        missing = unregistered_model(errors)
+        if missing is not None:
+            return missing
+        message, param = validation_summary(errors)
+        return Unprocessable(message, param=param)
+    if isinstance(exc, json.JSONDecodeError):  # a WebSocket message that is not JSON
+        return BadRequest(f"invalid request: {exc}")
+    if isinstance(exc, RedisError):
+        log.error("Redis unreachable: %s", exc)
+        return StoreUnavailable(REDIS_DOWN, headers={"Retry-After": "5"})
+    log.error("unexpected error: %r", exc, exc_info=exc)
+    return ApiError(internal_error_message(current_request_id()))
 
 
 def envelope(message: str, *, code: str, type_: str, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error object, and beside it the `detail` string the Gemma 3 Speech API's clients read."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}, "detail": message}
+
+
+def error_body(error: ApiError) -> dict[str, Any]:
+    """The envelope of an `ApiError`, its message cut to `MESSAGE_LIMIT` in case it quotes the client;
+    an error line in a stream is this too."""
+    return envelope(clipped(error.message), code=error.code, type_=error.type, param=error.param)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketError:
+    message: dict[str, Any]  # what the route sends
+    close_code: int  # 1008 the client's fault, 1011 ours: for a route that closes after an error
+
+    @property
+    def reason(self) -> str:
+        return str(self.message["detail"])[:120]  # a close reason is at most 123 bytes
+
+
+def websocket_error(exc: BaseException) -> WebSocketError:
+    """Every WebSocket route's error: `{"event": "error", "status": "error", "detail", "code", "error"}`
+    (`event` is what the seed speech routes' clients read, `status` the seed generation route's, `error`
+    OpenAI's object), and the close code for a route that closes on it."""
+    error = as_api_error(exc)
+    message = {"event": "error", "status": "error", **error_body(error), "code": error.code}
+    return WebSocketError(message, 1008 if error.status < 500 else 1011)
+
+
+def batch_error(error: ApiError, request_id: str) -> dict[str, Any]:
+    """A failed batch request's `response` and `error`, as its line in the batch's error file has them."""
+    body = error_body(error)
+    del body["detail"]
+    response = {"status_code": error.status, "request_id": request_id, "body": body}
+    return {"response": response, "error": {"code": error.code, "message": body["error"]["message"]}}
 
 
 # An error message quotes at most this much of anything the client sent (a value, a field name).
@@ -243,16 +370,12 @@ def validation_summary(errors: list[Any]) -> tuple[str, str | None]:
 
 
 def api_error_response(exc: ApiError) -> JSONResponse:
-    """The envelope for an `ApiError`, its message cut to `MESSAGE_LIMIT` in case it quotes the client."""
-    body = envelope(clipped(exc.message), code=exc.code, type_=exc.type, param=exc.param)
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    """The HTTP answer to an `ApiError`: its status, its envelope, its headers."""
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 def redis_down_response(exc: Exception) -> JSONResponse:
-    log.error("Redis unreachable: %s", exc)
-    message = f"the job store (Redis) is unreachable: {exc}; retry shortly"
-    body = envelope(message, code="redis_unavailable", type_="server_error")
-    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return api_error_response(as_api_error(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -289,10 +412,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_broker_down(_: Request, exc: Exception) -> JSONResponse:
         log.error("broker unreachable: %s", exc)
-        body = envelope(f"the job broker is unreachable: {exc}", code="broker_unavailable", type_="server_error")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return api_error_response(BrokerUnavailableError(BROKER_DOWN, headers={"Retry-After": "5"}))
+
+    async def on_job_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, JobError)
+        return api_error_response(JobFailure(exc))
 
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(JobError, on_job_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis_down)

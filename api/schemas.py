@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from contract.dialogue import DialogueResult
 from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.results import JobResult, parse_result
 
 
 class JobLinks(BaseModel):
@@ -46,8 +48,14 @@ class JobPublic(JobCreated):
     worker: str | None = None
     progress: dict[str, Any] | None = None
     error: JobError | None = None
-    result: dict[str, Any] | None = None
+    result: JobResult | None = None  # the kind's result model (`contract.results`)
     request_id: str | None = None
+
+
+class DialogueResultPublic(DialogueResult):
+    """A dialogue's result at `GET /v1/jobs/{id}/result`: where its audio is, beside the rest."""
+
+    audio_url: str
 
 
 class JobsPublic(BaseModel):
@@ -92,7 +100,7 @@ def job_public(job: JobRecord) -> JobPublic:
         worker=job.worker,
         progress=job.progress,
         error=JobError(**job.error) if job.error else None,
-        result=job.result,
+        result=parse_result(job.kind, job.result) if job.result is not None else None,
         request_id=job.request_id,
         links=links(job.id),
     )

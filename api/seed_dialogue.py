@@ -12,13 +12,26 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from api.errors import ApiError, BadRequest, GatewayTimeout, Unprocessable, validated, validation_summary
+from api.errors import (
+    ApiError,
+    BadRequest,
+    GatewayTimeout,
+    JobFailure,
+    Unprocessable,
+    error_body,
+    validated,
+    validation_summary,
+)
 from api.seed_generation import SeedGenerationRequest
-from api.seed_speech import FORMAT_ALIASES, SeedSpeechRequest, SeedTranscript
+from api.seed_speech import FORMAT_ALIASES, SeedSegment, SeedSpeechRequest, SeedTranscript
 from api.state import AppState
 from api.submit import follow, raise_for_failure
+from contract.dialogue import DialogueResult, HeardTranscript
+from contract.errors import UpstreamError
+from contract.generation import GenerationParams
 from contract.jobs import EventType, JobRecord
-from contract.payloads import GenerationParams, SynthesizeRequest
+from contract.results import result_of
+from contract.synthesis import AudioChunk, SynthesizeRequest
 
 INVALID_GENERATION = "Invalid generation overrides supplied"  # the original's 400 detail, word for word
 # synthesis_config keys the original dropped: the text spoken is the reply, streaming is `stream_audio`.
@@ -98,29 +111,25 @@ class SeedDialogue(BaseModel):
 
     @classmethod
     def of(cls, job: JobRecord, audio: bytes, response_format: str | None) -> SeedDialogue:
-        result = job.result or {}
+        result = result_of(job, DialogueResult)
+        heard = HeardTranscript(text=result.transcript, language=result.language, segments=result.segments)
         return cls(
-            transcript=transcript(result, text=result["transcript"]),
-            response_text=result["response_text"],
+            transcript=transcript(heard),
+            response_text=result.response_text,
             audio_base64=base64.b64encode(audio).decode(),
-            response_format=response_format or result["response_format"],
-            media_type=result["media_type"],
-            sample_rate=result["sample_rate"],
-            reference_id=result.get("reference_id"),
-            conversation_id=result.get("conversation_id"),
+            response_format=response_format or result.response_format,
+            media_type=result.media_type,
+            sample_rate=result.sample_rate,
+            reference_id=result.reference_id,
+            conversation_id=result.conversation_id,
             job_id=job.id,
         )
 
 
-def transcript(data: dict[str, Any], text: str | None = None) -> SeedTranscript:
+def transcript(heard: HeardTranscript) -> SeedTranscript:
     """`{text, language, segments: [{id, start, end, text}]}` from a dialogue's transcript event or result."""
-    return SeedTranscript.model_validate(
-        {
-            "text": data["text"] if text is None else text,
-            "language": data.get("language"),
-            "segments": data.get("segments") or [],
-        }
-    )
+    segments = [SeedSegment(id=s.id, start=s.start, end=s.end, text=s.text) for s in heard.segments]
+    return SeedTranscript(text=heard.text, language=heard.language, segments=segments)
 
 
 def metadata(data: dict[str, Any], response_format: str | None) -> dict[str, Any]:
@@ -146,7 +155,7 @@ async def stream_lines(
         if event.type == EventType.metadata:
             yield {"event": "metadata", "data": metadata(data, response_format)}
         elif event.type == EventType.transcript:
-            yield {"event": "transcript", "data": transcript(data).model_dump()}
+            yield {"event": "transcript", "data": transcript(HeardTranscript.model_validate(data)).model_dump()}
         elif event.type == EventType.assistant_text and pipelined:
             yield {"event": "assistant_text", "data": data}
         elif event.type == EventType.assistant_text and data.get("final"):
@@ -156,14 +165,15 @@ async def stream_lines(
                 yield line
             held.clear()
         elif event.type == EventType.audio_chunk:
-            chunk = {"audio_base64": data["audio"], "index": data["index"], "text": data.get("text")}
-            chunk |= {"format": response_format or data["format"], "sample_rate": data["sample_rate"]}
+            audio = AudioChunk.model_validate(data)
+            chunk = {"audio_base64": audio.audio, "index": audio.index, "text": audio.text}
+            chunk |= {"format": response_format or audio.format, "sample_rate": audio.sample_rate}
             if answered:
                 yield {"event": "audio_chunk", "data": chunk}
             else:
                 held.append({"event": "audio_chunk", "data": chunk})
         elif event.type == EventType.error:
-            yield {"event": "error", "detail": data["message"], "data": data}
+            yield {"event": "error", "data": data, **error_body(JobFailure.recorded(data))}
         elif event.type == EventType.done and (pipelined or data["status"] == "succeeded"):
             yield {"event": "done", "data": {"job_id": job.id, **data}}
 
@@ -201,17 +211,14 @@ async def opened(
     return replayed()
 
 
-# Stage failures the original answered 503 "Speech services are unavailable" (its Whisper and OpenAudio
-# clients raised RuntimeError): speechq's 502 upstream_error and 504 upstream_timeout, on this route.
-_UNAVAILABLE = frozenset({"upstream_error", "upstream_timeout"})
-
-
 @contextmanager
 def as_the_original() -> Iterator[None]:
-    """A job's failure, with the status the original answered it with."""
+    """A job's failure, with the status the original answered it with: its Whisper and OpenAudio clients
+    raised RuntimeError, answered 503 "Speech services are unavailable", so speechq's `upstream_error`
+    (502) and `upstream_timeout` (504) are 503 on this route, their code kept."""
     try:
         yield
-    except ApiError as exc:
-        if exc.code in _UNAVAILABLE:
-            exc.status = 503
+    except JobFailure as exc:
+        if isinstance(exc.failure, UpstreamError):
+            raise JobFailure(exc.failure, status=503) from None
         raise

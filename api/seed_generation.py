@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import validated
-from contract.payloads import GenerateRequest
+from contract.generation import GenerateRequest
 
 # Past every vocabulary's size a top-k keeps everything, as 0 does: the same sampling, within the bound
 # speechq keeps on what a worker is asked to allocate.

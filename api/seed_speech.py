@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.errors import BadRequest, Unprocessable, validated
 from api.uploads import AudioBudget, check_audio, too_large, upload_limit_bytes
 from config import Settings
-from contract.payloads import SynthesizeRequest, TranscribeRequest
+from contract.synthesis import SynthesisResult, SynthesizeRequest
+from contract.transcription import TranscribeRequest, TranscriptionResult
 from media.speech import ENCODER_RATES, MAX_SAMPLE_RATE, MEDIA_TYPES, MIN_SAMPLE_RATE
-from media.transcripts import to_seed
 
 # --- speech to text ---------------------------------------------------------------------------------
 
@@ -78,8 +78,9 @@ class SeedTranscript(BaseModel):
     segments: list[SeedSegment] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, result: dict[str, Any]) -> SeedTranscript:
-        return cls.model_validate(to_seed(result))
+    def of(cls, result: TranscriptionResult) -> SeedTranscript:
+        segments = [SeedSegment(id=s.id, start=s.start, end=s.end, text=s.text) for s in result.segments]
+        return cls(text=result.text, language=result.language, segments=segments)
 
 
 # --- text to speech ---------------------------------------------------------------------------------
@@ -213,15 +214,15 @@ class SeedSynthesis(BaseModel):
     job_id: str
 
     @classmethod
-    def of(cls, result: dict[str, Any], audio: bytes, response_format: str, job_id: str) -> SeedSynthesis:
+    def of(cls, result: SynthesisResult, audio: bytes, response_format: str, job_id: str) -> SeedSynthesis:
         return cls(
             audio_base64=base64.b64encode(audio).decode(),
             response_format=response_format,
-            media_type=result["media_type"],
-            sample_rate=result["sample_rate"],
-            reference_id=result.get("reference_id"),
-            voice=result.get("voice"),
-            model=result.get("model"),
-            duration=result.get("duration"),
+            media_type=result.media_type,
+            sample_rate=result.sample_rate,
+            reference_id=result.reference_id,
+            voice=result.voice,
+            model=result.model,
+            duration=result.duration,
             job_id=job_id,
         )

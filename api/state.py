@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from redis.asyncio import Redis
@@ -15,6 +16,9 @@ from jobstore.events import EventHub
 from jobstore.files import BatchStore
 from jobstore.store import JobStore
 
+if TYPE_CHECKING:  # the service imports the routes' helpers, which import this module
+    from api.batches import BatchService
+
 
 @dataclass(slots=True)
 class AppState:
@@ -23,6 +27,7 @@ class AppState:
     celery: Celery
     store: JobStore
     batches: BatchStore
+    batch_service: BatchService
     hub: EventHub
     keys: KeyRing
     limiter: RateLimiter

@@ -14,6 +14,7 @@ from api.errors import (
     ApiError,
     Conflict,
     GatewayTimeout,
+    JobFailure,
     NotFound,
     QueueFullError,
     QuotaExceeded,
@@ -23,8 +24,8 @@ from api.errors import (
 )
 from api.state import AppState
 from config import Settings
+from contract.generation import GenerationParams, with_defaults
 from contract.jobs import JobKind, JobRecord, JobStatus
-from contract.payloads import GenerationParams, with_defaults
 from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
 from jobstore.events import Event, read_events
 from jobstore.storage import OverStorageQuota
@@ -104,10 +105,11 @@ async def follow(state: AppState, job_id: str, *, after: str | None = None) -> A
         yield event
 
 
-async def wait_for(state: AppState, job: JobRecord, timeout: float | None = None) -> JobRecord:
-    """Block until the job ends; return it, or raise the API error its failure maps to."""
+async def wait_for(state: AppState, job: JobRecord) -> JobRecord:
+    """Block until the job ends (up to JOB_WAIT_TIMEOUT_SECONDS); return it, or raise the API error its failure
+    maps to."""
     try:
-        async with asyncio.timeout(timeout or state.settings.job_wait_timeout_seconds):
+        async with asyncio.timeout(state.settings.job_wait_timeout_seconds):
             async for _ in follow(state, job.id):
                 pass
     except TimeoutError:
@@ -129,31 +131,19 @@ async def stored_audio(store: JobStore, job: JobRecord) -> bytes:
     return audio
 
 
-# How a failed job's error.type reaches a blocking client; anything else is a 500.
-FAILURE_STATUS = {
-    "invalid_input": 400,
-    "context_length_exceeded": 400,
-    "empty_file": 400,
-    "unsupported_media_type": 415,
-    "invalid_audio": 422,
-    "audio_too_long": 422,
-    "model_unavailable": 503,
-    "upstream_error": 502,
-    "upstream_timeout": 504,
-    "timeout": 504,
-}
+def failure_of(job: JobRecord) -> ApiError | None:
+    """What the API answers for a job that did not succeed (None for one that did): a failure as its
+    `JobFailure`, a cancelled job 409, an expired one 504."""
+    if job.status == JobStatus.succeeded:
+        return None
+    if job.status in (JobStatus.cancelled, JobStatus.cancelling):
+        return Conflict(f"job {job.id} was cancelled")
+    if job.status == JobStatus.expired:
+        return GatewayTimeout(f"job {job.id} expired in the queue before a worker took it")
+    return JobFailure.recorded(job.error)
 
 
 def raise_for_failure(job: JobRecord) -> None:
-    if job.status == JobStatus.succeeded:
-        return
-    if job.status in (JobStatus.cancelled, JobStatus.cancelling):
-        raise Conflict(f"job {job.id} was cancelled")
-    if job.status == JobStatus.expired:
-        raise GatewayTimeout(f"job {job.id} expired in the queue before a worker took it")
-    error: dict[str, Any] = job.error or {"type": "internal_error", "message": "the job failed"}
-    failure = ApiError(error["message"])
-    failure.status = FAILURE_STATUS.get(error["type"], 500)
-    failure.code = error["type"]
-    failure.type = "invalid_request_error" if failure.status < 500 else "server_error"
-    raise failure
+    failure = failure_of(job)
+    if failure is not None:
+        raise failure

@@ -15,10 +15,11 @@ from redis.asyncio import Redis
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, TooManyRequests, Unprocessable, envelope
+from api.errors import ApiError, JobFailure, TooManyRequests, Unprocessable, error_body
 from config import Settings
+from contract.errors import InvalidAudio
 from jobstore import keys
-from media.audio import AudioInfo, InvalidAudio, plausible_seconds, probe
+from media.audio import AudioInfo, plausible_seconds, probe
 
 # Room for the multipart framing and form fields around the file itself.
 FORM_OVERHEAD = 1 << 20
@@ -30,15 +31,6 @@ class PayloadTooLarge(ApiError):
 
 class AudioBudgetSpent(TooManyRequests):
     code = "audio_budget_exhausted"
-
-
-class AudioRefused(ApiError):
-    type = "invalid_request_error"
-
-    def __init__(self, error: InvalidAudio, param: str = "file") -> None:
-        super().__init__(str(error), param=param)
-        self.status = error.status
-        self.code = error.code
 
 
 def upload_limit_bytes(settings: Settings) -> int:
@@ -91,7 +83,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = too_large(self.limit)
-        body = envelope(error.message, code=error.code, type_=error.type, param=error.param)
+        body = error_body(error)
         await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
 
@@ -115,7 +107,7 @@ class AudioBudget:
             return
         seconds = info.duration if info.duration is not None else min(self.max_seconds, plausible_seconds(size))
         day = int(time.time() // 86_400)
-        key = f"{keys.PREFIX}:owner:{self.owner}:audio_seconds:{day}"
+        key = keys.audio_seconds(self.owner, day)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incrbyfloat(key, seconds)
             pipe.expire(key, 2 * 86_400)
@@ -160,7 +152,7 @@ async def check_audio(
     try:
         info = await anyio.to_thread.run_sync(lambda: probe(data, max_seconds=settings.max_audio_seconds))
     except InvalidAudio as exc:
-        raise AudioRefused(exc, param) from None
+        raise JobFailure(exc, param=param) from None
     if budget is not None:
         await budget.charge(info, len(data), param)
     return info

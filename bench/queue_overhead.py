@@ -28,6 +28,7 @@ from redis import Redis
 
 from bench.harness import bench_stack, median, percentile
 from jobstore import keys
+from tests.records import owner_jobs
 
 TRIVIAL = {"prompt": "a", "max_tokens": 1, "temperature": 0.0}
 BODY = '{"prompt":"a","max_tokens":1,"temperature":0.0}'
@@ -84,9 +85,17 @@ def submit_with_wrk(url: str, seconds: int, concurrency: int) -> tuple[int, int,
             text=True,
             check=True,
         ).stdout
-    answered = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    answered = int(wrk_figure(r"(\d+) requests in", out))
     refused = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    return answered - refused, refused, float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return answered - refused, refused, float(wrk_figure(r"Requests/sec:\s+([\d.]+)", out))
+
+
+def wrk_figure(pattern: str, report: str) -> str:
+    """The figure `pattern` captures in wrk's report; wrk always prints these, so a miss is a bug here."""
+    found = re.search(pattern, report)
+    if found is None:
+        raise RuntimeError(f"wrk's report has no {pattern!r}:\n{report}")
+    return found.group(1)
 
 
 async def submit_with_httpx(url: str, seconds: int, concurrency: int) -> tuple[int, int, float]:
@@ -111,7 +120,7 @@ async def submit_with_httpx(url: str, seconds: int, concurrency: int) -> tuple[i
 def drain_and_count(redis_url: str, timeout: float = 900) -> dict[str, int]:
     """Wait until no job is queued or running, then count every job's final status."""
     redis = Redis.from_url(redis_url, decode_responses=True)
-    ids = redis.zrange(keys.owner_index("anonymous"), 0, -1)
+    ids = owner_jobs(redis, "anonymous")
     deadline = time.monotonic() + timeout
     while True:
         with redis.pipeline(transaction=False) as pipe:

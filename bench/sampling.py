@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.harness import median
-from contract.payloads import GenerationParams
+from contract.generation import GenerationParams
 from workers.llm import LlmEngine, Prompt
 
 PROMPT = Prompt("Once upon a time, in a small village by the sea,", (), add_bos=True)

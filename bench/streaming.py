@@ -10,33 +10,39 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 import httpx
 from httpx_sse import connect_sse
 
 from bench.harness import bench_stack, median
-from contract.payloads import GenerationParams
+from contract.generation import GenerationParams
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama  # the worker's extra: imported where the benchmark runs
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
-def in_process(llm: object, tokens: int) -> tuple[float, float, int]:
+def in_process(llm: Llama, tokens: int) -> tuple[float, float, int]:
     # Forget the previous run's prompt: each speechq job prefills its prompt in a clean slot, so this side
     # must too (llama-cpp-python would otherwise reuse the cached prefix and skip the prompt).
-    llm.reset()  # type: ignore[attr-defined]
+    llm.reset()  # type: ignore[no-untyped-call]  # llama_cpp leaves reset() unannotated
     started = time.perf_counter()
     first = 0.0
     pieces = []
-    # The sampling a speechq job uses by default (contract.payloads.GenerationParams), so both sides do the same work.
+    # The sampling a speechq job uses by default (contract.generation.GenerationParams), so both sides do the same work.
     defaults = GenerationParams(temperature=0.0)
     sampling = defaults.model_dump(include={"temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty"})
-    for chunk in llm.create_completion(PROMPT, max_tokens=tokens, stream=True, **sampling):  # type: ignore[attr-defined]
+    chunks = llm.create_completion(PROMPT, max_tokens=tokens, stream=True, **sampling)
+    assert not isinstance(chunks, dict), "stream=True yields chunks, not one completion"
+    for chunk in chunks:
         if chunk["choices"][0]["text"]:
             first = first or time.perf_counter() - started
             pieces.append(chunk["choices"][0]["text"])
     elapsed = time.perf_counter() - started
     # Counted the way the worker counts usage.completion_tokens, so both sides use one measure.
-    count = len(llm.tokenize("".join(pieces).encode(), add_bos=False, special=False))  # type: ignore[attr-defined]
+    count = len(llm.tokenize("".join(pieces).encode(), add_bos=False, special=False))
     return count / elapsed, first, count
 
 
@@ -66,10 +72,11 @@ def main() -> None:
 
     from llama_cpp import Llama
 
+    from contract.catalog import CATALOG
     from workers.weights import resolve_llm
 
     # llama-cpp-python's high-level API: what speechq's engine was before continuous batching.
-    path = resolve_llm("gemma-3-270m", Path("var/models"))
+    path = resolve_llm(CATALOG["gemma-3-270m"], Path("var/models"))
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
     local: list[tuple[float, float, int]] = []
     queued: list[tuple[float, float, int]] = []

@@ -19,6 +19,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from bench.harness import bench_stack, median
+from contract.jobs import EventType
 from tests.audio import SENTENCES
 
 _LINES = list(SENTENCES.values())
@@ -32,15 +33,18 @@ FORMAT = "mp3"
 
 
 class MemoryRun:
-    """Stands in for `JobExecution`: records when the first audio chunk was ready."""
+    """A `JobContext` in place of the worker's `JobExecution`: records when the first audio chunk was ready."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
 
-    def emit(self, event: str, _data: Any) -> None:
-        if event == "audio_chunk" and self.first_chunk is None:
+    def emit(self, event: EventType | str, data: Any) -> None:  # noqa: ARG002 - only the time is recorded
+        if event == EventType.audio_chunk and self.first_chunk is None:
             self.first_chunk = time.perf_counter() - self.started
+
+    def check(self) -> None:
+        """Never stops: nobody cancels a benchmark run."""
 
 
 def in_process(models: Any, engine: str, text: str) -> tuple[float, float, float]:
@@ -52,10 +56,10 @@ def in_process(models: Any, engine: str, text: str) -> tuple[float, float, float
         request["sample_rate"] = voice.sample_rate
     job = JobRecord(id="bench", kind=JobKind.synthesize, status=JobStatus.running, owner="bench", request=request)
     run = MemoryRun()
-    result = run_tts_job(job, run, models, outputs=lambda _id, _data: None)  # type: ignore[arg-type]
+    result = run_tts_job(job, run, models, outputs=lambda _id, _data: None)
     total = time.perf_counter() - run.started
     assert run.first_chunk is not None
-    return run.first_chunk, total, float(result["duration"])
+    return run.first_chunk, total, result.duration
 
 
 def through_queue(client: httpx.Client, engine: str, text: str) -> tuple[float, float, float]:

@@ -36,10 +36,11 @@ def clips() -> dict[str, tuple[bytes, float]]:
 def in_process(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[str, list[float]]:
     from faster_whisper import WhisperModel
 
+    from contract.catalog import CATALOG
     from media.audio import decode
     from workers.weights import resolve_stt
 
-    path = resolve_stt("whisper-tiny.en", Path("var/models"), "whisper-tiny.en")[1]
+    path = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
     times: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(rounds):
@@ -59,12 +60,13 @@ def openai_whisper(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[s
         import whisper
     except ImportError:
         return None
+    from contract.catalog import CATALOG
     from media.audio import decode
     from workers.openai_whisper import find_checkpoint
     from workers.weights import resolve_stt
 
     torch.set_num_threads(2)
-    path = resolve_stt("whisper-tiny.en", Path("var/models"), "whisper-tiny.en")[1]
+    path = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))
     model = whisper.load_model(str(find_checkpoint("whisper-tiny.en", path, Path("var/models"))), device="cpu")
     times: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(rounds):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from config import Settings, SettingsError, load_settings
+from config import Settings, SettingsError, environment, load_settings
 from config.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def with_redis(settings: Settings) -> Settings:
             err=True,
         )
         raise typer.Exit(2)
-    os.environ["REDIS_URL"] = url
+    environment.export(REDIS_URL=url)  # for the processes this one starts
     return settings.model_copy(update={"redis_url": url})
 
 
@@ -142,10 +142,18 @@ def worker(
         settings = settings_or_exit()
         configure_logging(settings.log_level, settings.log_format, "supervisor")
         dialogue = "dialogue" in chosen
-        raise typer.Exit(run_workers(devices, model_queues, dialogue=dialogue, concurrency=concurrency))
+        raise typer.Exit(
+            run_workers(
+                devices,
+                model_queues,
+                dialogue=dialogue,
+                concurrency=concurrency,
+                metrics_port=settings.worker_metrics_port,
+            )
+        )
     if devices:
         # Before anything can import CUDA: the process then sees only this card, as device 0.
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
+        environment.pin_device(devices[0])
     settings = with_redis(settings_or_exit())
     configure_logging(settings.log_level, settings.log_format, "worker")
     from workers.startup import prepare_worker
@@ -174,7 +182,7 @@ def flower(
         raise typer.Exit(2)
     if settings.flower_basic_auth is not None:
         # Flower reads its options from FLOWER_* variables: the password stays out of the command line.
-        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+        environment.export(FLOWER_BASIC_AUTH=settings.flower_basic_auth.get_secret_value())
     argv = [
         sys.executable,
         "-m",

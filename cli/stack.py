@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from config import Settings
+from config import Settings, environment
 from workers.startup import RESTART_EXIT_CODE
 
 log = logging.getLogger("speechq")
@@ -261,7 +261,7 @@ def orphaned_valkey(settings: Settings) -> str | None:
 
 def supervise_stack(settings: Settings, *, queues: str, flower: bool) -> int:
     with redis_for(settings) as redis_url:
-        env = {**os.environ, "REDIS_URL": redis_url}
+        env = environment.for_child(REDIS_URL=redis_url)
         supervisor = Supervisor()
         supervisor.start("worker", [*SPEECHQ, "worker", "--queues", queues], env)
         supervisor.start("api", [*SPEECHQ, "api", "--host", settings.api_host, "--port", str(settings.api_port)], env)
@@ -315,11 +315,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def run_workers(devices: list[str], model_queues: list[str], *, dialogue: bool, concurrency: int | None) -> int:
+def run_workers(
+    devices: list[str], model_queues: list[str], *, dialogue: bool, concurrency: int | None, metrics_port: int
+) -> int:
     """One worker process per GPU (each pinned with its own --device) for the model queues, and one
     for the `dialogue` queue; each takes the next metrics port."""
     supervisor = Supervisor()
-    metrics_port = int(os.environ.get("WORKER_METRICS_PORT", "9400"))
     jobs = ["--concurrency", str(concurrency)] if concurrency else []
     children: list[tuple[str, list[str]]] = []
     if model_queues:
@@ -332,6 +333,6 @@ def run_workers(devices: list[str], model_queues: list[str], *, dialogue: bool, 
     if dialogue:
         children.append(("worker[dialogue]", [*SPEECHQ, "worker", "--queues", "dialogue"]))
     for index, (name, argv) in enumerate(children):
-        env = {**os.environ, "WORKER_METRICS_PORT": str(metrics_port + index if metrics_port else 0)}
+        env = environment.for_child(WORKER_METRICS_PORT=str(metrics_port + index if metrics_port else 0))
         supervisor.start(name, argv, env)
     return supervisor.wait()

@@ -24,6 +24,7 @@ from httpx_sse import aconnect_sse
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeRemainingColumn
 
+from contract.transcription import TranscriptionResult
 from media.transcripts import render
 
 AUDIO_EXTENSIONS = frozenset(
@@ -92,13 +93,13 @@ def duration(path: Path) -> float:
     try:
         with av.open(str(path)) as container:
             return float(container.duration / av.time_base) if container.duration else 0.0
-    except Exception:  # unreadable here: the server gives the reason
+    except (av.error.FFmpegError, ValueError, OSError):  # unreadable here: the server gives the reason
         return 0.0
 
 
 def rendered(result: dict[str, Any], fmt: str) -> str:
     """A transcript file's text: `txt` is the API's `text`, `json` its `verbose_json`."""
-    body = render(result, {"txt": "text", "json": "verbose_json"}.get(fmt, fmt))
+    body = render(TranscriptionResult.model_validate(result), {"txt": "text", "json": "verbose_json"}.get(fmt, fmt))
     return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, indent=2) + "\n"
 
 

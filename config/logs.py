@@ -35,6 +35,11 @@ def bind(**fields: str | None) -> None:
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
 
 
+def current_request_id() -> str | None:
+    """The request id of the request (or job) being served, for a client to quote."""
+    return _context.get().get("request_id")
+
+
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         fields = _context.get() or _celery_task_fields()

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     request_id_header: str = "X-Request-ID"
     worker_metrics_port: int = Field(9400, ge=0, le=65535)
     """Each worker serves Prometheus metrics here (one process per GPU: this port + its index); 0: off."""
+    cuda_visible_devices: str | None = None
+    """The GPUs this process sees, as CUDA reads them (`speechq worker --device` sets it); "" or "-1": none."""
     worker_metrics_host: str = "127.0.0.1"
     """Address the worker metrics listen on (no auth): loopback by default; `0.0.0.0` in containers that
     Prometheus scrapes over a private network."""
@@ -77,6 +79,9 @@ class Settings(BaseSettings):
     """Dialogues one `dialogue` worker process runs at once; they mostly wait on their stage jobs."""
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
     """How often a worker advertises its queues and loaded models in Redis."""
+    batch_sweep_interval_seconds: float = Field(1.0, gt=0)
+    """How often each API process brings open batches up to date with their jobs (counts, expiry, output
+    files); several processes may sweep at once."""
 
     # --- LLM --------------------------------------------------------------------------------------
     models_file: Path | None = None

@@ -27,7 +27,6 @@ from contract.jobs import EventType
 from jobstore import keys
 
 log = logging.getLogger(__name__)
-_HUB_CHANNEL = f"{keys.PREFIX}:hub"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +113,10 @@ class EventHub:
         while True:
             try:
                 self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.subscribe(_HUB_CHANNEL, *self._watches)
+                await self._pubsub.subscribe(keys.HUB, *self._watches)
                 while True:
                     message = await self._pubsub.get_message(timeout=5.0)
-                    if message is not None and message["channel"] != _HUB_CHANNEL:
+                    if message is not None and message["channel"] != keys.HUB:
                         self._deliver(message["channel"], message["data"])
             except RedisError as exc:
                 log.warning("event hub lost Redis (%s); readers fall back to polling until it is back", exc)

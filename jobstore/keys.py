@@ -4,6 +4,7 @@ PREFIX = "speechq"
 
 
 LEASES = f"{PREFIX}:leases"  # sorted set: running job id -> when its lease runs out (claims and renewals)
+HUB = f"{PREFIX}:hub"  # never published on: keeps an event hub subscribed while it follows no job
 
 
 def job(job_id: str) -> str:
@@ -41,6 +42,16 @@ def rate_limit(scope: str) -> str:
     return f"{PREFIX}:ratelimit:{scope}"
 
 
+def storage_usage(owner: str) -> str:
+    """What the owner keeps in Redis, in bytes per time bucket (STORAGE_QUOTA_MB_PER_KEY)."""
+    return f"{PREFIX}:owner:{owner}:storage"
+
+
+def audio_seconds(owner: str, day: int) -> str:
+    """Seconds of audio the owner sent on `day` (days since the epoch), for AUDIO_SECONDS_PER_KEY_PER_DAY."""
+    return f"{PREFIX}:owner:{owner}:audio_seconds:{day}"
+
+
 def active_jobs(owner: str) -> str:
     """The owner's queued and running jobs (pruned lazily), for MAX_ACTIVE_JOBS_PER_KEY."""
     return f"{PREFIX}:owner:{owner}:active"
@@ -69,8 +80,7 @@ def batch(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}"
 
 
-def batch_finalizer(batch_id: str) -> str:
-    return f"{PREFIX}:batch:{batch_id}:finalizer"
+OPEN_BATCHES = f"{PREFIX}:batches:open"  # sorted set: id of every batch not yet ended -> its creation time
 
 
 def owner_batches(owner: str) -> str:
@@ -82,3 +92,32 @@ def worker(name: str) -> str:
 
 
 WORKER_PATTERN = f"{PREFIX}:worker:*"
+
+UNQUEUED = f"{PREFIX}:unqueued"  # what `lua/unqueue.lua` overwrites a taken message with, before removing it
+
+
+# Jobs created on someone's behalf: a dialogue's stages and a batch's lines run under a sub-owner, so they
+# stay out of the key's own job list; what they count against is still the key's (see each caller).
+def stage_owner(owner: str) -> str:
+    """The owner of a dialogue's stage jobs."""
+    return f"{owner}:dialogue"
+
+
+def batch_owner(owner: str) -> str:
+    """The owner of a batch's jobs."""
+    return f"{owner}:batch"
+
+
+def lua_functions() -> str:
+    """The key builders the Lua scripts use, generated from the ones above so the two never disagree."""
+    builders = {"job_key": job, "storage_usage_key": storage_usage}
+    lines = [f"local UNQUEUED = {_lua_string(UNQUEUED)}"]
+    for name, builder in builders.items():
+        before, after = builder("\0").split("\0")
+        lines.append(f"local function {name}(id) return {_lua_string(before)} .. id .. {_lua_string(after)} end")
+    return "\n".join(lines) + "\n"
+
+
+def _lua_string(text: str) -> str:
+    assert "'" not in text and "\\" not in text and "\n" not in text, "key names are plain"
+    return f"'{text}'"

@@ -5,13 +5,16 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
+from jobstore import keys
+
 
 @cache
 def source(name: str) -> str:
-    """The full text of script `name` (a file in `jobstore/lua/`), prelude included."""
+    """The full text of script `name` (a file in `jobstore/lua/`), with the key builders of `keys` and the
+    shared prelude before it."""
     folder = files("jobstore").joinpath("lua")
     prelude = folder.joinpath("_prelude.lua").read_text()
-    return prelude + "\n" + folder.joinpath(f"{name}.lua").read_text()
+    return keys.lua_functions() + prelude + "\n" + folder.joinpath(f"{name}.lua").read_text()
 
 
 NAMES = ("create", "claim", "emit", "renew", "finish", "cancel")

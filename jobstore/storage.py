@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from jobstore import keys, scripts
 
@@ -31,11 +32,6 @@ class OverStorageQuota(Exception):
         self.used = used
         self.adding = adding
         self.quota = quota
-
-
-def usage_key(owner: str) -> str:
-    """The key's usage hash; `lua/release.lua` spells the same name."""
-    return f"{keys.PREFIX}:owner:{owner}:storage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +57,7 @@ class StorageAccount:
     async def charge(self, owner: str, size: int, *, quota: int) -> Charge:
         """Count `size` bytes against `owner`; raises `OverStorageQuota` past `quota` (0: never)."""
         reply = await self._scripts["storage"](
-            keys=[usage_key(owner)], args=["charge", size, self.bucket_seconds, self.ttl, quota]
+            keys=[keys.storage_usage(owner)], args=["charge", size, self.bucket_seconds, self.ttl, quota]
         )
         if reply[0] == "over":
             raise OverStorageQuota(int(reply[1]), size, quota)
@@ -70,8 +66,10 @@ class StorageAccount:
     async def refund(self, charge: Charge) -> None:
         """Give a charge back when nothing was stored for it; best effort (what is left expires anyway)."""
         try:
-            await self._scripts["storage"](keys=[usage_key(charge.owner)], args=["refund", charge.bucket, charge.size])
-        except Exception as exc:
+            await self._scripts["storage"](
+                keys=[keys.storage_usage(charge.owner)], args=["refund", charge.bucket, charge.size]
+            )
+        except RedisError as exc:
             log.warning("could not refund %d bytes of storage to %s: %s", charge.size, charge.owner, exc)
 
     async def release(self, record: str, data: str, *, drop_record: bool = False) -> int:
@@ -81,5 +79,7 @@ class StorageAccount:
     async def usage(self, owner: str) -> int:
         """The bytes `owner` stores now, as counted."""
         return int(
-            await self._scripts["storage"](keys=[usage_key(owner)], args=["usage", self.bucket_seconds, self.ttl])
+            await self._scripts["storage"](
+                keys=[keys.storage_usage(owner)], args=["usage", self.bucket_seconds, self.ttl]
+            )
         )

@@ -13,8 +13,9 @@ from typing import Any, cast
 
 from celery import Celery
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, RedisError
 
+from contract.errors import BrokerUnavailable
 from contract.jobs import JobKind, JobRecord, JobStatus
 from jobstore import keys, scripts
 from jobstore.broker import is_redis_url
@@ -43,9 +44,8 @@ class JobStore:
         self.max_queue_depth = max_queue_depth
         self.max_active = max_active
         self._direct = is_redis_url(str(celery.conf.broker_url))
-        self._scripts = {
-            name: redis.register_script(scripts.source(name)) for name in ("create", "create_many", "cancel", "unqueue")
-        }
+        names = ("create", "create_many", "cancel", "unqueue", "abandon")
+        self._scripts = {name: redis.register_script(scripts.source(name)) for name in names}
         self.storage = StorageAccount(redis, ttl=ttl)
 
     async def create(
@@ -60,9 +60,11 @@ class JobStore:
         input_file: bytes | None = None,
         max_active: int | None = None,
         allowance: Allowance | None = None,
+        parent: str | None = None,
     ) -> Created:
         """Record a job and enqueue it; raises `QueueFull`, `TooManyActive`, `IdempotencyConflict`, or with an
-        `allowance` `OversizedRequest` and `OverStorageQuota`."""
+        `allowance` `OversizedRequest` and `OverStorageQuota`. The one way a job comes to be: the API's routes,
+        a batch's lines (`create_many`) and a dialogue's stages (`parent`: the dialogue job) all create here."""
         charge = await self._charge(allowance, [(request, input_file)])
         plan = self._plan(
             kind,
@@ -74,6 +76,7 @@ class JobStore:
             request_id=request_id,
             idempotency_key=idempotency_key,
             expires_at=await self._server_time() + queue_timeout if queue_timeout is not None else None,
+            parent=parent,
         )
         try:
             if input_file is not None:
@@ -89,9 +92,9 @@ class JobStore:
         if not self._direct and created is not None:
             try:
                 await self._send_through_celery(plan.task_name, plan.queue, plan.job_id, request_id)
-            except Exception:
+            except Exception as exc:  # whatever the broker raised (re-raised below), the record must not wait on it
                 # The broker did not take the message: end the record too, so no job waits forever for it.
-                await self.cancel(plan.job_id, owner=owner)
+                await self._abandon(plan.job_id, exc)
                 raise
         if created is not None:
             return Created(job=created, replayed=False)
@@ -167,6 +170,7 @@ class JobStore:
         request_id: str | None,
         idempotency_key: str | None = None,
         expires_at: float | None = None,
+        parent: str | None = None,
     ) -> CreatePlan:
         return CreatePlan.build(
             self.celery,
@@ -181,6 +185,7 @@ class JobStore:
             idempotency_key=idempotency_key,
             input_file=input_file,
             expires_at=expires_at,
+            parent=parent,
             extra_fields=charge.fields(len(input_file)) if charge is not None and input_file is not None else None,
         )
 
@@ -206,8 +211,17 @@ class JobStore:
             await self.storage.refund(charge)
         try:
             await self.raw.delete(*[keys.input(plan.job_id) for plan in plans])
-        except Exception as exc:  # they expire anyway
+        except RedisError as exc:  # they expire anyway
             log.warning("could not delete the inputs of refused jobs: %s", exc)
+
+    async def _abandon(self, job_id: str, exc: BaseException) -> None:
+        """End a job whose message the broker refused as `failed` (`lua/abandon.lua`) and free its input."""
+        log.warning("the broker refused the message of job %s: %s", job_id, exc)
+        error = json.dumps(BrokerUnavailable("the job broker refused the message").as_record())
+        await self._scripts["abandon"](
+            keys=[keys.job(job_id), keys.events(job_id)], args=[error, self.ttl, keys.notify(job_id)]
+        )
+        await self.storage.release(keys.job(job_id), keys.input(job_id))
 
     async def _send_through_celery(self, task_name: str, queue: str, job_id: str, request_id: str | None) -> None:
         # Another broker (RabbitMQ): kombu's client is synchronous, so publish from a thread.

@@ -1,13 +1,13 @@
 """Audio intake shared by the API (a quick probe before a job is queued) and the worker (full decoding).
 
-PyAV reads the file by its content, never by its name. Both steps refuse with `InvalidAudio`, whose
-`code` becomes the job's `error.type` and whose `status` is the HTTP answer:
+PyAV reads the file by its content, never by its name. Both steps refuse with an `InvalidAudio`
+(`contract.errors`), whose `code` becomes the job's `error.type`:
 
-    empty_file (400)             nothing was uploaded
-    unsupported_media_type (415) not audio, or a container outside ALLOWED_FORMATS
-    invalid_audio (422)          a corrupt, truncated or lying file; a sample rate under 8 kHz; more
-                                 seconds than a file of its size can hold (`plausible_seconds`)
-    audio_too_long (422)         longer than MAX_AUDIO_SECONDS
+    EmptyAudio        empty_file               nothing was uploaded
+    UnsupportedAudio  unsupported_media_type   not audio, or a container outside ALLOWED_FORMATS
+    InvalidAudio      invalid_audio            a corrupt, truncated or lying file; a sample rate under 8 kHz;
+                                               more seconds than a file of its size can hold (`plausible_seconds`)
+    AudioTooLong      audio_too_long           longer than MAX_AUDIO_SECONDS
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import av
 
+from contract.errors import AudioTooLong, EmptyAudio, InvalidAudio, UnsupportedAudio
 from media.speech import MIN_SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -42,13 +43,6 @@ SECONDS_FLOOR = 60.0
 SECONDS_PER_KB = 2.5
 
 
-class InvalidAudio(Exception):
-    def __init__(self, message: str, *, code: str = "invalid_audio", status: int = 422) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
 @dataclass(frozen=True, slots=True)
 class AudioInfo:
     format: str
@@ -60,26 +54,22 @@ class AudioInfo:
 
 def _open(data: bytes) -> av.container.InputContainer:
     if not data:
-        raise InvalidAudio("the uploaded file is empty", code="empty_file", status=400)
+        raise EmptyAudio("the uploaded file is empty")
     _check_riff_sizes(data)
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        raise InvalidAudio(
-            f"not a recognised audio file ({exc.__class__.__name__})", code="unsupported_media_type", status=415
-        ) from None
+        raise UnsupportedAudio(f"not a recognised audio file ({exc.__class__.__name__})") from None
     names = set(container.format.name.split(","))
     if not names & ALLOWED_FORMATS:
         container.close()
-        raise InvalidAudio(
+        raise UnsupportedAudio(
             f"{container.format.long_name or container.format.name} files are not accepted; "
-            f"send one of: {', '.join(sorted(ALLOWED_FORMATS))}",
-            code="unsupported_media_type",
-            status=415,
+            f"send one of: {', '.join(sorted(ALLOWED_FORMATS))}"
         )
     if not container.streams.audio:
         container.close()
-        raise InvalidAudio("the file has no audio stream", code="unsupported_media_type", status=415)
+        raise UnsupportedAudio("the file has no audio stream")
     return container
 
 
@@ -115,9 +105,7 @@ def _check_length(seconds: float, size: int, max_seconds: float, *, decoded: boo
     plausible = plausible_seconds(size)
     if seconds > max_seconds:
         length = f"decodes to more than {max_seconds:.0f}s" if decoded else f"lasts {seconds:.0f}s"
-        raise InvalidAudio(
-            f"the audio {length}; the limit is {max_seconds:.0f}s (MAX_AUDIO_SECONDS)", code="audio_too_long"
-        )
+        raise AudioTooLong(f"the audio {length}; the limit is {max_seconds:.0f}s (MAX_AUDIO_SECONDS)")
     if seconds > plausible:
         length = "decodes to more than" if decoded else f"lasts {seconds:.0f}s, more than"
         raise InvalidAudio(

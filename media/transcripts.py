@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.transcription import TranscriptionResult
+
 MEDIA_TYPES = {
     "json": "application/json",
     "verbose_json": "application/json",
@@ -21,58 +23,42 @@ def _clock(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def to_srt(result: dict[str, Any]) -> str:
+def to_srt(result: TranscriptionResult) -> str:
     blocks = [
-        f"{n}\n{_clock(s['start'], ',')} --> {_clock(s['end'], ',')}\n{s['text'].strip()}\n"
-        for n, s in enumerate(result["segments"], start=1)
+        f"{n}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text.strip()}\n"
+        for n, s in enumerate(result.segments, start=1)
     ]
     return "\n".join(blocks)
 
 
-def to_vtt(result: dict[str, Any]) -> str:
-    blocks = [
-        f"{_clock(s['start'], '.')} --> {_clock(s['end'], '.')}\n{s['text'].strip()}\n" for s in result["segments"]
-    ]
+def to_vtt(result: TranscriptionResult) -> str:
+    blocks = [f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.strip()}\n" for s in result.segments]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def to_tsv(result: dict[str, Any]) -> str:
+def to_tsv(result: TranscriptionResult) -> str:
     """openai-whisper's tsv: start and end in integer milliseconds, then the text."""
-    rows = [
-        f"{round(s['start'] * 1000)}\t{round(s['end'] * 1000)}\t{' '.join(s['text'].split())}"
-        for s in result["segments"]
-    ]
+    rows = [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{' '.join(s.text.split())}" for s in result.segments]
     return "start\tend\ttext\n" + "".join(row + "\n" for row in rows)
 
 
-def to_verbose_json(result: dict[str, Any]) -> dict[str, Any]:
+def to_verbose_json(result: TranscriptionResult) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "task": result.get("task", "transcribe"),
-        "language": result["language"],
-        "duration": result["duration"],
-        "text": result["text"],
-        "segments": [{k: v for k, v in s.items() if k != "words"} for s in result["segments"]],
+        "task": result.task,
+        "language": result.language,
+        "duration": result.duration,
+        "text": result.text,
+        "segments": [s.model_dump(mode="json", exclude={"words"}) for s in result.segments],
     }
-    if "words" in result:
-        body["words"] = result["words"]
+    if result.words is not None:
+        body["words"] = [w.model_dump(mode="json") for w in result.words]
     return body
 
 
-def to_seed(result: dict[str, Any]) -> dict[str, Any]:
-    """The seed API's `/v1/speech-to-text` answer."""
-    return {
-        "text": result["text"],
-        "language": result["language"],
-        "segments": [
-            {"id": s["id"], "start": s["start"], "end": s["end"], "text": s["text"]} for s in result["segments"]
-        ],
-    }
-
-
-def render(result: dict[str, Any], response_format: str) -> str | dict[str, Any]:
+def render(result: TranscriptionResult, response_format: str) -> str | dict[str, Any]:
     """The result in `response_format`: a string for text/srt/vtt, a JSON object otherwise."""
     if response_format == "text":
-        return str(result["text"]).strip() + "\n"
+        return result.text.strip() + "\n"
     if response_format == "srt":
         return to_srt(result)
     if response_format == "vtt":
@@ -81,4 +67,4 @@ def render(result: dict[str, Any], response_format: str) -> str | dict[str, Any]
         return to_tsv(result)
     if response_format == "verbose_json":
         return to_verbose_json(result)
-    return {"text": result["text"]}
+    return {"text": result.text}

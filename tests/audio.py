@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from functools import cache
+from typing import Any
 
 import av
 import jiwer
@@ -19,7 +20,7 @@ SENTENCES = {
 
 
 @cache
-def _tts() -> object:
+def _tts() -> Any:  # hibari ships no types
     from hibari import Hibari
 
     return Hibari()
@@ -27,8 +28,8 @@ def _tts() -> object:
 
 def speak(text: str) -> tuple[np.ndarray, int]:
     tts = _tts()
-    audio = tts(text)  # type: ignore[operator]
-    return np.asarray(audio, dtype=np.float32), int(tts.sample_rate)  # type: ignore[attr-defined]
+    audio = tts(text)
+    return np.asarray(audio, dtype=np.float32), int(tts.sample_rate)
 
 
 def encode(pcm: np.ndarray, rate: int, fmt: str = "wav", bit_rate: int = 0) -> bytes:
@@ -38,6 +39,7 @@ def encode(pcm: np.ndarray, rate: int, fmt: str = "wav", bit_rate: int = 0) -> b
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=out_rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
         if bit_rate:
             stream.codec_context.bit_rate = bit_rate
         samples = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
@@ -74,7 +76,7 @@ def decode_audio(data: bytes, fmt: str, rate: int | None = None) -> tuple[np.nda
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, rate
     parts: list[np.ndarray] = []
     found = 0
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         for frame in container.decode(audio=0):
             found = frame.sample_rate
             parts.append(frame.to_ndarray().astype(np.float32).reshape(frame.samples, -1).mean(axis=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import uvicorn
@@ -19,7 +19,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 @contextmanager
-def serve(routes: dict[str, Handler]) -> Iterator[str]:
+def serve(routes: Mapping[str, Handler]) -> Iterator[str]:
     """Serve `{path: handler}` (POST) on a free port; yields the base URL."""
     app = Starlette(routes=[Route(path, handler, methods=["POST"]) for path, handler in routes.items()])
     port = free_port()

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECHQ = [sys.executable, "-m", "cli.main"]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -26,7 +27,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> Any:
+def wait_until(
+    check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """The first truthy value `check()` returns, polled every `interval` s; a condition, not a guessed sleep."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -34,7 +38,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 60.0, interval: float 
             value = check()
             if value:
                 return value
-        except Exception as exc:  # the thing we wait for is not up yet
+        except Exception as exc:  # noqa: BLE001 - any error from the check means not yet
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")

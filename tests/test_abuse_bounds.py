@@ -18,8 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cli.embedded_redis import EmbeddedRedis
+from contract.errors import InvalidAudio
 from contract.jobs import JobKind, JobRecord, JobStatus
-from media.audio import InvalidAudio, decode, plausible_seconds, probe
+from media.audio import decode, plausible_seconds, probe
 from media.speech import speakable
 from tests.audio import SENTENCES, encode, speak
 from tests.sse import read_events
@@ -145,7 +146,7 @@ def test_the_worker_decode_stops_a_file_whose_header_lies() -> None:
     assert 60 < bound < 600
     with pytest.raises(InvalidAudio) as caught:
         decode(audio, max_seconds=3_600, time_limit=60)
-    assert caught.value.code == "invalid_audio" and caught.value.status == 422
+    assert caught.value.code == "invalid_audio" and caught.value.category == "unprocessable"
     # Stopped at the first frame past the bound, not after all ten minutes.
     assert f"decodes to more than the {bound:.0f}s" in str(caught.value) and "header lies" in str(caught.value)
     with pytest.raises(InvalidAudio) as capped:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from media.audio import InvalidAudio, decode, probe
+from contract.errors import InvalidAudio
+from media.audio import decode, probe
 from tests.audio import spoken
 
 

@@ -15,6 +15,7 @@ import redis
 
 from cli.embedded_redis import EmbeddedRedis
 from jobstore import keys
+from tests.records import event_log, event_types
 from tests.stack import Process, base_env, start_api, start_worker, wait_for_worker, wait_until
 
 JOBS = 200
@@ -73,10 +74,10 @@ def test_jobs_survive_workers_killed_at_random(tmp_path: Path) -> None:
             attempts = [int(store.hget(keys.job(job), "attempts") or 0) for job in jobs]
             assert max(attempts) >= 2, "no kill hit a running job: the test proved nothing"
             for job in jobs:
-                events = [fields["type"] for _, fields in store.xrange(keys.events(job))]
+                events = event_types(store, job)
                 assert events[-1] == "done" and events.count("done") == 1, (job, events)
                 assert events.count("result") <= 1, (job, events)  # never answered twice
-                done = json.loads(store.xrange(keys.events(job))[-1][1]["data"])
+                done = json.loads(event_log(store, job)[-1][1]["data"])
                 assert done["status"] == "succeeded", (job, store.hgetall(keys.job(job)))
         finally:
             store.close()

@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 from jobstore import keys
 from tests.audio import decode_audio, encode, speak, wer
 from tests.conftest import Stack
+from tests.records import event_types, job_hash, owner_jobs
 from tests.sse import read_events
 from tests.stack import wait_until
 
@@ -94,8 +95,7 @@ def test_pipelined_events_in_order_and_a_follow_up_sees_the_first_turn(client: h
     history = [json.loads(m) for m in redis.lrange(keys.conversation("anonymous", conversation), 0, -1)]
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1]["content"] == first_answer and history[3]["content"] == second["response_text"]
-    stage_ids = redis.zrange(keys.owner_index("anonymous:dialogue"), 0, -1)
-    stages = [redis.hgetall(keys.job(i)) for i in stage_ids]
+    stages = [job_hash(redis, i) for i in owner_jobs(redis, "anonymous:dialogue")]
     chat = next(s for s in stages if s.get("parent") == second["job_id"] and s["kind"] == "chat")
     sent = json.loads(chat["request"])["messages"]
     assert [m["content"] for m in sent[:2]] == [history[0]["content"], first_answer]
@@ -215,7 +215,7 @@ def test_cancelling_a_dialogue_cancels_its_stages(client: httpx.Client, stack: S
     events = read_events(client, job_id)
     assert events[-1].json() == {"status": "cancelled"}
     redis = Redis.from_url(stack.redis_url, decode_responses=True)
-    stages = [redis.hgetall(keys.job(i)) for i in redis.zrange(keys.owner_index("anonymous:dialogue"), 0, -1)]
+    stages = [job_hash(redis, i) for i in owner_jobs(redis, "anonymous:dialogue")]
     chat = next(s for s in stages if s.get("parent") == job_id and s["kind"] == "chat")
 
     def chat_stopped() -> bool:
@@ -240,11 +240,14 @@ def test_a_stage_the_broker_refuses_ends_failed_rather_than_queued_forever(priva
     store = WorkerStore(decoded, ttl=600, lease=5, max_attempts=3, raw=Redis.from_url(private_redis))
     stages = Stages(store, create_celery(settings), settings)
     parent = JobRecord(id="job_parent", kind=JobKind.dialogue, status=JobStatus.running, owner="k", request={})
-    with pytest.raises(EngineError, match="broker is unreachable"):
-        stages.start(parent, "transcription", JobKind.transcribe, {"filename": "a.wav"}, audio=b"RIFF....")
-    [stage] = decoded.zrange(keys.owner_index("k:dialogue"), 0, -1)
-    record = decoded.hgetall(keys.job(stage))
+    try:
+        with pytest.raises(EngineError, match="broker is unreachable"):
+            stages.start(parent, "transcription", JobKind.transcribe, {"filename": "a.wav"}, audio=b"RIFF....")
+    finally:
+        stages.close()
+    [stage] = owner_jobs(decoded, keys.stage_owner("k"))
+    record = job_hash(decoded, stage)
     assert record["status"] == "failed" and json.loads(record["error"])["type"] == "broker_unavailable"
-    assert [fields["type"] for _, fields in decoded.xrange(keys.events(stage))][-2:] == ["error", "done"]
+    assert event_types(decoded, stage)[-2:] == ["error", "done"]
     assert not decoded.exists(keys.input(stage))  # its audio is not kept for a job that will never run
     decoded.close()

@@ -161,7 +161,7 @@ def test_openapi_declares_the_key_schemes_and_the_error_responses(stack: Stack, 
         "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Speechq-Key"},
         "BearerAuth": {"type": "http", "scheme": "bearer"},
     }
-    either_key = [{"APIKeyHeader": []}, {"BearerAuth": []}]
+    either_key: list[dict[str, list[str]]] = [{"APIKeyHeader": []}, {"BearerAuth": []}]
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             if path in ("/health", "/ready"):
@@ -276,7 +276,7 @@ def test_whitespace_around_a_key_is_ignored_on_both_sides(hardened: str) -> None
 
 
 def test_flower_off_loopback_needs_a_login() -> None:
-    def settings(**values: str) -> Settings:
+    def settings(**values: Any) -> Settings:
         return Settings(_env_file=None, **values)
 
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):

@@ -100,7 +100,9 @@ def test_no_worker_outlives_its_supervisor(private_redis: str, tmp_path: Path, h
     env = base_env(private_redis, tmp_path, LLM_PRELOAD="false")
     supervisor = Process("workers", [*SPEECHQ, "worker", "--queues", "llm,dialogue"], env, tmp_path)
     try:
-        workers = wait_until(lambda: len(kids := children(supervisor.pid)) == 2 and kids, timeout=30, what="2 workers")
+        workers = wait_until(
+            lambda: kids if len(kids := children(supervisor.pid)) == 2 else None, timeout=30, what="2 workers"
+        )
         os.kill(supervisor.pid, how)
         wait_until(lambda: not any(alive(pid) for pid in workers), timeout=20, what="the workers to stop")
     finally:
@@ -125,7 +127,7 @@ def test_a_worker_whose_engine_gets_stuck_fails_the_job_and_is_started_again(
             wait_until(lambda: status(client, job) == "failed", timeout=60, what="the stuck job to fail")
             assert client.get(f"/v1/jobs/{job}").json()["error"]["type"] == "engine_stalled"
         replaced = wait_until(
-            lambda: len(now := children(supervisor.pid)) == 2 and now != first and now,
+            lambda: now if len(now := children(supervisor.pid)) == 2 and now != first else None,
             timeout=60,
             what="a fresh llm worker",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -14,15 +15,16 @@ from tests.sse import read_events
 from tests.stack import wait_until
 
 
-def submit(client: httpx.Client, kind: str = "generate", **body: object) -> dict[str, object]:
+def submit(client: httpx.Client, kind: str = "generate", **body: object) -> dict[str, Any]:
     response = client.post(f"/v1/jobs/{kind}", json=body)
     assert response.status_code == 202, response.text
-    return response.json()
+    job: dict[str, Any] = response.json()
+    return job
 
 
-def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, object]:
-    def finished() -> dict[str, object] | None:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
         return job if job["status"] in ("succeeded", "failed", "cancelled", "expired") else None
 
     return wait_until(finished, timeout=timeout, what=f"job {job_id}")
@@ -163,7 +165,7 @@ def test_list_filters_and_paginates(client: httpx.Client) -> None:
     seen: list[str] = []
     cursor = None
     while True:
-        params: dict[str, object] = {"kind": "completion", "limit": 2}
+        params: dict[str, str | int] = {"kind": "completion", "limit": 2}
         if cursor:
             params["cursor"] = cursor
         page = client.get("/v1/jobs", params=params).json()

@@ -13,7 +13,7 @@ from llama_cpp import Llama, StoppingCriteriaList
 
 from contract.catalog import CATALOG
 from contract.errors import ContextOverflow
-from contract.payloads import ChatMessage, GenerationParams
+from contract.generation import ChatMessage, GenerationParams
 from workers.llm import GEMMA_START_OF_TURN, Generation, LlmEngine, Prompt
 from workers.weights import resolve_llm
 
@@ -38,7 +38,8 @@ def reference() -> Iterator[Llama]:
 
 
 def reference_text(llm: Llama, prompt: Prompt, params: GenerationParams) -> str:
-    llm.reset()  # no prefix reuse from the previous call: each generation starts clean, as in a slot
+    # No prefix reuse from the previous call: each generation starts clean, as in a slot.
+    llm.reset()  # type: ignore[no-untyped-call]  # llama_cpp leaves reset() unannotated
     tokens = llm.tokenize(prompt.text.encode(), add_bos=prompt.add_bos, special=True)
     [turn] = llm.tokenize(GEMMA_START_OF_TURN.encode(), add_bos=False, special=True)
     stopping = StoppingCriteriaList([lambda ids, _logits: ids[-1] == turn]) if prompt.gemma_turns else None
@@ -56,7 +57,8 @@ def reference_text(llm: Llama, prompt: Prompt, params: GenerationParams) -> str:
         stopping_criteria=stopping,
         stream=True,
     )
-    return "".join(chunk["choices"][0]["text"] for chunk in chunks)  # type: ignore[index]
+    assert not isinstance(chunks, dict), "stream=True yields chunks, not one completion"
+    return "".join(chunk["choices"][0]["text"] for chunk in chunks)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +97,7 @@ def generate_in_thread(
     def body() -> None:
         try:
             result["value"] = engine.generate(prompt, params, on_text)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which asserts on it
             result["value"] = exc
 
     thread = threading.Thread(target=body)

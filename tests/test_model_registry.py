@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -22,6 +22,9 @@ from config.settings import SettingsError
 from contract.catalog import ModelRole, ModelsFileError, Registry, UnknownModel, use_registry
 from tests.audio import spoken
 from tests.stack import private_stack, wait_until
+
+if TYPE_CHECKING:
+    import httpx2  # what Starlette's TestClient answers with, where installed
 
 SENTINEL = "/tmp/speechq-sentinel-7f3a"
 # Every spelling a client might use to make a worker open something: paths, repo ids, traversal,
@@ -136,7 +139,8 @@ def _with_model(kwargs: dict[str, Any], model: str) -> dict[str, Any]:
     return {}
 
 
-def _assert_model_not_found(response: httpx.Response, model: str) -> None:
+def _assert_model_not_found(response: httpx.Response | httpx2.Response, model: str) -> None:
+    """`response` from a live stack (httpx) or from Starlette's TestClient (httpx2)."""
     assert response.status_code == 404, (response.request.url.path, response.text[:300])
     error = response.json()["error"]
     assert error["code"] == "model_not_found"
@@ -299,11 +303,11 @@ def test_a_soak_of_random_spellings_leaves_the_worker_cache_at_its_bound(tmp_pat
                 files = {"file": ("a.wav", io.BytesIO(short_wav), "audio/wav")}
                 jobs.append(client.post("/v1/jobs/transcribe", data=data, files=files).json()["id"])
         for job in jobs:
-            wait_until(
-                lambda job=job: client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded",
-                timeout=120,
-                what=f"job {job}",
-            )
+
+            def succeeded(job: str = job) -> bool:
+                return bool(client.get(f"/v1/jobs/{job}").json()["status"] == "succeeded")
+
+            wait_until(succeeded, timeout=120, what=f"job {job}")
         workers = client.get("/v1/workers").json()["data"]
         loaded = [m for w in workers for m in w.get("models", [])]
         assert refused > 100 and len(jobs) > 20

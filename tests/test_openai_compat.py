@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Stack
 
@@ -16,14 +17,15 @@ def oai(stack: Stack) -> Iterator[openai.OpenAI]:
         yield client
 
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
+# OpenAI's semantics (no repetition penalty): the tiny model needs the system line to stay brief.
+BRIEF: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Answer in one short sentence."}, *QUESTION]
 
 
 def test_streaming_chat_answers_paris(oai: openai.OpenAI) -> None:
     stream = oai.chat.completions.create(
         model="smollm2-135m-instruct",
-        # OpenAI's semantics (no repetition penalty): the tiny model needs the system line to stay brief.
-        messages=[{"role": "system", "content": "Answer in one short sentence."}, *QUESTION],  # type: ignore[list-item]
+        messages=BRIEF,
         stream=True,
         temperature=0.0,
         max_tokens=48,
@@ -42,7 +44,7 @@ def test_streaming_chat_answers_paris(oai: openai.OpenAI) -> None:
 def test_non_streaming_chat_returns_usage(oai: openai.OpenAI) -> None:
     completion = oai.chat.completions.create(
         model="smollm2-135m-instruct",
-        messages=[{"role": "system", "content": "Answer in one short sentence."}, *QUESTION],  # type: ignore[list-item]
+        messages=BRIEF,
         temperature=0.0,
         max_tokens=48,
     )
@@ -67,13 +69,13 @@ def test_text_completion(oai: openai.OpenAI) -> None:
 
 def test_unknown_model_is_404_in_the_openai_envelope(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        oai.chat.completions.create(model="gpt-9", messages=QUESTION)  # type: ignore[arg-type]
+        oai.chat.completions.create(model="gpt-9", messages=QUESTION)
     assert caught.value.code == "model_not_found"
 
 
 def test_bad_parameter_is_422_naming_it(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, temperature=5)  # type: ignore[arg-type]
+        oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, temperature=5)
     assert "temperature" in caught.value.message
 
 

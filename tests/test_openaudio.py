@@ -82,7 +82,7 @@ class FishSpeechServer:
         call = {"auth": request.headers.get("authorization"), "content_type": request.headers.get("content-type")}
         try:
             body = msgpack.unpackb(raw, raw=False)
-        except Exception as exc:
+        except (ValueError, msgpack.UnpackException) as exc:
             self.calls.append({**call, "body": None})
             return JSONResponse({"detail": f"not msgpack: {exc}"}, status_code=400)
         self.calls.append({**call, "body": body})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from kombu.transport.redis import Channel as RedisChannel
 
 from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
@@ -20,12 +20,13 @@ from contract.jobs import JobKind, JobStatus
 from jobstore import keys
 from jobstore.celery_app import create_celery
 from jobstore.creation import CreatePlan
+from tests.records import age_lease, event_types
 from tests.sse import read_events
 from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
 from workers.execution import WorkerStore
 from workers.reaper import UNACKED, Reaper
 
-LEASE = 0.5
+LEASE = 30.0  # long: time is driven (`age_lease`), never waited for
 
 
 @pytest.fixture
@@ -62,22 +63,13 @@ def test_a_sweep_requeues_only_jobs_that_lost_worker_and_message(valkey: str) ->
     reaper = Reaper(client, celery, settings)
     assert reaper.sweep() == []  # every lease is still young
 
-    stop = threading.Event()
-
-    def keep_renewing() -> None:
-        while not stop.wait(LEASE / 3):
-            store.scripts["renew"](keys=[keys.job(live[0]), keys.LEASES], args=[LEASE, "worker-gone", live[0]])
-
-    renewer = threading.Thread(target=keep_renewing)
-    renewer.start()
-    try:
-        time.sleep(2 * LEASE + 0.3)
-        sent = reaper.sweep()
-        names = {orphan[0]: "orphan", held[0]: "held", live[0]: "live", ended[0]: "ended"}
-        assert [names[j] for j in sent] == ["orphan"]
-    finally:
-        stop.set()
-        renewer.join()
+    for job_id, _ in (orphan, held, live, ended):
+        age_lease(client, job_id, 3 * LEASE)  # time passes: every lease has run out, and its grace too…
+    # …but the live job's worker is still there, and renews.
+    store.scripts["renew"](keys=[keys.job(live[0]), keys.LEASES], args=[LEASE, "worker-gone", live[0]])
+    sent = reaper.sweep()
+    names = {orphan[0]: "orphan", held[0]: "held", live[0]: "live", ended[0]: "ended"}
+    assert [names[j] for j in sent] == ["orphan"]
     [message] = client.lrange("llm", 0, -1)
     assert f'"id": "{orphan[0]}"' in message
     assert client.zscore(keys.LEASES, ended[0]) is None  # dropped from the index
@@ -111,9 +103,9 @@ def test_a_job_whose_message_was_acknowledged_under_a_redis_crash_still_ends(tmp
             with httpx.Client(base_url=url, timeout=30) as client:
                 body = {"prompt": "Once upon a time", "max_tokens": 200, "temperature": 0.7}
                 job = client.post("/v1/jobs/completion", json=body).json()["id"]
-                wait_until(lambda: client.get(f"/v1/jobs/{job}").json()["status"] == "running", timeout=60)
-                time.sleep(1.0)  # mid-generation
-                pid = int(redis.Redis.from_url(server.url).info("server")["process_id"])
+                with redis.Redis.from_url(server.url, decode_responses=True) as probe:
+                    wait_until(lambda: "token" in event_types(probe, job), timeout=60, what="the job mid-generation")
+                    pid = int(probe.info("server")["process_id"])
                 os.kill(pid, signal.SIGKILL)
                 time.sleep(3.0)
                 with EmbeddedRedis(data, port):
@@ -140,5 +132,6 @@ def test_the_restore_sweeps_mutex_expires_with_the_sweep_interval(valkey: str) -
     settings = load_settings(redis_url=valkey, broker_restore_interval_seconds=3)
     with create_celery(settings).connection_for_write() as connection:
         channel = connection.default_channel
+        assert isinstance(channel, RedisChannel)
         assert channel.unacked_mutex_expire == 3
-        assert channel.unacked_restore_interval == 3
+        assert channel.unacked_restore_interval == 3  # type: ignore[attr-defined]  # a transport option the stubs lack

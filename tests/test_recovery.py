@@ -26,8 +26,7 @@ def wait_for_first_token(client: httpx.Client, job_id: str) -> None:
 
 def test_cancelling_a_long_generation_stops_it_and_the_worker_moves_on(client: httpx.Client) -> None:
     job_id = str(submit(client, "completion", **RAMBLE)["id"])
-    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "running", timeout=30)
-    time.sleep(0.5)
+    wait_for_first_token(client, job_id)  # a generation under way, not one still loading
     asked = time.monotonic()
     response = client.delete(f"/v1/jobs/{job_id}")
     assert response.status_code == 202
@@ -45,7 +44,7 @@ def test_cancelling_a_long_generation_stops_it_and_the_worker_moves_on(client: h
     assert nxt["status"] == "succeeded"
 
 
-def test_cancelling_a_queued_job_skips_it(client: httpx.Client) -> None:
+def test_cancelling_a_queued_job_skips_it(client: httpx.Client, stack: Stack) -> None:
     # One blocker per generation slot (LLM_PARALLEL, 4 by default), so the next job has to wait in the queue.
     blockers = [str(submit(client, "completion", **RAMBLE)["id"]) for _ in range(4)]
     queued = str(submit(client, prompt="never run", max_tokens=4)["id"])
@@ -53,7 +52,7 @@ def test_cancelling_a_queued_job_skips_it(client: httpx.Client) -> None:
     for blocker in blockers:
         client.delete(f"/v1/jobs/{blocker}")
     assert [wait_done(client, blocker)["status"] for blocker in blockers] == ["cancelled"] * 4
-    time.sleep(0.5)  # the queued message has been delivered and skipped by now
+    wait_until(lambda: f"job {queued} not run: cancelled" in stack.worker.log(), timeout=30, what="the skip")
     job = client.get(f"/v1/jobs/{queued}").json()
     assert job["status"] == "cancelled" and job["attempts"] == 0
     assert client.delete(f"/v1/jobs/{queued}").status_code == 202

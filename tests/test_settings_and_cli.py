@@ -18,7 +18,7 @@ from tests.stack import ROOT, SPEECHQ, free_port, wait_until
 
 
 def test_defaults() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.api_port == 6666
     assert settings.llm_model == "gemma-3-270m"
     assert settings.visibility_timeout > settings.task_time_limit_seconds

@@ -117,7 +117,7 @@ def test_seed_stream_returns_raw_bytes_with_format_headers(client: httpx.Client)
 def test_first_audio_chunk_arrives_before_the_last_sentence_is_synthesized(client: httpx.Client) -> None:
     text = " ".join([PASSAGE, PASSAGE.replace("nine", "ten"), PASSAGE.replace("Spain", "Italy")])
     job_id = client.post("/v1/jobs/synthesize", json={"text": text, "response_format": "opus"}).json()["id"]
-    arrivals: list[tuple[str, float, dict[str, object]]] = []
+    arrivals: list[tuple[str, float, dict[str, Any]]] = []
     with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
         for event in source.iter_sse():
             arrivals.append((event.event, time.monotonic(), event.json()))

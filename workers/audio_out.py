@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 from fractions import Fraction
 from typing import Any
 
 import av
 import numpy as np
 
+from contract.jobs import EventType
+from contract.synthesis import AudioChunk
 from media.speech import MEDIA_TYPES
+from workers.context import JobContext
 
 # Container and codec for each format PyAV encodes; wav and pcm are written directly.
 _CODECS = {"flac": ("flac", "flac"), "mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus"), "aac": ("adts", "aac")}
@@ -107,6 +111,28 @@ class AudioEncoder:
         data = self._buffer.getvalue()[self._sent :]
         self._sent += len(data)
         return data
+
+
+class ChunkSender:
+    """Sends what an encoder hands back as the job's numbered `audio_chunk` events (a synthesis and a
+    dialogue alike), and notes how long after `started` the first was ready."""
+
+    def __init__(self, run: JobContext, encoder: AudioEncoder, started: float) -> None:
+        self.run = run
+        self.encoder = encoder
+        self.started = started
+        self.first: float | None = None  # seconds from `started` to the first chunk
+        self.count = 0
+
+    def send(self, data: bytes, text: str | None) -> None:
+        """`data` (nothing is sent for none) as the next chunk; `text` is the sentence it speaks."""
+        if not data:
+            return
+        if self.first is None:
+            self.first = time.perf_counter() - self.started
+        enc = self.encoder
+        self.run.emit(EventType.audio_chunk, AudioChunk.of(self.count, data, enc.fmt, enc.rate, enc.seconds, text))
+        self.count += 1
 
 
 def normalize_loudness(pcm: np.ndarray, target_rms: float = 0.1, peak: float = 0.97) -> np.ndarray:

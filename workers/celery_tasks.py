@@ -15,16 +15,20 @@ from typing import Any, Protocol
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
+from redis.exceptions import RedisError
 
 from config import Settings
 from config.logs import log_context
+from contract.errors import JobError, JobTimedOut, internal_error_message
 from contract.jobs import JobRecord, JobStatus
+from contract.results import JobResult
 from jobstore import keys
-from workers.execution import JobCancelled, JobExecution, JobTimedOut, LeaseLost, WorkerStore
+from workers.context import JobContext
+from workers.execution import DeadlinePassed, JobCancelled, JobExecution, LeaseLost, WorkerStore
 
 log = logging.getLogger(__name__)
 
-JobHandler = Callable[[JobRecord, JobExecution], dict[str, Any]]
+JobHandler = Callable[[JobRecord, JobContext], JobResult]
 
 
 class JobObserver(Protocol):
@@ -137,22 +141,23 @@ class JobRunner:
         except LeaseLost as exc:
             log.warning("job %s: %s; leaving it to the worker that holds it", job.id, exc)
             return "lost", None, None
-        except JobTimedOut:
+        except DeadlinePassed:
             limit = self.settings.task_time_limit_seconds
-            error = {"type": "timeout", "message": f"the job ran longer than TASK_TIME_LIMIT_SECONDS={limit}"}
-            return run.finish(JobStatus.failed, error=error), None, error
-        except Exception as exc:
-            code = getattr(exc, "code", None)
-            if not isinstance(code, str):
-                log.exception("job %s failed unexpectedly", job.id)
-                code = "internal_error"
-            else:
-                log.warning("job %s failed: %s: %s", job.id, code, exc)
-            error = {"type": code, "message": str(exc) or type(exc).__name__}
-            return run.finish(JobStatus.failed, error=error), None, error
-        status = run.finish(JobStatus.succeeded, result=result)
-        log.info("job %s %s", job.id, status)
-        return status, result, None
+            failure: JobError = JobTimedOut(f"the job ran longer than TASK_TIME_LIMIT_SECONDS={limit}")
+        except JobError as exc:
+            log.warning("job %s failed: %s: %s", job.id, exc.code, exc)
+            failure = exc
+        except Exception:
+            # A bug: the job fails and the worker lives on. The exception's text and traceback go to the
+            # log (with the job and request ids), never to the client.
+            log.exception("job %s (request %s) failed unexpectedly", job.id, job.request_id)
+            failure = JobError(internal_error_message(job.request_id, job.id))
+        else:
+            status = run.finish(JobStatus.succeeded, result=result)
+            log.info("job %s %s", job.id, status)
+            return status, result.model_dump(mode="json"), None
+        error = failure.as_record()
+        return run.finish(JobStatus.failed, error=error), None, error
 
     def report(self, task: Task[Any, Any], job_id: str, status: str) -> str:
         """Tell Celery how the job ended, as its record says, without changing the record: a failed job
@@ -172,7 +177,7 @@ class JobRunner:
         """The failed job's `error` {type, message} as its record has it (one read, on failures only)."""
         try:
             error = json.loads(self.store.redis.hget(keys.job(job_id), "error") or "{}")
-        except Exception as exc:  # the failure is recorded; only Flower's view of it is poorer
+        except (RedisError, ValueError) as exc:  # the failure is recorded; only Flower's view of it is poorer
             log.warning("could not read the error of failed job %s: %s", job_id, exc)
             error = {}
         return str(error.get("type") or "failed"), str(error.get("message") or "")
@@ -183,7 +188,7 @@ def announce_revoked(task: Task[Any, Any], *, expired: bool) -> None:
     without running to its end; monitoring only, so a broker hiccup here is logged, never raised."""
     try:
         task.send_event("task-revoked", terminated=False, signum=None, expired=expired)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - monitoring only: no error of any broker's client may fail the job
         log.warning("could not send task-revoked for job %s: %s", task.request.id, exc)
 
 

@@ -9,40 +9,69 @@ Stage events are relayed into the dialogue's own log (one job id, one event log)
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import logging
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
-from contract.errors import EngineError, InvalidJobInput
+from contract.dialogue import (
+    AssistantDelta,
+    AssistantFinal,
+    DialogueMetadata,
+    DialogueModels,
+    DialogueRequest,
+    DialogueResult,
+    DialogueTimings,
+    HeardTranscript,
+)
+from contract.errors import (
+    EngineError,
+    InvalidJobInput,
+    JobError,
+    StageCancelled,
+    StageExpired,
+    failure_from,
+)
+from contract.generation import ChatMessage, ChatRequest, GenerationResult, Token
 from contract.jobs import EventType, JobKind, JobRecord, JobStatus
-from contract.payloads import ChatMessage, ChatRequest, DialogueRequest, TranscribeRequest
+from contract.synthesis import AudioChunk
+from contract.transcription import TranscribeRequest, TranscriptionResult
 from jobstore import keys
-from jobstore.broker import is_redis_url
-from jobstore.creation import CreatePlan, JobStoreError
+from jobstore.creation import JobStoreError
+from jobstore.store import JobStore
 from media.speech import MEDIA_TYPES, complete_sentences, speakable
-from workers.audio_out import AudioEncoder
-from workers.execution import JobExecution, WorkerStore
+from workers.audio_out import AudioEncoder, ChunkSender
+from workers.context import JobContext
+from workers.execution import WorkerStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 HISTORY_MESSAGES = 40  # the last 20 turns of a conversation are kept
 
 
-class StageFailed(EngineError):
-    """A stage job failed; the dialogue fails with the stage's error type."""
-
-    def __init__(self, stage: str, error: dict[str, Any]) -> None:
-        super().__init__(f"{stage} failed: {error.get('message', 'no reason given')}")
-        self.code = str(error.get("type", "stage_failed"))
+def stage_failure(stage: str, status: str, error: dict[str, Any] | None) -> JobError:
+    """A stage job's failure as the dialogue's: the stage's own class in the tree (so its code), with a
+    message that names the stage."""
+    if error:
+        failed = failure_from(error)
+        return type(failed)(f"{stage} failed: {failed.message}")
+    if status == JobStatus.cancelled:
+        return StageCancelled(f"{stage} failed: it was cancelled")
+    if status == JobStatus.expired:
+        return StageExpired(f"{stage} failed: it expired in its queue")
+    return JobError(f"{stage} failed: it ended {status}")
 
 
 @dataclass(slots=True)
@@ -55,59 +84,60 @@ class Stage:
     text: str | None = None  # synthesis: the sentence
 
 
-@dataclass
 class Stages:
-    """Creates a dialogue's stage jobs and reads their events (sync; the worker runs jobs in threads)."""
+    """Creates a dialogue's stage jobs and reads their events (sync; the worker runs jobs in threads).
 
-    store: WorkerStore
-    celery: Celery
-    settings: Settings
-    direct: bool = field(init=False)
-    redis: Redis = field(init=False)  # the store's decoded client
+    Stage jobs are created by the job store the API uses (`JobStore.create`, async), run on a loop of
+    their own, so a stage is refused, enqueued, or abandoned when the broker refuses it, as any job is.
+    """
 
-    def __post_init__(self) -> None:
-        self.direct = is_redis_url(str(self.celery.conf.broker_url))
-        self.redis = self.store.redis
+    def __init__(self, store: WorkerStore, celery: Celery, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.redis: Redis = store.redis  # the store's decoded client
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="speechq-stage-store", daemon=True)
+        self._thread.start()
+        url = settings.redis_url
+        assert url is not None, "a worker starts only with REDIS_URL set"
+        self._jobs = JobStore(
+            AsyncRedis.from_url(url, decode_responses=True),
+            AsyncRedis.from_url(url),
+            celery,
+            ttl=settings.job_ttl_seconds,
+            max_queue_depth=settings.queue_max_depth,
+        )
+
+    def close(self) -> None:
+        """Close the store's connections and stop its loop (a worker process just exits)."""
+        self._call(self._jobs.redis.aclose())
+        self._call(self._jobs.raw.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _call(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
     def start(
         self, parent: JobRecord, name: str, kind: JobKind, request: dict[str, Any], audio: bytes | None = None
     ) -> Stage:
-        s = self.settings
-        plan = CreatePlan.build(
-            self.celery,
+        creating = self._jobs.create(
             kind,
             request,
-            owner=f"{parent.owner}:dialogue",  # stage jobs stay out of the owner's list and quota
-            ttl=s.job_ttl_seconds,
-            max_queue_depth=s.queue_max_depth,
-            max_active=0,
-            direct=self.direct,
+            owner=keys.stage_owner(parent.owner),  # stage jobs stay out of the owner's list and quota
             request_id=parent.request_id,
             input_file=audio,
+            max_active=0,
             parent=parent.id,
         )
-        if audio is not None:
-            self.store.write_input(plan.job_id, audio)
         try:
-            plan.outcome(self.store.scripts["create"](keys=plan.keys, args=plan.args))
+            job = self._call(creating).job
         except JobStoreError as exc:
             raise EngineError(f"could not queue the {name} stage: {exc}") from exc
-        if not self.direct:
-            try:
-                self.celery.send_task(
-                    plan.task_name,
-                    kwargs={"job_id": plan.job_id},
-                    task_id=plan.job_id,
-                    queue=plan.queue,
-                    headers={"request_id": parent.request_id} if parent.request_id else {},
-                )
-            except OperationalError as exc:
-                # The broker refused the message: end the stage's record too, or it would wait `queued`
-                # for a message that never comes (as `JobStore.create` does for the API's jobs).
-                error = {"type": "broker_unavailable", "message": f"the job broker refused the message: {exc}"}
-                self.store.abandon(plan.job_id, error)
-                raise EngineError(f"could not queue the {name} stage: the job broker is unreachable") from exc
-        return Stage(name=name, job_id=plan.job_id, created=time.monotonic())
+        except OperationalError as exc:  # the store has ended the stage's record `failed`
+            raise EngineError(f"could not queue the {name} stage: the job broker is unreachable") from exc
+        return Stage(name=name, job_id=job.id, created=time.monotonic())
 
     def read(self, stages: list[Stage], block_ms: int) -> list[tuple[Stage, str, Any]]:
         """New events of the given stages, in order per stage: (stage, type, data)."""
@@ -132,16 +162,13 @@ class Stages:
         """The result of a stage that has ended, or its failure raised."""
         record = self.record(stage)
         if status != JobStatus.succeeded or record.result is None:
-            raise StageFailed(stage.name, record.error or {"type": "stage_" + status, "message": f"it ended {status}"})
+            raise stage_failure(stage.name, status, record.error)
         return record.result
 
     def cancel(self, stage: Stage, owner: str) -> None:
         try:
-            self.store.scripts["cancel"](
-                keys=[keys.job(stage.job_id), keys.events(stage.job_id)],
-                args=[f"{owner}:dialogue", self.settings.job_ttl_seconds, keys.notify(stage.job_id)],
-            )
-        except Exception as exc:  # best effort: the stage job expires with its TTL anyway
+            self._call(self._jobs.cancel(stage.job_id, owner=keys.stage_owner(owner)))
+        except Exception as exc:  # noqa: BLE001 - best effort: the stage job expires with its TTL anyway
             log.warning("could not cancel stage %s: %s", stage.job_id, exc)
 
     def overdue(self, stage: Stage) -> bool:
@@ -168,86 +195,81 @@ class Stages:
 class Dialogue:
     """One run of a dialogue job."""
 
-    def __init__(self, job: JobRecord, run: JobExecution, stages: Stages) -> None:
+    def __init__(self, job: JobRecord, run: JobContext, stages: Stages) -> None:
         self.job = job
         self.run = run
         self.stages = stages
         self.request = DialogueRequest.model_validate(job.request)
         synthesis = self.request.synthesis_config
-        self.format = str(synthesis["response_format"])
-        self.rate = int(synthesis["sample_rate"])
-        self.encoder = AudioEncoder(self.format, self.rate)
+        self.metadata = DialogueMetadata(
+            job_id=job.id,
+            conversation_id=self.request.conversation_id,
+            llm=self.request.generation_config.model,
+            tts=synthesis.get("model"),
+            voice=synthesis.get("voice"),
+            reference_id=synthesis.get("reference_id"),
+            response_format=synthesis["response_format"],
+            media_type=MEDIA_TYPES[synthesis["response_format"]],
+            sample_rate=synthesis["sample_rate"],
+        )
+        self.rate = self.metadata.sample_rate
+        self.encoder = AudioEncoder(self.metadata.response_format, self.rate)
         self.open: list[Stage] = []  # stage jobs not yet ended, cancelled if the dialogue stops
         self.started = time.perf_counter()
-        self.first_audio: float | None = None
-        self.chunks = 0
+        self.chunks = ChunkSender(run, self.encoder, self.started)
         self.checked = time.monotonic()
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> DialogueResult:
         try:
             return self._run()
         finally:
             for stage in self.open:
                 self.stages.cancel(stage, self.job.owner)
 
-    def _run(self) -> dict[str, Any]:
-        request, synthesis = self.request, self.request.synthesis_config
-        self.run.emit(
-            EventType.metadata,
-            {
-                "job_id": self.job.id,
-                "conversation_id": request.conversation_id,
-                "llm": request.generation_config.model,
-                "tts": synthesis.get("model"),
-                "voice": synthesis.get("voice"),
-                "reference_id": synthesis.get("reference_id"),
-                "response_format": self.format,
-                "media_type": MEDIA_TYPES[self.format],
-                "sample_rate": self.rate,
-            },
-        )
+    def _run(self) -> DialogueResult:
+        request, metadata = self.request, self.metadata
+        self.run.emit(EventType.metadata, metadata)
         transcription = self._transcribe()
-        transcript = str(transcription["text"]).strip()
+        transcript = transcription.text.strip()
         if not transcript:
             raise InvalidJobInput("no speech was heard in the audio")
-        segments = [
-            {k: part.get(k) for k in ("id", "start", "end", "text")} for part in transcription.get("segments") or ()
-        ]
-        self.run.emit(
-            EventType.transcript, {"text": transcript, "language": transcription.get("language"), "segments": segments}
+        heard = HeardTranscript(
+            text=transcript, language=transcription.language, segments=[s.brief() for s in transcription.segments]
         )
+        self.run.emit(EventType.transcript, heard)
         answer = self._answer_and_speak(transcript)
         tail, whole = self.encoder.close()
-        self._send(tail, None)
+        self.chunks.send(tail, None)
         self.stages.store.write_output(self.job.id, whole)
         user, assistant = (
             ChatMessage(role="user", content=transcript),
-            ChatMessage(role="assistant", content=answer["text"]),
+            ChatMessage(role="assistant", content=answer.text),
         )
         self.stages.remember(self.job.owner, request.conversation_id, user, assistant)
         seconds = time.perf_counter() - self.started
-        return {
-            "transcript": transcript,
-            "language": transcription.get("language"),
-            "segments": segments,
-            "response_text": answer["text"],
-            "response_format": self.format,
-            "media_type": MEDIA_TYPES[self.format],
-            "sample_rate": self.rate,
-            "reference_id": synthesis.get("reference_id"),
-            "voice": synthesis.get("voice"),
-            "duration": round(self.encoder.seconds, 3),
-            "chunks": self.chunks,
-            "conversation_id": request.conversation_id,
-            "models": {"stt": transcription.get("model"), "llm": answer.get("model"), "tts": synthesis.get("model")},
-            "usage": answer.get("usage"),
-            "timings": {
-                "seconds": round(seconds, 4),
-                "first_audio_seconds": round(self.first_audio, 4) if self.first_audio is not None else None,
-            },
-        }
+        first_audio = self.chunks.first
+        return DialogueResult(
+            transcript=transcript,
+            language=heard.language,
+            segments=heard.segments,
+            response_text=answer.text,
+            response_format=metadata.response_format,
+            media_type=metadata.media_type,
+            sample_rate=self.rate,
+            reference_id=metadata.reference_id,
+            voice=metadata.voice,
+            duration=round(self.encoder.seconds, 3),
+            chunks=self.chunks.count,
+            conversation_id=request.conversation_id,
+            models=DialogueModels(stt=transcription.model, llm=answer.model, tts=metadata.tts),
+            usage=answer.usage,
+            timings=DialogueTimings(
+                seconds=round(seconds, 4),
+                first_audio_seconds=round(first_audio, 4) if first_audio is not None else None,
+            ),
+        )
 
-    def _transcribe(self) -> dict[str, Any]:
+    def _transcribe(self) -> TranscriptionResult:
         audio = self.stages.store.read_input(self.job.id)
         if audio is None:
             raise InvalidJobInput("the job's audio is no longer stored (it expired with JOB_TTL_SECONDS)")
@@ -257,9 +279,9 @@ class Dialogue:
             for _, kind, data in self._read([stage]):
                 if kind == EventType.done:
                     self.open.remove(stage)
-                    return self.stages.ended(stage, data["status"])
+                    return TranscriptionResult.model_validate(self.stages.ended(stage, data["status"]))
 
-    def _answer_and_speak(self, transcript: str) -> dict[str, Any]:
+    def _answer_and_speak(self, transcript: str) -> GenerationResult:
         request = self.request
         messages = []
         if request.instructions:
@@ -270,29 +292,31 @@ class Dialogue:
         llm: Stage | None = self._start("generation", JobKind.chat, chat.model_dump(mode="json"))
         speaking: deque[Stage] = deque()
         pending = ""
-        answer: dict[str, Any] = {}
+        answer: GenerationResult | None = None
         while llm is not None or speaking:
             watched = [stage for stage in (llm, speaking[0] if speaking else None) if stage is not None]
             for stage, kind, data in self._read(watched):
                 if stage is llm and kind == EventType.token:
-                    self.run.emit(EventType.assistant_text, {"delta": data["text"]})
-                    finished, pending = complete_sentences(pending + data["text"])
+                    delta = Token.model_validate(data).text
+                    self.run.emit(EventType.assistant_text, AssistantDelta(delta=delta))
+                    finished, pending = complete_sentences(pending + delta)
                     speaking.extend(self._speak(sentence) for sentence in finished if speakable(sentence))
                 elif stage is llm and kind == EventType.done:
                     self.open.remove(stage)
-                    answer = self.stages.ended(stage, data["status"])
-                    self.run.emit(EventType.assistant_text, {"text": answer["text"], "final": True})
+                    answer = GenerationResult.model_validate(self.stages.ended(stage, data["status"]))
+                    self.run.emit(EventType.assistant_text, AssistantFinal(text=answer.text))
                     if speakable(pending):
                         speaking.append(self._speak(pending.strip()))
                     llm = None
                 elif kind == EventType.audio_chunk:
-                    pcm = np.frombuffer(base64.b64decode(data["audio"]), dtype="<i2").astype(np.float32) / 32768
-                    self._send(self.encoder.encode(pcm, self.rate), stage.text)
+                    raw = AudioChunk.model_validate(data).decoded()  # the stage's PCM, s16le
+                    pcm = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768
+                    self.chunks.send(self.encoder.encode(pcm, self.rate), stage.text)
                 elif kind == EventType.done:
                     self.open.remove(stage)
                     self.stages.ended(stage, data["status"])
                     speaking.popleft()
-        if not str(answer.get("text", "")).strip():
+        if answer is None or not answer.text.strip():
             raise EngineError("the model's answer was empty; there is nothing to speak")
         return answer
 
@@ -321,16 +345,6 @@ class Dialogue:
                 )
         return events
 
-    def _send(self, data: bytes, text: str | None) -> None:
-        if not data:
-            return
-        if self.first_audio is None:
-            self.first_audio = time.perf_counter() - self.started
-        event = {"index": self.chunks, "audio": base64.b64encode(data).decode(), "format": self.format}
-        event.update({"sample_rate": self.rate, "end": round(self.encoder.seconds, 3), "text": text})
-        self.run.emit(EventType.audio_chunk, event)
-        self.chunks += 1
 
-
-def run_dialogue_job(job: JobRecord, run: JobExecution, stages: Stages) -> dict[str, Any]:
+def run_dialogue_job(job: JobRecord, run: JobContext, stages: Stages) -> DialogueResult:
     return Dialogue(job, run, stages)()

@@ -1,7 +1,8 @@
 """`JobExecution`: the worker's side of a job — claim it, emit its events, keep its lease, finish it.
 
-Engines see only the `JobContext` protocol: `emit(type, data)` raises `JobCancelled` once the owner
-has asked to stop, so a generation loop that emits a token per step stops within a token or two.
+Handlers see only the `JobContext` protocol (`workers/context.py`), which `JobExecution` implements:
+`emit(type, data)` raises `JobCancelled` once the owner has asked to stop, so a generation loop that emits
+a token per step stops within a token or two.
 
 Redis at its maxmemory (`noeviction`) refuses writes with an OOM error: an event or output then fails
 the job with `insufficient_storage`, while claiming and finishing wait for room, so no job is left
@@ -19,9 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from pydantic import BaseModel
 from redis import Redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, RedisError
 
+from contract.errors import JobTimedOut, StorageFull
 from contract.jobs import EventType, JobRecord, JobStatus
 from jobstore import keys, scripts
 
@@ -36,21 +39,12 @@ class JobCancelled(Exception):
     """The job's owner cancelled it; the worker stops and records `cancelled`."""
 
 
-class JobTimedOut(Exception):
-    """The job ran past `TASK_TIME_LIMIT_SECONDS`."""
+class DeadlinePassed(JobTimedOut):
+    """This job ran past its deadline (a stage's `JobTimedOut`, relayed by a dialogue, is not this)."""
 
 
 class LeaseLost(Exception):
     """Another worker took the job over (this one was presumed dead); stop without recording anything."""
-
-
-class RedisFull(Exception):
-    """Redis refused a write at its maxmemory; the job fails with this code."""
-
-    code = "insufficient_storage"
-
-    def __init__(self) -> None:
-        super().__init__("the job store (Redis) is full, so the job's output could not be stored")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +84,8 @@ class LeaseKeeper(threading.Thread):
                     status = self.store.scripts["renew"](
                         keys=[keys.job(job_id), keys.LEASES], args=[self.store.lease, worker, job_id]
                     )
-                except Exception as exc:  # a Redis blip: the next round tries again
+                except Exception as exc:  # noqa: BLE001 - a Redis blip, or anything: this thread must live on,
+                    # or every lease this worker holds lapses and its jobs are taken over
                     log.warning("could not renew the lease of %s: %s", job_id, exc)
                     continue
                 if status not in (JobStatus.running, JobStatus.cancelling):
@@ -107,9 +102,7 @@ class WorkerStore:
         self.ttl = ttl
         self.lease = lease
         self.max_attempts = max_attempts
-        self.scripts = {
-            name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release", "abandon")
-        }
+        self.scripts = {name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release")}
         self.leases = LeaseKeeper(self)
 
     def ended(self, job_id: str) -> str | None:
@@ -138,27 +131,16 @@ class WorkerStore:
         value = self._bytes().get(keys.input(job_id))
         return value if isinstance(value, bytes) else None
 
-    def write_input(self, job_id: str, data: bytes) -> None:
-        with storing():
-            self._bytes().set(keys.input(job_id), data, ex=self.ttl)
-
     def write_output(self, job_id: str, data: bytes) -> None:
         """A job's binary result (audio), expiring with the job."""
         with storing():
             self._bytes().set(keys.output(job_id), data, ex=self.ttl)
 
-    def abandon(self, job_id: str, error: dict[str, str]) -> None:
-        """End a queued job whose message the broker refused as `failed` with `error` (`lua/abandon.lua`)."""
-        self.scripts["abandon"](
-            keys=[keys.job(job_id), keys.events(job_id)], args=[json.dumps(error), self.ttl, keys.notify(job_id)]
-        )
-        self.release_input(job_id)
-
     def release_input(self, job_id: str) -> None:
         """Delete an ended job's input and give its bytes back to its key's storage quota (`lua/release.lua`)."""
         try:
             self.scripts["release"](keys=[keys.job(job_id), keys.input(job_id)], args=["0"])
-        except Exception as exc:  # it expires with the job anyway
+        except RedisError as exc:  # it expires with the job anyway
             log.warning("could not release the input of %s: %s", job_id, exc)
 
     def when_room(self, write: Callable[[], T]) -> T:
@@ -202,15 +184,15 @@ class JobExecution:
     def __exit__(self, *exc: object) -> None:
         self._stores.leases.release(self.job_id)
 
-    def emit(self, event: EventType | str, data: Any) -> None:
-        """Append an event; raises `JobCancelled`/`JobTimedOut`/`LeaseLost` when the job must stop, `RedisFull`
-        when Redis has no room for it."""
+    def emit(self, event: EventType | str, data: BaseModel | dict[str, Any]) -> None:
+        """Append an event (its data one of `contract`'s models, serialized here); raises `JobCancelled`/
+        `JobTimedOut`/`LeaseLost` when the job must stop, `StorageFull` when Redis has no room for it."""
         with storing():
             status, _ = self._stores.scripts["emit"](
                 keys=self._keys,
                 args=[
                     str(event),
-                    json.dumps(data),
+                    as_json(data),
                     self._stores.ttl,
                     keys.notify(self.job_id),
                     self._stores.lease,
@@ -234,15 +216,20 @@ class JobExecution:
         if status != JobStatus.running:
             raise LeaseLost(f"job {self.job_id} is {status}, not running on this worker")
         if time.monotonic() > self.deadline:
-            raise JobTimedOut()
+            raise DeadlinePassed("the job ran longer than TASK_TIME_LIMIT_SECONDS")
 
     def finish(
-        self, status: JobStatus, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+        self,
+        status: JobStatus,
+        *,
+        result: BaseModel | dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
     ) -> str:
-        """Record how the job ended (waiting for room while Redis is full) and free its input."""
+        """Record how the job ended (waiting for room while Redis is full) and free its input; `result` is
+        its kind's result model (`contract.results.JobResult`), stored as JSON."""
         args = [
             status.value,
-            json.dumps(result) if result is not None else "",
+            as_json(result) if result is not None else "",
             json.dumps(error) if error is not None else "",
             self._stores.ttl,
             keys.notify(self.job_id),
@@ -254,10 +241,16 @@ class JobExecution:
         return final
 
 
+def as_json(data: BaseModel | dict[str, Any]) -> str:
+    """An event's data or a result as the store keeps it: the models' own JSON (leaving out the fields
+    they omit when unset), a plain dict as it is."""
+    return data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data)
+
+
 @contextmanager
 def storing() -> Iterator[None]:
-    """Redis's OOM refusal as `RedisFull`, which fails the job with `insufficient_storage`."""
+    """Redis's OOM refusal as `StorageFull`, which fails the job with `insufficient_storage`."""
     try:
         yield
     except OutOfMemoryError as exc:
-        raise RedisFull() from exc
+        raise StorageFull("the job store (Redis) is full, so the job's output could not be stored") from exc

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
-from typing import Any
 
 from config import Settings
 from contract.errors import InvalidJobInput
-from contract.jobs import EventType, JobKind, JobRecord
-from contract.payloads import (
+from contract.events import Progress
+from contract.generation import (
     ChatMessage,
     ChatRequest,
     CompletionRequest,
     GenerateRequest,
-    SynthesizeRequest,
-    TranscribeRequest,
+    GenerationResult,
+    GenerationTimings,
+    Token,
+    Usage,
 )
+from contract.jobs import EventType, JobKind, JobRecord
+from contract.synthesis import SynthesisResult, SynthesisTimings, SynthesizeRequest
+from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptSegment
 from media.audio import decode
-from workers.audio_out import AudioEncoder, Tempo, normalize_loudness
-from workers.execution import JobExecution
+from workers.audio_out import AudioEncoder, ChunkSender, Tempo, normalize_loudness
+from workers.context import JobContext
 from workers.llm import Prompt
 from workers.models import ModelCache, SpeechEngine, VoiceEngine
 from workers.stt import RemoteWhisperEngine
@@ -37,7 +40,7 @@ class TokenBatcher:
     adding at most `window` to when a delta is seen.
     """
 
-    def __init__(self, run: JobExecution, window: float) -> None:
+    def __init__(self, run: JobContext, window: float) -> None:
         self.run = run
         self.window = window
         self.pending: list[str] = []
@@ -50,12 +53,12 @@ class TokenBatcher:
 
     def flush(self) -> None:
         if self.pending:
-            self.run.emit(EventType.token, {"text": "".join(self.pending)})
+            self.run.emit(EventType.token, Token(text="".join(self.pending)))
             self.pending.clear()
             self.sent_at = time.monotonic()
 
 
-def run_llm_job(job: JobRecord, run: JobExecution, models: ModelCache) -> dict[str, Any]:
+def run_llm_job(job: JobRecord, run: JobContext, models: ModelCache) -> GenerationResult:
     """generate / chat / completion: stream `token` events, return the text and its usage."""
     params: GenerateRequest | ChatRequest | CompletionRequest
     if job.kind == JobKind.chat:
@@ -76,28 +79,23 @@ def run_llm_job(job: JobRecord, run: JobExecution, models: ModelCache) -> dict[s
         # a stretch of tokens that are not yet whole text).
         generation = engine.generate(prompt, params, batcher, check=run.check)
         batcher.flush()
-    return {
-        "text": generation.text,
-        "model": engine.name,
-        "finish_reason": generation.finish_reason,
-        "usage": {
-            "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-        },
-        "timings": {
-            "seconds": round(generation.seconds, 4),
-            "first_token_seconds": (
-                round(generation.first_token_seconds, 4) if generation.first_token_seconds is not None else None
-            ),
-            "tokens_per_second": (
+    first_token = generation.first_token_seconds
+    return GenerationResult(
+        text=generation.text,
+        model=engine.name,
+        finish_reason=generation.finish_reason,
+        usage=Usage.of(generation.prompt_tokens, generation.completion_tokens),
+        timings=GenerationTimings(
+            seconds=round(generation.seconds, 4),
+            first_token_seconds=round(first_token, 4) if first_token is not None else None,
+            tokens_per_second=(
                 round(generation.completion_tokens / generation.seconds, 2) if generation.seconds > 0 else None
             ),
-        },
-    }
+        ),
+    )
 
 
-def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: InputReader) -> dict[str, Any]:
+def run_stt_job(job: JobRecord, run: JobContext, models: ModelCache, inputs: InputReader) -> TranscriptionResult:
     """transcribe: decode the stored audio, stream `segment` and `progress` events, return the transcript."""
     request = TranscribeRequest.model_validate(job.request)
     data = inputs(job.id)
@@ -108,31 +106,31 @@ def run_stt_job(job: JobRecord, run: JobExecution, models: ModelCache, inputs: I
 
 
 def _transcribe(
-    engine: SpeechEngine, data: bytes, request: TranscribeRequest, run: JobExecution, settings: Settings
-) -> dict[str, Any]:
+    engine: SpeechEngine, data: bytes, request: TranscribeRequest, run: JobContext, settings: Settings
+) -> TranscriptionResult:
     if isinstance(engine, RemoteWhisperEngine):
-        run.emit(EventType.progress, {"fraction": 0.0, "stage": "uploading"})
+        run.emit(EventType.progress, Progress(fraction=0.0, stage="uploading"))
         result = engine.transcribe_file(data, request)
-        for segment in result["segments"]:
-            run.emit(EventType.segment, segment)
+        for segment in result.segments:
+            run.emit(EventType.segment, segment.brief())
         return result
-    run.emit(EventType.progress, {"fraction": 0.0, "stage": "decoding"})
+    run.emit(EventType.progress, Progress(fraction=0.0, stage="decoding"))
     decode_started = time.perf_counter()
     pcm = decode(data, max_seconds=settings.max_audio_seconds, time_limit=settings.audio_decode_timeout_seconds)
     decode_seconds = time.perf_counter() - decode_started
     duration = pcm.size / 16_000
 
-    def on_segment(segment: dict[str, Any], done_seconds: float) -> None:
-        run.emit(EventType.segment, {k: segment[k] for k in ("id", "start", "end", "text")})
+    def on_segment(segment: TranscriptSegment, done_seconds: float) -> None:
+        run.emit(EventType.segment, segment.brief())
         fraction = min(1.0, done_seconds / duration) if duration else 1.0
-        run.emit(EventType.progress, {"fraction": round(fraction, 4), "stage": "transcribing"})
+        run.emit(EventType.progress, Progress(fraction=round(fraction, 4), stage="transcribing"))
 
     result = engine.transcribe(pcm, request, on_segment)
-    result.setdefault("timings", {})["decode_seconds"] = round(decode_seconds, 4)
+    result.timings.decode_seconds = round(decode_seconds, 4)
     return result
 
 
-def run_tts_job(job: JobRecord, run: JobExecution, models: ModelCache, outputs: OutputWriter) -> dict[str, Any]:
+def run_tts_job(job: JobRecord, run: JobContext, models: ModelCache, outputs: OutputWriter) -> SynthesisResult:
     """synthesize: speak sentence by sentence, send each as an `audio_chunk` event, store the whole file."""
     request = SynthesizeRequest.model_validate(job.request)
     with models.tts(request.model) as engine:
@@ -140,27 +138,14 @@ def run_tts_job(job: JobRecord, run: JobExecution, models: ModelCache, outputs: 
 
 
 def _synthesize(
-    engine: VoiceEngine, request: SynthesizeRequest, job: JobRecord, run: JobExecution, outputs: OutputWriter
-) -> dict[str, Any]:
+    engine: VoiceEngine, request: SynthesizeRequest, job: JobRecord, run: JobContext, outputs: OutputWriter
+) -> SynthesisResult:
     rate = request.sample_rate or engine.sample_rate
     encoder = AudioEncoder(request.response_format, rate)
     started = time.perf_counter()
-    first_chunk: float | None = None
-    chunks = 0
+    chunks = ChunkSender(run, encoder, started)
     spoken = 0
-
-    def send(data: bytes, text: str | None) -> None:
-        nonlocal chunks, first_chunk
-        if not data:
-            return
-        if first_chunk is None:
-            first_chunk = time.perf_counter() - started
-        event = {"index": chunks, "audio": base64.b64encode(data).decode(), "format": request.response_format}
-        event.update({"sample_rate": rate, "end": round(encoder.seconds, 3), "text": text})
-        run.emit(EventType.audio_chunk, event)
-        chunks += 1
-
-    run.emit(EventType.progress, {"fraction": 0.0, "stage": "synthesizing"})
+    run.emit(EventType.progress, Progress(fraction=0.0, stage="synthesizing"))
     tempo: Tempo | None = None
     for chunk in engine.stream(request):
         pcm = chunk.pcm
@@ -169,33 +154,33 @@ def _synthesize(
             pcm = tempo(pcm)
         if request.normalize:
             pcm = normalize_loudness(pcm)
-        send(encoder.encode(pcm, chunk.rate), chunk.text)
+        chunks.send(encoder.encode(pcm, chunk.rate), chunk.text)
         if chunk.text:
             spoken += len(chunk.text)
             fraction = min(0.99, spoken / len(request.text))
-            run.emit(EventType.progress, {"fraction": round(fraction, 4), "stage": "synthesizing"})
+            run.emit(EventType.progress, Progress(fraction=round(fraction, 4), stage="synthesizing"))
     if tempo is not None:
-        send(encoder.encode(tempo(None), tempo.rate), None)
+        chunks.send(encoder.encode(tempo(None), tempo.rate), None)
     tail, whole = encoder.close()
     if encoder.samples == 0:
         raise InvalidJobInput("the text has nothing to speak (no words the voice can pronounce)")
-    send(tail, None)
+    chunks.send(tail, None)
     outputs(job.id, whole)
     seconds = time.perf_counter() - started
-    return {
-        "format": request.response_format,
-        "media_type": encoder.media_type,
-        "sample_rate": rate,
-        "duration": round(encoder.seconds, 3),
-        "bytes": len(whole),
-        "chunks": chunks,
-        "model": engine.name,
-        "voice": request.voice,
-        "reference_id": request.reference_id,
-        "characters": len(request.text),
-        "timings": {
-            "seconds": round(seconds, 4),
-            "first_chunk_seconds": round(first_chunk, 4) if first_chunk is not None else None,
-            "real_time_factor": round(seconds / encoder.seconds, 4),
-        },
-    }
+    return SynthesisResult(
+        response_format=request.response_format,
+        media_type=encoder.media_type,
+        sample_rate=rate,
+        duration=round(encoder.seconds, 3),
+        bytes=len(whole),
+        chunks=chunks.count,
+        model=engine.name,
+        voice=request.voice,
+        reference_id=request.reference_id,
+        characters=len(request.text),
+        timings=SynthesisTimings(
+            seconds=round(seconds, 4),
+            first_chunk_seconds=round(chunks.first, 4) if chunks.first is not None else None,
+            real_time_factor=round(seconds / encoder.seconds, 4),
+        ),
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from contract.errors import ContextOverflow, EngineStalled, InvalidJobInput, ModelUnavailable
-from contract.payloads import ChatMessage, GenerationParams
+from contract.generation import ChatMessage, GenerationParams
 
 if TYPE_CHECKING:
     from workers.llm_batch import BatchScheduler
@@ -30,7 +30,7 @@ GEMMA_START_OF_TURN = "<start_of_turn>"
 
 
 class TokenSink(Protocol):
-    def __call__(self, text: str) -> None: ...
+    def __call__(self, text: str, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,7 @@ class LlmEngine:
         n_batch: int,
         parallel: int = 1,
         stall_seconds: float = 120.0,
+        gpu_visible: bool = True,
     ):
         try:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -89,8 +90,7 @@ class LlmEngine:
             raise ModelUnavailable("this worker has no llama-cpp-python: pip install 'speechq[llm]'") from exc
 
         if n_gpu_layers is None:  # every layer on the GPU when there is one, none otherwise
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset") not in ("", "-1")
-            n_gpu_layers = -1 if gpu_offload_supported() and visible else 0
+            n_gpu_layers = -1 if gpu_offload_supported() and gpu_visible else 0
         self.name = name
         self.n_gpu_layers = n_gpu_layers
         self.stall_seconds = stall_seconds

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from contract.errors import EngineError
-from contract.payloads import GenerationParams
+from contract.generation import GenerationParams
 from workers.llm_native import NativeContext, NativeModel
 from workers.llm_sampling import SequenceSampler
 from workers.llm_text import TextStream

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from llama_cpp import llama_cpp as native
 
-from contract.payloads import GenerationParams
+from contract.generation import GenerationParams
 
 PENALTY_LAST_N = 64  # llama-cpp-python's `last_n_tokens_size`: the window the old engine penalised
 

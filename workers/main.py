@@ -13,19 +13,21 @@ import socket
 import threading
 import time
 from functools import partial
-from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from config import Settings
 from contract.catalog import Registry, use_registry
 from contract.errors import EngineStalled
 from contract.jobs import JobRecord
+from contract.results import JobResult
 from jobstore.adverts import WorkerInfo, advertise, withdraw
 from jobstore.celery_app import create_celery
 from workers.celery_tasks import JobHandler, JobRunner, register_tasks
+from workers.context import JobContext
 from workers.dialogue import Stages, run_dialogue_job
-from workers.execution import JobExecution, WorkerStore
+from workers.execution import WorkerStore
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.metrics import WorkerMetrics
 from workers.models import ModelCache
@@ -48,7 +50,7 @@ class Heartbeat(threading.Thread):
             self.info.models = self.models.loaded
             try:
                 advertise(self.redis, self.info, ttl=self.interval * 3)
-            except Exception as exc:  # Redis away for a moment: say so and keep beating
+            except Exception as exc:  # noqa: BLE001 - Redis away, or anything: a stopped heartbeat hides a live worker
                 log.warning("heartbeat failed: %s", exc)
             self.stopped.wait(self.interval)
 
@@ -56,7 +58,7 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
         try:
             withdraw(self.redis, self.info.id)
-        except Exception as exc:
+        except RedisError as exc:  # the advertisement expires on its own
             log.warning("could not withdraw worker advertisement: %s", exc)
 
 
@@ -64,7 +66,7 @@ def restart_when_stalled(handler: JobHandler, stalled: threading.Event) -> JobHa
     """The handler, but an engine that stopped making progress also asks this worker to shut down (its
     job fails as `engine_stalled` first): a worker that cannot stop a runaway engine restarts."""
 
-    def run(job: JobRecord, execution: JobExecution) -> dict[str, Any]:
+    def run(job: JobRecord, execution: JobContext) -> JobResult:
         try:
             return handler(job, execution)
         except EngineStalled:
@@ -151,7 +153,7 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         queues=queues,
         device=device,
         started_at=time.time(),
-        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        cuda_visible_devices=settings.cuda_visible_devices,
         metrics_port=settings.worker_metrics_port or None,
     )
     heartbeat = Heartbeat(redis, info, models, settings.worker_heartbeat_seconds)

@@ -157,6 +157,7 @@ class ModelCache:
             n_batch=options.get("n_batch", s.llm_n_batch),
             parallel=s.llm_parallel,
             stall_seconds=s.llm_stall_seconds,
+            gpu_visible=s.cuda_visible_devices not in ("", "-1"),
         )
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from contract.errors import InvalidJobInput, ModelUnavailable
-from contract.payloads import TranscribeRequest
+from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
 from workers.stt import FALLBACK_TEMPERATURES, SegmentSink
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class OpenAIWhisperEngine:
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (openai-whisper) from %s in %.2fs", name, checkpoint, self.load_seconds)
 
-    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> dict[str, Any]:
+    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> TranscriptionResult:
         if self.english_only and request.language not in (None, "en"):
             raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
         started = time.perf_counter()
@@ -69,38 +69,36 @@ class OpenAIWhisperEngine:
             verbose=None,
         )
         duration = pcm.size / 16_000
-        segments: list[dict[str, Any]] = []
+        segments: list[TranscriptSegment] = []
         for number, raw in enumerate(answer["segments"]):
-            segment: dict[str, Any] = {
-                "id": number,
-                "seek": raw["seek"],
-                "start": round(raw["start"], 3),
-                "end": round(raw["end"], 3),
-                "text": raw["text"].strip(),
-                "tokens": raw["tokens"],
-                "temperature": raw["temperature"],
-                "avg_logprob": round(raw["avg_logprob"], 4),
-                "compression_ratio": round(raw["compression_ratio"], 4),
-                "no_speech_prob": round(raw["no_speech_prob"], 4),
-            }
-            if request.words:
-                segment["words"] = [
-                    {"word": w["word"].strip(), "start": round(w["start"], 3), "end": round(w["end"], 3)}
-                    for w in raw.get("words", [])
-                ]
+            words = [
+                Word(word=w["word"].strip(), start=round(w["start"], 3), end=round(w["end"], 3))
+                for w in raw.get("words", [])
+            ]
+            segment = TranscriptSegment(
+                id=number,
+                seek=raw["seek"],
+                start=round(raw["start"], 3),
+                end=round(raw["end"], 3),
+                text=raw["text"].strip(),
+                tokens=raw["tokens"],
+                temperature=raw["temperature"],
+                avg_logprob=round(raw["avg_logprob"], 4),
+                compression_ratio=round(raw["compression_ratio"], 4),
+                no_speech_prob=round(raw["no_speech_prob"], 4),
+                words=words if request.words else None,
+            )
             segments.append(segment)
             on_segment(segment, raw["end"])
         seconds = time.perf_counter() - started
-        result: dict[str, Any] = {
-            "text": " ".join(s["text"] for s in segments).strip(),
-            "language": answer.get("language") or request.language or "en",
-            "duration": round(duration, 3),
-            "task": request.task,
-            "segments": segments,
-            "model": self.name,
-            "engine": "openai-whisper",
-            "timings": {"seconds": round(seconds, 4), "real_time_factor": round(seconds / duration, 4)},
-        }
-        if request.words:
-            result["words"] = [w for s in segments for w in s.get("words", [])]
-        return result
+        return TranscriptionResult(
+            text=" ".join(s.text for s in segments).strip(),
+            language=answer.get("language") or request.language or "en",
+            duration=round(duration, 3),
+            task=request.task,
+            segments=segments,
+            words=[w for s in segments for w in s.words or ()] if request.words else None,
+            model=self.name,
+            engine="openai-whisper",
+            timings=TranscriptionTimings(seconds=round(seconds, 4), real_time_factor=round(seconds / duration, 4)),
+        )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import faulthandler
 import importlib.util
-import os
 import sys
+
+from config import environment
 
 
 class ImportOrderError(RuntimeError):
@@ -48,6 +49,6 @@ def prepare_worker(queues: list[str]) -> None:
     libraries stay offline, and a worker serving `llm` has llama.cpp loaded before PyAV."""
     faulthandler.enable(file=sys.stderr, all_threads=True)
     # Workers never download while serving: models come prepared (`speechq models prepare`).
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    environment.stay_offline()
     if "llm" in queues:
         load_llama_first()

@@ -1,6 +1,6 @@
 """Speech-to-text engines: faster-whisper on this host, or OpenAI's transcription API over HTTP.
 
-Both return the same result dict (see `media.transcripts`): text, language, duration, task, segments
+Both return a `TranscriptionResult` (`contract.transcription`): text, language, duration, task, segments
 (id, start, end, text, and words when asked), words, model.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.errors import EngineError, InvalidJobInput, ModelUnavailable
-from contract.payloads import TranscribeRequest
+from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,19 +22,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SegmentSink = Callable[[dict[str, Any], float], None]  # (segment, seconds of audio done)
+SegmentSink = Callable[[TranscriptSegment, float], None]  # (segment, seconds of audio done)
 # faster-whisper's fallback ladder when temperature is 0 and a segment decodes badly.
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-def _words(segment: Any) -> list[dict[str, Any]]:
+def _words(segment: Any) -> list[Word]:
     return [
-        {
-            "word": w.word.strip(),
-            "start": round(w.start, 3),
-            "end": round(w.end, 3),
-            "probability": round(w.probability, 4),
-        }
+        Word(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3), probability=round(w.probability, 4))
         for w in segment.words or ()
     ]
 
@@ -61,7 +56,7 @@ class WhisperEngine:
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s on %s (%s) in %.2fs", name, self.device, self.compute_type, self.load_seconds)
 
-    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> dict[str, Any]:
+    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> TranscriptionResult:
         if self.english_only and request.language not in (None, "en"):
             raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
         temperature = FALLBACK_TEMPERATURES if request.temperature == 0 else request.temperature
@@ -76,41 +71,38 @@ class WhisperEngine:
             vad_filter=request.vad_filter,
             beam_size=1,
         )
-        collected: list[dict[str, Any]] = []
+        collected: list[TranscriptSegment] = []
         for number, segment in enumerate(segments):
-            item: dict[str, Any] = {
-                "id": number,
-                "seek": segment.seek,
-                "start": round(segment.start, 3),
-                "end": round(segment.end, 3),
-                "text": segment.text.strip(),
-                "tokens": list(segment.tokens),
-                "temperature": segment.temperature,
-                "avg_logprob": round(segment.avg_logprob, 4),
-                "compression_ratio": round(segment.compression_ratio, 4),
-                "no_speech_prob": round(segment.no_speech_prob, 4),
-            }
-            if request.words:
-                item["words"] = _words(segment)
+            item = TranscriptSegment(
+                id=number,
+                seek=segment.seek,
+                start=round(segment.start, 3),
+                end=round(segment.end, 3),
+                text=segment.text.strip(),
+                tokens=list(segment.tokens),
+                temperature=segment.temperature,
+                avg_logprob=round(segment.avg_logprob, 4),
+                compression_ratio=round(segment.compression_ratio, 4),
+                no_speech_prob=round(segment.no_speech_prob, 4),
+                words=_words(segment) if request.words else None,
+            )
             collected.append(item)
             on_segment(item, segment.end)
         seconds = time.perf_counter() - started
-        result: dict[str, Any] = {
-            "text": " ".join(s["text"] for s in collected).strip(),
-            "language": info.language,
-            "language_probability": round(info.language_probability, 4),
-            "duration": round(info.duration, 3),
-            "task": request.task,
-            "segments": collected,
-            "model": self.name,
-            "timings": {
-                "seconds": round(seconds, 4),
-                "real_time_factor": round(seconds / info.duration, 4) if info.duration else None,
-            },
-        }
-        if request.words:
-            result["words"] = [w for s in collected for w in s.get("words", [])]
-        return result
+        return TranscriptionResult(
+            text=" ".join(s.text for s in collected).strip(),
+            language=info.language,
+            language_probability=round(info.language_probability, 4),
+            duration=round(info.duration, 3),
+            task=request.task,
+            segments=collected,
+            words=[w for s in collected for w in s.words or ()] if request.words else None,
+            model=self.name,
+            timings=TranscriptionTimings(
+                seconds=round(seconds, 4),
+                real_time_factor=round(seconds / info.duration, 4) if info.duration else None,
+            ),
+        )
 
 
 class RemoteWhisperEngine:
@@ -133,7 +125,7 @@ class RemoteWhisperEngine:
             max_retries=settings.openai_max_retries,
         )
 
-    def transcribe_file(self, data: bytes, request: TranscribeRequest) -> dict[str, Any]:
+    def transcribe_file(self, data: bytes, request: TranscribeRequest) -> TranscriptionResult:
         options: dict[str, Any] = {
             "file": (request.filename, data),
             "model": self.name,
@@ -159,17 +151,16 @@ class RemoteWhisperEngine:
             raise EngineError(f"the transcription service is unreachable: {exc}") from None
         body: dict[str, Any] = {"text": answer} if isinstance(answer, str) else answer.model_dump()
         segments = [
-            {**s, "id": n, "text": str(s.get("text", "")).strip()} for n, s in enumerate(body.get("segments") or [])
+            TranscriptSegment.model_validate({**s, "id": n, "text": str(s.get("text", "")).strip()})
+            for n, s in enumerate(body.get("segments") or [])
         ]
-        result: dict[str, Any] = {
-            "text": str(body.get("text", "")).strip(),
-            "language": body.get("language") or request.language or "",
-            "duration": float(body.get("duration") or 0.0),
-            "task": request.task,
-            "segments": segments,
-            "model": self.name,
-            "timings": {"seconds": round(time.perf_counter() - started, 4)},
-        }
-        if body.get("words"):
-            result["words"] = body["words"]
-        return result
+        return TranscriptionResult(
+            text=str(body.get("text", "")).strip(),
+            language=body.get("language") or request.language or "",
+            duration=float(body.get("duration") or 0.0),
+            task=request.task,
+            segments=segments,
+            words=body.get("words") or None,
+            model=self.name,
+            timings=TranscriptionTimings(seconds=round(time.perf_counter() - started, 4)),
+        )

@@ -19,7 +19,7 @@ import numpy as np
 
 from config import Settings
 from contract.errors import InvalidJobInput, ModelUnavailable, UpstreamError, UpstreamTimeout
-from contract.payloads import SynthesizeRequest
+from contract.synthesis import SynthesizeRequest
 from media.speech import split_sentences
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,8 @@ from api.errors import Unprocessable
 from api.routes.transcription import AudioFile, OptionsDep, formatted, submit_upload
 from api.state import AppState
 from api.submit import wait_for
+from contract.results import result_of
+from contract.transcription import TranscriptionResult
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
 
@@ -23,8 +25,7 @@ async def _serve(state: AppState, principal: Principal, rid: str, file: AudioFil
         raise Unprocessable("model: Field required", param="model")
     job, request = await submit_upload(state, principal, file, options, request_id=rid)
     final = await wait_for(state, job)
-    assert final.result is not None
-    response = formatted(final.result, request.response_format)
+    response = formatted(result_of(final, TranscriptionResult), request.response_format)
     response.headers["X-Job-ID"] = job.id
     return response
 

@@ -1,4 +1,7 @@
-"""OpenAI chat and text completion request/response shapes, as the official client sends and reads them."""
+"""OpenAI chat and text completion request/response shapes, as the official client sends and reads them.
+
+`usage` is the generation result's own `Usage` (`contract.generation`), which has OpenAI's fields.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contract.payloads import ChatMessage
+from contract.generation import ChatMessage, GenerationResult, Usage
 
 
 class StreamOptions(BaseModel):
@@ -105,10 +108,56 @@ class CompletionRequestOpenAI(SamplingFields):
         return value
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int = 0
+    message: ChatCompletionMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    """OpenAI's `chat.completion` object: a finished `chat` job."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage
+
+    @classmethod
+    def of(cls, job_id: str, model: str, created: int, result: GenerationResult) -> ChatCompletionResponse:
+        message = ChatCompletionMessage(content=result.text)
+        choice = ChatCompletionChoice(message=message, finish_reason=result.finish_reason)
+        return cls(id=f"chatcmpl-{job_id}", created=created, model=model, choices=[choice], usage=result.usage)
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    """OpenAI's `text_completion` object: a finished `completion` job."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+    @classmethod
+    def of(cls, job_id: str, model: str, created: int, result: GenerationResult) -> CompletionResponse:
+        choice = CompletionChoice(text=result.text, finish_reason=result.finish_reason)
+        return cls(id=f"cmpl-{job_id}", created=created, model=model, choices=[choice], usage=result.usage)
 
 
 def now() -> int:

@@ -7,16 +7,23 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import Unprocessable, envelope, validated
-from api.openai.protocol import ChatCompletionRequest, CompletionRequestOpenAI, now
+from api.errors import JobFailure, Unprocessable, error_body, validated
+from api.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequestOpenAI,
+    CompletionResponse,
+    now,
+)
 from api.state import AppState
 from api.submit import follow, submit, wait_for
+from contract.generation import ChatRequest, CompletionRequest, GenerationParams, GenerationResult, Token
 from contract.jobs import EventType, JobKind, JobRecord
-from contract.payloads import ChatRequest, CompletionRequest, GenerationParams
+from contract.results import result_of
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 
@@ -38,41 +45,11 @@ def completion_payload(body: CompletionRequestOpenAI) -> GenerationParams:
     return validated(CompletionRequest, {**body.sampling(body.max_tokens), "prompt": prompt})
 
 
-def chat_completion_body(job_id: str, model: str, created: int, result: dict[str, Any]) -> dict[str, Any]:
-    """A finished `chat` job as OpenAI's `chat.completion` object."""
-    return {
-        "id": f"chatcmpl-{job_id}",
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result["text"]},
-                "finish_reason": result["finish_reason"],
-                "logprobs": None,
-            }
-        ],
-        "usage": result["usage"],
-    }
-
-
-def completion_body(job_id: str, model: str, created: int, result: dict[str, Any]) -> dict[str, Any]:
-    """A finished `completion` job as OpenAI's `text_completion` object."""
-    return {
-        "id": f"cmpl-{job_id}",
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}],
-        "usage": result["usage"],
-    }
-
-
-@router.post("/chat/completions", response_model=None)
+# Declared for the JSON answer; with `stream` the route answers server-sent events instead.
+@router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
-) -> JSONResponse | EventSourceResponse:
+    body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+) -> ChatCompletionResponse | EventSourceResponse:
     job, _ = await submit(state, JobKind.chat, chat_payload(body), principal, request_id=rid)
     completion_id, created = f"chatcmpl-{job.id}", now()
 
@@ -91,14 +68,15 @@ async def chat_completions(
         first = chunk("", None)
         first["choices"][0]["delta"]["role"] = "assistant"
         return _stream(state, job, chunk, include_usage, first)
-    result = (await wait_for(state, job)).result or {}
-    return JSONResponse(chat_completion_body(job.id, body.model, created, result), headers={"X-Job-ID": job.id})
+    result = result_of(await wait_for(state, job), GenerationResult)
+    response.headers["X-Job-ID"] = job.id
+    return ChatCompletionResponse.of(job.id, body.model, created, result)
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=CompletionResponse)
 async def completions(
-    body: CompletionRequestOpenAI, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
-) -> JSONResponse | EventSourceResponse:
+    body: CompletionRequestOpenAI, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+) -> CompletionResponse | EventSourceResponse:
     job, _ = await submit(state, JobKind.completion, completion_payload(body), principal, request_id=rid)
     completion_id, created = f"cmpl-{job.id}", now()
 
@@ -114,8 +92,9 @@ async def completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _stream(state, job, chunk, include_usage, None)
-    result = (await wait_for(state, job)).result or {}
-    return JSONResponse(completion_body(job.id, body.model, created, result), headers={"X-Job-ID": job.id})
+    result = result_of(await wait_for(state, job), GenerationResult)
+    response.headers["X-Job-ID"] = job.id
+    return CompletionResponse.of(job.id, body.model, created, result)
 
 
 def _stream(
@@ -124,20 +103,20 @@ def _stream(
     async def events() -> AsyncIterator[ServerSentEvent]:
         if first is not None:
             yield ServerSentEvent(data=json.dumps(first))
-        result: dict[str, Any] = {}
+        result: GenerationResult | None = None
         async for event in follow(state, job.id):
             if event.type == EventType.token:
-                yield ServerSentEvent(data=json.dumps(chunk(event.data["text"], None)))
+                yield ServerSentEvent(data=json.dumps(chunk(Token.model_validate(event.data).text, None)))
             elif event.type == EventType.result:
-                result = event.data
+                result = GenerationResult.model_validate(event.data)
             elif event.type == EventType.error:
-                error = envelope(event.data["message"], code=event.data["type"], type_="server_error")
-                yield ServerSentEvent(data=json.dumps(error))
-            elif event.type == EventType.done and result:
-                yield ServerSentEvent(data=json.dumps(chunk(None, result["finish_reason"])))
+                # The same envelope (and `type`) as the blocking answer to the same failure.
+                yield ServerSentEvent(data=json.dumps(error_body(JobFailure.recorded(event.data))))
+            elif event.type == EventType.done and result is not None:
+                yield ServerSentEvent(data=json.dumps(chunk(None, result.finish_reason)))
                 if include_usage:
                     usage = chunk(None, None)
-                    usage["choices"], usage["usage"] = [], result["usage"]
+                    usage["choices"], usage["usage"] = [], result.usage.model_dump()
                     yield ServerSentEvent(data=json.dumps(usage))
         yield ServerSentEvent(data="[DONE]")
 

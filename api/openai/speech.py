@@ -3,7 +3,6 @@ synthesized (`stream_format: audio`), or as `speech.audio.delta` / `speech.audio
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -17,7 +16,8 @@ from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import validated
 from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from contract.catalog import ModelRole
-from contract.payloads import MAX_SPEECH_CHARS, SynthesizeRequest, registered
+from contract.common import registered
+from contract.synthesis import MAX_SPEECH_CHARS, SynthesizeRequest
 from media.speech import MEDIA_TYPES, AudioFormat
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
@@ -55,7 +55,7 @@ async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, 
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             async for chunk in chunks:
-                delta = {"type": "speech.audio.delta", "audio": chunk["audio"]}
+                delta = {"type": "speech.audio.delta", "audio": chunk.audio}
                 yield ServerSentEvent(data=json.dumps(delta), event="speech.audio.delta")
             # Local engines have no tokenizer: input tokens are counted as words, output tokens not at all.
             words = len(body.input.split())
@@ -67,6 +67,6 @@ async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, 
 
     async def audio() -> AsyncIterator[bytes]:
         async for chunk in chunks:
-            yield base64.b64decode(chunk["audio"])
+            yield chunk.decoded()
 
     return StreamingResponse(audio(), media_type=MEDIA_TYPES[body.response_format], headers=audio_headers(request, job))

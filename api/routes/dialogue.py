@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
-from api.errors import Unprocessable, validated
+from api.errors import JobFailure, Unprocessable, validated, websocket_error
 from api.routes.synthesis import remote_defaults
 from api.routes.transcription import AudioFile, sent_fields, submit_charged
-from api.schemas import job_created
+from api.schemas import JobCreated, job_created
 from api.seed_dialogue import (
     SeedDialogue,
     as_the_original,
@@ -35,15 +35,11 @@ from api.seed_speech import EmptyUpload
 from api.state import AppState
 from api.submit import follow, stored_audio, wait_for
 from api.uploads import AudioBudget, read_audio, websocket_audio
+from contract.dialogue import DialogueRequest, DialogueResult
+from contract.generation import GenerationParams, with_defaults
 from contract.jobs import EventType, JobRecord
-from contract.payloads import (
-    DialogueRequest,
-    GenerationParams,
-    InvalidField,
-    SynthesizeRequest,
-    resolve_synthesis,
-    with_defaults,
-)
+from contract.results import result_of
+from contract.synthesis import AudioChunk, InvalidField, SynthesizeRequest, resolve_synthesis
 
 router = APIRouter(tags=["dialogue"])
 
@@ -144,24 +140,26 @@ async def submit_dialogue(
 
 
 async def client_events(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
-    """The dialogue's events as clients see them: `{event, data}`, ending with `done` (status and result)."""
+    """The dialogue's events as clients see them: `{event, data}` (a failure as every WebSocket's error
+    message), ending with `done` (status and result)."""
     async for event in follow(state, job.id):
         if event.type == EventType.audio_chunk:
-            data = event.data
-            chunk = {"index": data["index"], "audio_base64": data["audio"], "text": data.get("text")}
-            yield {
-                "event": "audio_chunk",
-                "data": {**chunk, "format": data["format"], "sample_rate": data["sample_rate"]},
-            }
-        elif event.type in CLIENT_EVENTS or event.type == EventType.error:
+            audio = AudioChunk.model_validate(event.data)
+            chunk = {"index": audio.index, "audio_base64": audio.audio, "text": audio.text}
+            yield {"event": "audio_chunk", "data": {**chunk, "format": audio.format, "sample_rate": audio.sample_rate}}
+        elif event.type in CLIENT_EVENTS:
             yield {"event": event.type, "data": event.data}
+        elif event.type == EventType.error:
+            yield websocket_error(JobFailure.recorded(event.data)).message
         elif event.type == EventType.done:
             final = await state.store.get(job.id, owner=job.owner)
-            result = (final.result or {}) if final is not None else {}
+            result: dict[str, Any] = {}
+            if final is not None and final.result is not None:
+                result = result_of(final, DialogueResult).model_dump(mode="json")
             yield {"event": "done", "data": {"job_id": job.id, **event.data, **result}}
 
 
-@router.post("/v1/jobs/dialogue", status_code=202, tags=["jobs"])
+@router.post("/v1/jobs/dialogue", status_code=202, tags=["jobs"], response_model=JobCreated)
 async def create_dialogue_job(
     state: StateDep,
     principal: PrincipalDep,

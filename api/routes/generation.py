@@ -7,18 +7,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Response, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, validation_summary
+from api.errors import ApiError, Conflict, JobFailure, WebSocketError, error_body, websocket_error
 from api.seed_generation import SeedGenerationRequest
 from api.state import AppState
 from api.submit import follow, submit, wait_for
+from contract.generation import GenerationResult, Token
 from contract.jobs import EventType, JobKind, JobRecord
+from contract.results import result_of
 
 router = APIRouter(prefix="/v1", tags=["generation (seed API)"])
 
@@ -29,26 +31,26 @@ class GenerateResponse(BaseModel):
 
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(
-    body: SeedGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+    body: SeedGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
 ) -> GenerateResponse:
     job, _ = await submit(state, JobKind.generate, body.job_request(), principal, request_id=rid)
     final = await wait_for(state, job)
-    assert final.result is not None
-    return GenerateResponse(generated_text=final.result["text"])
+    response.headers["X-Job-ID"] = job.id  # speechq's addition, as on the other seed routes
+    return GenerateResponse(generated_text=result_of(final, GenerationResult).text)
 
 
 async def _text_so_far(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
     """The original's stream lines: `{"generated_text": <the text so far>}` for each delta, and a failure
-    as `{"detail": …}` (with speechq's `error` beside it)."""
+    as `{"detail": …}` (with speechq's `error` object beside it)."""
     text = ""
     async for event in follow(state, job.id):
         if event.type == EventType.token:
-            text += event.data["text"]
+            text += Token.model_validate(event.data).text
             yield {"generated_text": text}
         elif event.type == EventType.error:
-            yield {"detail": event.data["message"], "error": event.data}
+            yield error_body(JobFailure.recorded(event.data))
         elif event.type == EventType.done and event.data["status"] not in ("succeeded", "failed"):
-            yield {"detail": f"the generation was {event.data['status']}"}
+            yield error_body(Conflict(f"the generation was {event.data['status']}"))
 
 
 @router.post("/generate_stream")
@@ -81,36 +83,28 @@ async def generate_ws(websocket: WebSocket) -> None:
             failure = await _stream_tokens(websocket, state, job)
         except WebSocketDisconnect:
             return
-        except (ValidationError, ValueError, ApiError, RedisError) as exc:
-            failure = _reason(exc)
+        except (ValidationError, json.JSONDecodeError, ApiError, RedisError) as exc:
+            failure = websocket_error(exc)
         if failure is not None:
-            await websocket.send_json({"status": "error", "detail": failure})
-            await websocket.close(code=1011, reason=failure[:120])
+            await websocket.send_json(failure.message)
+            # The original closed the connection after any failed request, and always with 1011.
+            await websocket.close(code=1011, reason=failure.reason)
             return
 
 
-async def _stream_tokens(websocket: WebSocket, state: AppState, job: JobRecord) -> str | None:
+async def _stream_tokens(websocket: WebSocket, state: AppState, job: JobRecord) -> WebSocketError | None:
     """Send the job's text as `token` messages, then `done`; returns why it failed, if it did."""
-    result: dict[str, Any] = {}
+    result: GenerationResult | None = None
     async for event in follow(state, job.id):
         if event.type == EventType.token:
-            await websocket.send_json({"token": event.data["text"]})
+            await websocket.send_json({"token": Token.model_validate(event.data).text})
         elif event.type == EventType.result:
-            result = event.data
+            result = GenerationResult.model_validate(event.data)
         elif event.type == EventType.error:
-            return str(event.data["message"])
+            return websocket_error(JobFailure.recorded(event.data))
         elif event.type == EventType.done:
             if event.data["status"] != "succeeded":
-                return f"job {job.id} {event.data['status']}"
-    await websocket.send_json({"status": "done", "job_id": job.id, "usage": result.get("usage")})
+                return websocket_error(Conflict(f"job {job.id} {event.data['status']}"))
+    usage = result.usage.model_dump() if result is not None else None
+    await websocket.send_json({"status": "done", "job_id": job.id, "usage": usage})
     return None
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return validation_summary(list(exc.errors()))[0]
-    if isinstance(exc, ApiError):
-        return exc.message
-    if isinstance(exc, RedisError):
-        return f"the job store is unreachable: {exc}"
-    return f"invalid request: {exc}"  # a message that is not JSON

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,6 +15,7 @@ from contract.jobs import QUEUES
 from jobstore.adverts import live_workers
 from jobstore.broker import is_redis_url
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -30,7 +32,8 @@ async def ready(state: StateDep) -> JSONResponse:
         await state.redis.ping()
         workers = await live_workers(state.redis)
     except RedisError as exc:
-        return JSONResponse({"status": "unavailable", "redis": f"unreachable: {exc}"}, status_code=503)
+        log.error("readiness: Redis unreachable: %s", exc)  # the address it tried stays in the log
+        return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
     for queue in QUEUES:
         serving = [w.id for w in workers if queue in w.queues]
         body["queues"][queue] = {"workers": len(serving), "depth": await state.redis.llen(queue)}

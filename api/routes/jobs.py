@@ -14,11 +14,15 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, refuse, websocket_principal
-from api.errors import Conflict, NotFound, Unprocessable, quoted
-from api.schemas import JobCreated, JobPublic, JobsPublic, job_created, job_public
+from api.errors import Conflict, JobNotSucceeded, NotFound, Unprocessable, quoted, websocket_error
+from api.schemas import DialogueResultPublic, JobCreated, JobPublic, JobsPublic, job_created, job_public
 from api.submit import follow, stored_audio, submit
+from contract.dialogue import DialogueResult
+from contract.generation import ChatRequest, CompletionRequest, GenerateRequest, GenerationResult
 from contract.jobs import JobKind, JobRecord, JobStatus
-from contract.payloads import ChatRequest, CompletionRequest, GenerateRequest
+from contract.results import parse_result
+from contract.synthesis import SynthesisResult
+from contract.transcription import TranscriptionResult
 from jobstore.events import parse_event_id
 from jobstore.store import JobStore
 
@@ -95,21 +99,29 @@ async def cancel_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> J
     return job_public(await _owned(store, job_id, principal))
 
 
-@router.get("/{job_id}/result")
-async def get_result(job_id: str, store: StoreDep, principal: PrincipalDep) -> Response:
+# What `GET /v1/jobs/{id}/result` answers in JSON: a synthesis's result is its audio instead.
+ResultPublic = GenerationResult | TranscriptionResult | DialogueResultPublic
+
+
+@router.get(
+    "/{job_id}/result",
+    response_model=ResultPublic,
+    responses={200: {"content": {"audio/*": {}}, "description": "the result; a synthesis's is its audio"}},
+)
+async def get_result(job_id: str, store: StoreDep, principal: PrincipalDep) -> Response | ResultPublic:
     job = await _owned(store, job_id, principal)
     if job.status != JobStatus.succeeded:
-        error = Conflict(
+        raise JobNotSucceeded(
             f"job {job_id} is {job.status}"
             + (f": {job.error['message']}" if job.error else "; its result is not ready")
         )
-        error.code = "job_not_succeeded"
-        raise error
     if job.kind == JobKind.synthesize:
         return await _audio(store, job)
-    if job.kind == JobKind.dialogue:
-        return JSONResponse({**(job.result or {}), "audio_url": f"/v1/jobs/{job_id}/audio"})
-    return JSONResponse(job.result)
+    result = parse_result(job.kind, job.result or {})
+    if isinstance(result, DialogueResult):
+        return DialogueResultPublic(**dict(result), audio_url=f"/v1/jobs/{job_id}/audio")
+    assert not isinstance(result, SynthesisResult), "a synthesis answers with its audio"
+    return result
 
 
 @router.get("/{job_id}/audio")
@@ -124,11 +136,11 @@ async def get_audio(job_id: str, store: StoreDep, principal: PrincipalDep) -> Re
 
 
 async def _audio(store: JobStore, job: JobRecord) -> Response:
-    result = job.result or {}
+    result = parse_result(job.kind, job.result or {})
+    assert isinstance(result, SynthesisResult | DialogueResult), "only these jobs make audio"
     audio = await stored_audio(store, job)
-    fmt = result.get("format") or result.get("response_format")
-    headers = {"x-audio-format": str(fmt), "x-sample-rate": str(result.get("sample_rate"))}
-    return Response(audio, media_type=result.get("media_type"), headers=headers)
+    headers = {"x-audio-format": result.response_format, "x-sample-rate": str(result.sample_rate)}
+    return Response(audio, media_type=result.media_type, headers=headers)
 
 
 def _resume_point(header: str | None, query: str | None) -> str | None:
@@ -178,7 +190,8 @@ async def job_websocket(websocket: WebSocket, job_id: str, after: str | None = N
     except WebSocketDisconnect:
         return
     except RedisError as exc:
-        await websocket.close(code=1011, reason=f"job store unreachable: {exc}"[:120])
+        failure = websocket_error(exc)
+        await websocket.close(code=failure.close_code, reason=failure.reason)
         return
     await websocket.close(code=1000)
 

@@ -3,7 +3,6 @@ helpers the OpenAI `/v1/audio/speech` route shares: resolving a request and stre
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,11 +13,13 @@ from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import GatewayTimeout, Unprocessable, validated
 from api.routes.jobs import accepted
+from api.schemas import JobCreated
 from api.seed_speech import SeedAudioFormat, SeedSpeechRequest, SeedSynthesis
 from api.state import AppState
 from api.submit import follow, raise_for_failure, stored_audio, submit, wait_for
 from contract.jobs import EventType, JobKind, JobRecord
-from contract.payloads import InvalidField, SynthesizeRequest, resolve_synthesis
+from contract.results import result_of
+from contract.synthesis import AudioChunk, InvalidField, SynthesisResult, SynthesizeRequest, resolve_synthesis
 
 router = APIRouter(tags=["text to speech"])
 
@@ -44,23 +45,23 @@ async def submit_synthesis(
     return job
 
 
-async def audio_chunks(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
+async def audio_chunks(state: AppState, job: JobRecord) -> AsyncIterator[AudioChunk]:
     """The job's `audio_chunk` events as they come; raises the job's failure, if it fails, at the end."""
     async for event in follow(state, job.id):
         if event.type == EventType.audio_chunk:
-            yield event.data
+            yield AudioChunk.model_validate(event.data)
     final = await state.store.get(job.id, owner=job.owner)
     if final is None:
         raise GatewayTimeout(f"job {job.id} expired before it finished")
     raise_for_failure(final)
 
 
-async def started(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def started(chunks: AsyncIterator[AudioChunk]) -> AsyncIterator[AudioChunk]:
     """Wait for the first chunk before answering, so a job that fails early is an HTTP error, not an
     empty 200; later failures cut the stream short, which the client sees as an incomplete body."""
     first = await anext(chunks, None)
 
-    async def rest() -> AsyncIterator[dict[str, Any]]:
+    async def rest() -> AsyncIterator[AudioChunk]:
         if first is not None:
             yield first
         async for chunk in chunks:
@@ -78,7 +79,7 @@ def audio_headers(request: SynthesizeRequest, job: JobRecord) -> dict[str, str]:
     }
 
 
-@router.post("/v1/jobs/synthesize", status_code=202, tags=["jobs"])
+@router.post("/v1/jobs/synthesize", status_code=202, tags=["jobs"], response_model=JobCreated)
 async def create_synthesis_job(
     body: SynthesizeRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, idem: IdempotencyKeyDep = None
 ) -> JSONResponse:
@@ -101,7 +102,7 @@ async def text_to_speech(
 
         async def audio() -> AsyncIterator[bytes]:
             async for chunk in chunks:
-                yield base64.b64decode(chunk["audio"])
+                yield chunk.decoded()
 
         described = SeedAudioFormat.of(request, answered_format, job.id)
         headers = {**audio_headers(request, job), **described.headers()}
@@ -112,8 +113,8 @@ async def text_to_speech(
 
 
 async def seed_synthesis(state: AppState, job: JobRecord, response_format: str) -> SeedSynthesis:
-    assert job.result is not None
-    return SeedSynthesis.of(job.result, await stored_audio(state.store, job), response_format, job.id)
+    result = result_of(job, SynthesisResult)
+    return SeedSynthesis.of(result, await stored_audio(state.store, job), response_format, job.id)
 
 
 @router.websocket("/v1/text-to-speech/ws")
@@ -145,9 +146,12 @@ async def _synthesize_over_websocket(
     metadata = SeedAudioFormat.of(request, answered_format, job.id)
     await websocket.send_json({"event": "metadata", "data": metadata.model_dump(mode="json", exclude_none=True)})
     async for chunk in audio_chunks(state, job):
-        data = {"audio_base64": chunk["audio"], "index": chunk["index"], "text": chunk.get("text")}
+        data = {"audio_base64": chunk.audio, "index": chunk.index, "text": chunk.text}
         await websocket.send_json({"event": "audio_chunk", "data": data})
     ended = await state.store.get(job.id, owner=principal.id)
-    assert ended is not None and ended.result is not None
-    done = {k: ended.result[k] for k in ("duration", "chunks", "bytes", "sample_rate", "format")}
+    assert ended is not None
+    result = result_of(ended, SynthesisResult)
+    done: dict[str, object] = {"duration": result.duration, "chunks": result.chunks, "bytes": result.bytes}
+    # This event has always named the format `format` (the result now says `response_format`).
+    done |= {"sample_rate": result.sample_rate, "format": result.response_format}
     await websocket.send_json({"event": "done", "data": {"job_id": job.id, **done}})

@@ -10,13 +10,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import Unprocessable, validated
-from api.schemas import job_created
+from api.schemas import JobCreated, job_created
 from api.seed_speech import EmptyUpload, SeedTranscript, seed_transcription, seed_websocket_audio
 from api.state import AppState
 from api.submit import submit, wait_for
 from api.uploads import AudioBudget, read_audio
+from contract.dialogue import DialogueRequest
 from contract.jobs import JobKind, JobRecord
-from contract.payloads import DialogueRequest, TranscribeRequest
+from contract.results import result_of
+from contract.transcription import TranscribeRequest, TranscriptionResult
 from media.transcripts import MEDIA_TYPES, render
 
 router = APIRouter(tags=["speech to text"])
@@ -122,14 +124,14 @@ async def submit_charged(
     return job
 
 
-def formatted(result: dict[str, Any], response_format: str) -> Response:
+def formatted(result: TranscriptionResult, response_format: str) -> Response:
     body = render(result, response_format)
     if isinstance(body, str):
         return PlainTextResponse(body, media_type=MEDIA_TYPES[response_format])
     return JSONResponse(body)
 
 
-@router.post("/v1/jobs/transcribe", status_code=202, tags=["jobs"])
+@router.post("/v1/jobs/transcribe", status_code=202, tags=["jobs"], response_model=JobCreated)
 async def create_transcription_job(
     state: StateDep,
     principal: PrincipalDep,
@@ -159,9 +161,8 @@ async def speech_to_text(
     request = seed_transcription(options, file.filename)
     job = await submit_file(state, principal, file, request, request_id=rid)
     final = await wait_for(state, job)
-    assert final.result is not None
     response.headers["X-Job-ID"] = job.id
-    return SeedTranscript.of(final.result)
+    return SeedTranscript.of(result_of(final, TranscriptionResult))
 
 
 @router.websocket("/v1/speech-to-text/ws")
@@ -182,6 +183,5 @@ async def _transcribe_over_websocket(
     audio = await seed_websocket_audio(message, state.settings, budget)
     job = await submit_charged(state, request, principal, audio, budget)
     final = await wait_for(state, job)
-    assert final.result is not None
-    transcript = SeedTranscript.of(final.result)
+    transcript = SeedTranscript.of(result_of(final, TranscriptionResult))
     await websocket.send_json({"event": "transcript", "data": transcript.model_dump(mode="json")})

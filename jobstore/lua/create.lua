@@ -16,14 +16,14 @@ if idem ~= '' then
   if seen then
     local seen_id, seen_fp = string.match(seen, '^(%S+) (%S+)$')
     if seen_fp ~= fingerprint then return {'conflict', seen_id} end
-    if redis.call('EXISTS', 'speechq:job:' .. seen_id) == 1 then return {'existing', seen_id} end
+    if redis.call('EXISTS', job_key(seen_id)) == 1 then return {'existing', seen_id} end
   end
 end
 
 -- The active set is pruned only when it looks full: members whose job ended (or expired) leave it.
 if max_active > 0 and redis.call('SCARD', active) >= max_active then
   for _, member in ipairs(redis.call('SMEMBERS', active)) do
-    local status = redis.call('HGET', 'speechq:job:' .. member, 'status')
+    local status = redis.call('HGET', job_key(member), 'status')
     if not status or ended[status] then redis.call('SREM', active, member) end
   end
   local count = redis.call('SCARD', active)

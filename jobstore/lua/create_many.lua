@@ -21,7 +21,7 @@ local count = #jobs
 if max_active > 0 then
   if redis.call('SCARD', active) + count > max_active then
     for _, member in ipairs(redis.call('SMEMBERS', active)) do
-      local status = redis.call('HGET', 'speechq:job:' .. member, 'status')
+      local status = redis.call('HGET', job_key(member), 'status')
       if not status or ended[status] then redis.call('SREM', active, member) end
     end
   end
@@ -36,7 +36,7 @@ end
 
 local t = now()
 for _, spec in ipairs(jobs) do
-  local job = 'speechq:job:' .. spec.id
+  local job = job_key(spec.id)
   redis.call('HSET', job, 'created_at', stamp(t), 'updated_at', stamp(t), 'queued_at', stamp(t),
     unpack(ARGV, spec.first, spec.last))
   redis.call('EXPIRE', job, ttl)

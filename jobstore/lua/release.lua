@@ -13,7 +13,7 @@ else
   redis.call('HDEL', record, 'storage_held')
 end
 if not (owner and bucket and held) then return 0 end
-local usage = 'speechq:owner:' .. owner .. ':storage'
+local usage = storage_usage_key(owner)
 if redis.call('HEXISTS', usage, bucket) == 1 and redis.call('HINCRBY', usage, bucket, -held) <= 0 then
   redis.call('HDEL', usage, bucket)
 end

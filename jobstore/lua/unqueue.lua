@@ -6,7 +6,6 @@
 local queue = KEYS[1]
 local wanted = {}
 for _, id in ipairs(ARGV) do wanted[id] = true end
-local marker = 'speechq:unqueued'
 local live = {queued = true, running = true, cancelling = true}
 local found = 0
 local length = redis.call('LLEN', queue)
@@ -15,11 +14,11 @@ for first = 0, length - 1, chunk do
   for offset, message in ipairs(redis.call('LRANGE', queue, first, first + chunk - 1)) do
     -- kombu's envelope: the task id is the first "id" (in `headers`; `body` is base64, without quotes)
     local id = string.match(message, '"id": "([^"]+)"')
-    if id and wanted[id] and not live[redis.call('HGET', 'speechq:job:' .. id, 'status') or ''] then
-      redis.call('LSET', queue, first + offset - 1, marker)
+    if id and wanted[id] and not live[redis.call('HGET', job_key(id), 'status') or ''] then
+      redis.call('LSET', queue, first + offset - 1, UNQUEUED)
       found = found + 1
     end
   end
 end
-if found > 0 then redis.call('LREM', queue, 0, marker) end
+if found > 0 then redis.call('LREM', queue, 0, UNQUEUED) end
 return found

@@ -1,0 +1,208 @@
+"""A batch's lines: what comes in (`BatchCreate`, a JSONL of requests, each planned as a job) and what goes
+out (a line per request in the output or error file). Every line shape is built here."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+from api.errors import (
+    ApiError,
+    BatchCancelled,
+    BatchExpired,
+    GatewayTimeout,
+    RequestTooLarge,
+    Unprocessable,
+    batch_error,
+    validated,
+)
+from api.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequestOpenAI,
+    CompletionResponse,
+)
+from api.openai.serving import chat_payload, completion_payload
+from api.routes.transcription import transcribe_request
+from api.submit import failure_of
+from api.uploads import AudioBudget, check_audio
+from config import Settings
+from contract.generation import GenerationResult, with_defaults
+from contract.jobs import TASKS, JobKind, JobRecord, JobStatus
+from contract.results import result_of
+from contract.transcription import TranscriptionResult
+from jobstore.files import BatchStore
+from media.transcripts import render
+
+ENDPOINTS = {
+    "/v1/chat/completions": JobKind.chat,
+    "/v1/completions": JobKind.completion,
+    "/v1/audio/transcriptions": JobKind.transcribe,
+}
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: str
+    completion_window: Literal["24h"] = "24h"
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+def queue_of(endpoint: str) -> str:
+    """The queue a batch's jobs wait on."""
+    return TASKS[ENDPOINTS[endpoint]][1]
+
+
+@dataclass
+class Planned:
+    """One validated line: what job to run for it."""
+
+    custom_id: str
+    kind: JobKind
+    model: str
+    payload: dict[str, Any]
+    audio: bytes | None = None
+    response_format: str = "json"
+    budget: AudioBudget | None = None  # the audio seconds charged for it, given back if no job comes of it
+
+
+async def refund(plans: list[Planned]) -> None:
+    """No job came of these lines: give their audio seconds back (AUDIO_SECONDS_PER_KEY_PER_DAY)."""
+    for plan in plans:
+        if plan.budget is not None:
+            await plan.budget.refund()
+
+
+@dataclass(frozen=True, slots=True)
+class LinePlanner:
+    """Turns an input file's lines into jobs to run, for one key."""
+
+    settings: Settings
+    redis: Redis
+    files: BatchStore
+    owner: str
+
+    async def plan(self, content: bytes, endpoint: str) -> tuple[list[Planned], list[dict[str, Any]]]:
+        """Every line's job, and an error per line that does not validate (the batch's `errors`)."""
+        plans: list[Planned] = []
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        limit = self.settings.max_job_request_kb * 1024
+        for number, text in enumerate(content.decode("utf-8", errors="replace").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                plan = await self._plan_line(endpoint, json.loads(text), seen)
+                if limit and len(json.dumps(plan.payload)) > limit:
+                    raise RequestTooLarge(
+                        f"the request is over the {limit // 1024} KB a job may store (MAX_JOB_REQUEST_KB)"
+                    )
+                plans.append(plan)
+            except json.JSONDecodeError as exc:
+                errors.append(validation_error("invalid_json_line", f"line {number}: {exc.msg}", line=number))
+            except ApiError as exc:
+                errors.append(validation_error(exc.code, f"line {number}: {exc.message}", exc.param, line=number))
+        if not plans and not errors:
+            errors.append(validation_error("empty_file", "the input file has no requests"))
+        return plans, errors
+
+    async def _plan_line(self, endpoint: str, line: Any, seen: set[str]) -> Planned:
+        """A request line → its job; raises `ApiError` naming what is wrong with it."""
+        if not isinstance(line, dict):
+            raise Unprocessable("each line must be a JSON object")
+        custom_id = line.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            raise Unprocessable("custom_id: a non-empty string is required", param="custom_id")
+        if custom_id in seen:
+            raise Unprocessable(f"custom_id: {custom_id!r} is used twice; each line needs its own", param="custom_id")
+        seen.add(custom_id)
+        if line.get("method") != "POST":
+            raise Unprocessable("method: must be POST", param="method")
+        if line.get("url") != endpoint:
+            raise Unprocessable(f"url: every line must be for the batch's endpoint {endpoint}", param="url")
+        body = line.get("body")
+        if not isinstance(body, dict):
+            raise Unprocessable("body: a JSON object is required", param="body")
+        if body.get("stream"):
+            raise Unprocessable("body.stream: a batch answers whole responses, not streams", param="body.stream")
+        kind = ENDPOINTS[endpoint]
+        defaults = self.settings.generation_defaults
+        if kind == JobKind.chat:
+            chat = validated(ChatCompletionRequest, body, "body")
+            payload = with_defaults(chat_payload(chat), defaults).model_dump(mode="json")
+            return Planned(custom_id=custom_id, kind=kind, model=chat.model, payload=payload)
+        if kind == JobKind.completion:
+            completion = validated(CompletionRequestOpenAI, body, "body")
+            payload = with_defaults(completion_payload(completion), defaults).model_dump(mode="json")
+            return Planned(custom_id=custom_id, kind=kind, model=completion.model, payload=payload)
+        return await self._plan_transcription(custom_id, body)
+
+    async def _plan_transcription(self, custom_id: str, body: dict[str, Any]) -> Planned:
+        model, file_id = body.get("model"), body.get("file")
+        if not isinstance(model, str):
+            raise Unprocessable("body.model: the name of a speech-to-text model is required", param="body.model")
+        if not isinstance(file_id, str):
+            raise Unprocessable(
+                "body.file: the id of an uploaded audio file (files.create) is required", param="body.file"
+            )
+        options = {k: v for k, v in body.items() if k not in ("file", "model")}
+        request = transcribe_request({**options, "model": model, "filename": file_id})
+        audio = await self.files.file_content(file_id, self.owner)
+        if audio is None:
+            raise Unprocessable(f"body.file: no such file {file_id!r}", param="body.file")
+        budget = AudioBudget(self.redis, self.settings, self.owner)
+        await check_audio(audio, self.settings, param="body.file", budget=budget)
+        return Planned(
+            custom_id=custom_id,
+            kind=JobKind.transcribe,
+            model=model,
+            payload=request.model_dump(mode="json"),
+            audio=audio,
+            response_format=request.response_format,
+            budget=budget,
+        )
+
+
+# --- what goes out -------------------------------------------------------------------------------
+
+
+def validation_error(code: str, message: str, param: str | None = None, *, line: int | None = None) -> dict[str, Any]:
+    """An entry of a failed batch's `errors.data`: why a line of its input was refused."""
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def result_line(request: list[str], job: JobRecord | None, *, batch_expired: bool) -> dict[str, Any]:
+    """The output-file line of a request whose job ended (`error` is None), else its error-file line."""
+    custom_id, job_id, model, response_format = request
+    if job is None or job.status != JobStatus.succeeded or job.result is None:
+        return error_line(custom_id, job_id, _failure(job, batch_expired=batch_expired))
+    created = int(job.times.get("finished_at", time.time()))
+    if job.kind in (JobKind.chat, JobKind.completion):
+        shape = ChatCompletionResponse if job.kind == JobKind.chat else CompletionResponse
+        answer: Any = shape.of(job_id, model, created, result_of(job, GenerationResult)).model_dump(mode="json")
+    else:
+        answer = render(result_of(job, TranscriptionResult), response_format)
+    response = {"status_code": 200, "request_id": job_id, "body": answer}
+    return {"id": f"batch_req_{job_id}", "custom_id": custom_id, "response": response, "error": None}
+
+
+def _failure(job: JobRecord | None, *, batch_expired: bool) -> ApiError:
+    """Why a request has no answer, as the API's error for it."""
+    if job is None:
+        return GatewayTimeout("the request's job expired before the batch ended")
+    if job.status == JobStatus.cancelled:
+        cause = BatchExpired if batch_expired else BatchCancelled
+        return cause(f"the request was not run: {cause.code.replace('_', ' ')}")
+    return failure_of(job) or ApiError(f"the job ended {job.status}")
+
+
+def error_line(custom_id: str, job_id: str, error: ApiError) -> dict[str, Any]:
+    """An error-file line: the request's failure as the HTTP answer it would have had, and as `error`."""
+    return {"id": f"batch_req_{job_id}", "custom_id": custom_id, **batch_error(error, job_id)}

@@ -1,0 +1,283 @@
+"""`BatchService`: a batch's life — created all or none, advanced by the sweepers, cancelled on request.
+
+    in_progress ──every job ended──▶ finalizing ──files written──▶ completed
+         │                                ▲
+         └─cancel / 24 h window─▶ cancelling ─every job ended─┘ ──▶ cancelled / expired
+
+A batch whose lines do not validate is `failed` at once and runs nothing. Reading a batch changes
+nothing: `BatchSweeper` (`api/batch_sweeper.py`) calls `sweep` in every API process. Each change of a
+batch's record is a compare-and-set on the record as read (`BatchStore.update_batch`), so of several
+processes moving one batch, one succeeds and the others find it moved. The output and error files are
+written only by the process whose move to `finalizing` landed; that move carries a lease, and a
+finalizer that died holding it is replaced once the lease has run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from api.batch_lines import ENDPOINTS, BatchCreate, LinePlanner, Planned, queue_of, refund, result_line
+from api.errors import NotFound
+from api.submit import allowance, storage_quota
+from config import Settings
+from contract.jobs import JobRecord, JobStatus
+from jobstore import keys
+from jobstore.files import BatchStore, StoredBatch, new_id
+from jobstore.store import JobStore
+
+log = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 24 * 3600
+MAX_ERRORS = 100  # of a failed batch's line errors, the first this many are kept
+FINALIZE_LEASE_SECONDS = 300.0  # writing a batch's files takes well under a second per thousand lines
+CANCEL_SETTLE_SECONDS = 2.0  # how long a cancel waits for a finalizing under way elsewhere to end
+
+
+class BatchService:
+    def __init__(self, store: JobStore, files: BatchStore, settings: Settings) -> None:
+        self.store = store
+        self.files = files
+        self.settings = settings
+
+    # --- create ---------------------------------------------------------------------------------
+    async def create(self, owner: str, body: BatchCreate, *, request_id: str | None) -> dict[str, Any]:
+        """A batch of the input file's lines, each a job, all queued or none; `body.endpoint` is one of
+        `ENDPOINTS`. Raises `NotFound` for a missing input file and the job store's refusals (`QueueFull`,
+        `TooManyActive`, `OverStorageQuota`), which leave nothing behind."""
+        content = await self.files.file_content(body.input_file_id, owner)
+        if content is None:
+            raise NotFound(f"No such File object: {body.input_file_id}", param="input_file_id")
+        batch = batch_object(new_id("batch_"), body, int(time.time()))
+        planner = LinePlanner(self.settings, self.store.redis, self.files, owner)
+        plans, errors = await planner.plan(content, body.endpoint)
+        batch["request_counts"]["total"] = len(plans) + len(errors)
+        if errors:
+            await refund(plans)
+            batch.update(status="failed", failed_at=batch["created_at"])
+            batch["errors"] = {"object": "list", "data": errors[:MAX_ERRORS]}
+            await self.files.put_batch(owner, batch, [], ongoing=False)
+            return batch
+        # One script creates every line's job or none (`lua/create_many.lua`): the lines count together
+        # against MAX_ACTIVE_JOBS_PER_KEY, QUEUE_MAX_DEPTH and the storage quota.
+        try:
+            jobs = await self.store.create_many(
+                ENDPOINTS[body.endpoint],
+                [(plan.payload, plan.audio) for plan in plans],
+                owner=keys.batch_owner(owner),
+                active_owner=owner,
+                request_id=request_id,
+                allowance=allowance(self.settings, owner),
+            )
+        except BaseException:
+            await refund(plans)
+            raise
+        requests = [
+            [plan.custom_id, job.id, plan.model, plan.response_format] for plan, job in zip(plans, jobs, strict=True)
+        ]
+        batch.update(status="in_progress", in_progress_at=int(time.time()))
+        try:
+            await self.files.put_batch(owner, batch, requests, ongoing=True)
+        except BaseException:
+            await self._undo_create(owner, batch, jobs, plans)
+            raise
+        return batch
+
+    async def _undo_create(
+        self, owner: str, batch: dict[str, Any], jobs: list[JobRecord], plans: list[Planned]
+    ) -> None:
+        """The batch could not be recorded after its jobs were queued: end them and take them off the queue,
+        so that nothing of it is left (not even a half-written record)."""
+        try:
+            await self.store.cancel_many(
+                [job.id for job in jobs], owner=keys.batch_owner(owner), queue=queue_of(batch["endpoint"])
+            )
+            await self.files.drop_batch(batch["id"], owner)
+        except Exception:
+            log.exception("could not undo the jobs of batch %s, which was not created", batch["id"])
+        await refund(plans)
+
+    # --- read -----------------------------------------------------------------------------------
+    async def get(self, batch_id: str, owner: str) -> dict[str, Any] | None:
+        """The batch as last recorded; reading changes nothing."""
+        read = await self.files.get_batch(batch_id, owner)
+        return read.record if read is not None else None
+
+    async def recent(self, owner: str, limit: int) -> list[dict[str, Any]]:
+        """The key's newest batches, newest first."""
+        found = [await self.get(batch_id, owner) for batch_id in await self.files.list_batches(owner, limit)]
+        return [batch for batch in found if batch is not None]
+
+    # --- cancel ---------------------------------------------------------------------------------
+    async def cancel(self, batch_id: str, owner: str) -> dict[str, Any] | None:
+        """Cancel a batch in progress: its queued jobs end at once and leave the queue, running ones are asked
+        to stop. Answers once the batch has ended if its jobs already have; None when there is no such batch."""
+        for _ in range(10):  # each retry follows a sweep that changed the batch between our read and write
+            read = await self.files.get_batch(batch_id, owner)
+            if read is None or read.status not in ("validating", "in_progress"):
+                return read.record if read is not None else None
+            moved = await self.files.update_batch(
+                read, {**read.record, "status": "cancelling", "cancelling_at": int(time.time())}
+            )
+            if moved is not None:
+                await self._cancel_jobs(moved, moved.job_ids)
+                await self.advance(batch_id)
+                break
+        return await self._settled(batch_id, owner)
+
+    async def _settled(self, batch_id: str, owner: str) -> dict[str, Any] | None:
+        """The batch, once a finalizing under way in another process has ended (or after a few seconds)."""
+        deadline = time.monotonic() + CANCEL_SETTLE_SECONDS
+        while True:
+            read = await self.files.get_batch(batch_id, owner)
+            if read is None or read.status != "finalizing" or time.monotonic() > deadline:
+                return read.record if read is not None else None
+            await asyncio.sleep(0.05)
+
+    async def _cancel_jobs(self, batch: StoredBatch, job_ids: list[str]) -> None:
+        # Their messages leave the queue too; any a worker already took is skipped before any model is used.
+        await self.store.cancel_many(
+            job_ids, owner=keys.batch_owner(batch.owner), queue=queue_of(batch.record["endpoint"])
+        )
+
+    # --- advance --------------------------------------------------------------------------------
+    async def sweep(self) -> None:
+        """Advance every batch not yet ended (`keys.OPEN_BATCHES`)."""
+        for batch_id in await self.files.open_batches():
+            try:
+                await self.advance(batch_id)
+            except Exception:  # one batch's trouble (Redis away, a file refused) must not hold up the others
+                log.exception("could not advance batch %s", batch_id)
+
+    async def advance(self, batch_id: str) -> None:
+        """Bring the batch's record up to date with its jobs: counts, expiry, and its files once all ended."""
+        read = await self.files.get_batch(batch_id)
+        if read is None:  # expired with its jobs
+            await self.files.forget_open(batch_id)
+            return
+        if read.status == "finalizing":
+            if read.lease is None or read.lease < time.time():  # its finalizer died while writing
+                await self._finalize(read, read.record)
+            return
+        if read.status not in ("in_progress", "cancelling"):
+            await self.files.forget_open(batch_id)
+            return
+        statuses = await self.files.job_statuses(read.job_ids)
+        ended = [status is None or JobStatus(status).terminal for status in statuses]
+        counts = {
+            "total": len(statuses),
+            "completed": sum(status == JobStatus.succeeded for status in statuses),
+            "failed": sum(done and status != JobStatus.succeeded for status, done in zip(statuses, ended, strict=True)),
+        }
+        now = int(time.time())
+        if all(ended):
+            await self._finalize(
+                read, {**read.record, "request_counts": counts, "status": "finalizing", "finalizing_at": now}
+            )
+        elif read.status == "in_progress" and now >= read.record["expires_at"]:
+            record = {
+                **read.record,
+                "request_counts": counts,
+                "status": "cancelling",
+                "cancelling_at": now,
+                "expired_at": now,
+            }
+            moved = await self.files.update_batch(read, record)
+            if moved is not None:
+                await self._cancel_jobs(
+                    moved, [job_id for job_id, done in zip(read.job_ids, ended, strict=True) if not done]
+                )
+        else:
+            if read.status == "cancelling":  # a cancel that stopped halfway (its process died) is finished here
+                queued = [
+                    job_id for job_id, status in zip(read.job_ids, statuses, strict=True) if status == JobStatus.queued
+                ]
+                if queued:
+                    await self._cancel_jobs(read, queued)
+            if counts != read.record["request_counts"]:
+                await self.files.update_batch(read, {**read.record, "request_counts": counts})
+
+    async def _finalize(self, read: StoredBatch, finalizing: dict[str, Any]) -> None:
+        """Claim the batch (`finalizing`, under a lease), write its output and error files, and end it. Of
+        several processes trying at once one claims it; the others return."""
+        claimed = await self.files.update_batch(read, finalizing, lease=time.time() + FINALIZE_LEASE_SECONDS)
+        if claimed is None:
+            return
+        written: dict[str, str] = {}
+        try:
+            await self._write_files(claimed, written)
+        except BaseException:
+            # Nothing half-written stays, and the claim is given up so that the next sweep tries again.
+            await self._discard(claimed, written)
+            with contextlib.suppress(RedisError):
+                await self.files.update_batch(claimed, claimed.record, lease=0.0)
+            raise
+        record = {**claimed.record, **written}
+        if record.get("expired_at"):
+            record["status"] = "expired"
+        elif record.get("cancelling_at"):
+            record.update(status="cancelled", cancelled_at=int(time.time()))
+        else:
+            record.update(status="completed", completed_at=int(time.time()))
+        if await self.files.update_batch(claimed, record, ongoing=False) is None:
+            # Our lease ran out and another process took the batch over: its files are the batch's.
+            log.warning("batch %s was finalized elsewhere while this process wrote its files", read.record["id"])
+            await self._discard(claimed, written)
+
+    async def _write_files(self, batch: StoredBatch, written: dict[str, str]) -> None:
+        """The answers to an output file and the failures to an error file (each only if there are any);
+        `written` gets the ids of those written, as `output_file_id` and `error_file_id`."""
+        jobs = await self.files.jobs(batch.job_ids, keys.batch_owner(batch.owner))
+        expired = bool(batch.record.get("expired_at"))
+        lines = [
+            result_line(request, job, batch_expired=expired) for request, job in zip(batch.requests, jobs, strict=True)
+        ]
+        # A batch's files count against the key's storage but are never refused (quota 0): the work is done.
+        quota = 0 if storage_quota(self.settings) is not None else None
+        for field, name, failed in (("output_file_id", "output", False), ("error_file_id", "error", True)):
+            chosen = [line for line in lines if (line["error"] is not None) == failed]
+            if chosen:
+                data = "".join(json.dumps(line) + "\n" for line in chosen).encode()
+                record = await self.files.put_file(
+                    batch.owner, f"{batch.record['id']}_{name}.jsonl", "batch_output", data, quota=quota
+                )
+                written[field] = record["id"]
+
+    async def _discard(self, batch: StoredBatch, written: dict[str, str]) -> None:
+        for file_id in written.values():
+            try:
+                await self.files.delete_file(file_id, batch.owner)
+            except RedisError as exc:  # it expires with the batch anyway
+                log.warning("could not delete file %s of batch %s: %s", file_id, batch.record["id"], exc)
+
+
+def batch_object(batch_id: str, body: BatchCreate, created: int) -> dict[str, Any]:
+    """A new batch as OpenAI's Batch object, `validating`."""
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": body.endpoint,
+        "errors": None,
+        "input_file_id": body.input_file_id,
+        "completion_window": body.completion_window,
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": created,
+        "in_progress_at": None,
+        "expires_at": created + WINDOW_SECONDS,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "metadata": body.metadata,
+    }

@@ -1,0 +1,15 @@
+-- Replace a batch's record only if nobody has changed it since it was read (its `rev`): API processes
+-- sweeping batches at once, or a sweep and a cancel, can never both move a batch out of the same state.
+-- KEYS: batch, open batches
+-- ARGV: batch id, rev read, new record (JSON), finalizer lease (unix seconds; '' = none), '1' while still open
+-- Returns 1 when the record was replaced, 0 when it had changed (or is gone).
+local batch, open = KEYS[1], KEYS[2]
+if redis.call('HGET', batch, 'rev') ~= ARGV[2] then return 0 end
+redis.call('HSET', batch, 'record', ARGV[3], 'rev', tostring(tonumber(ARGV[2]) + 1))
+if ARGV[4] == '' then
+  redis.call('HDEL', batch, 'lease')
+else
+  redis.call('HSET', batch, 'lease', ARGV[4])
+end
+if ARGV[5] ~= '1' then redis.call('ZREM', open, ARGV[1]) end
+return 1

@@ -1,0 +1,63 @@
+"""The code's layout as the README draws it, and the one place the process environment is touched."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"tests", "bench", "deploy", "docs"}  # not shipped packages, but a reader looks for them too
+
+
+def shipped_packages() -> set[str]:
+    return {path.parent.name for path in ROOT.glob("*/__init__.py")} - FOLDERS
+
+
+def layout_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### Layout")
+    end = readme.index("\n## ", start)
+    return readme[start:end]
+
+
+def bullets() -> dict[str, str]:
+    """Each bullet of the README's layout section by the folder it opens with."""
+    found: dict[str, str] = {}
+    for bullet in re.split(r"\n(?=- )", layout_section()):
+        head = re.match(r"- \*\*`([a-z_]+)/`\*\*", bullet)
+        if head:
+            found[head.group(1)] = bullet
+    return found
+
+
+def test_the_readme_layout_names_every_top_level_package_and_only_those() -> None:
+    named = set(re.findall(r"\*\*`([a-z_]+)/`\*\*", layout_section()))
+    assert named == shipped_packages() | FOLDERS, f"README layout names {sorted(named)}"
+
+
+def test_the_readme_layout_names_only_modules_that_exist() -> None:
+    """Every `module.py`, `pattern*.py` or `folder/` a package's bullet names is in that package."""
+    missing = [
+        f"{package}/{name}"
+        for package, bullet in bullets().items()
+        if package in shipped_packages()
+        for name in re.findall(r"`([a-z_*]+(?:\.py|/))`", bullet)
+        if name != f"{package}/" and not list((ROOT / package).glob(name.rstrip("/")))
+    ]
+    assert not missing, f"README layout names what does not exist: {missing}"
+    for package in shipped_packages():
+        named = re.findall(r"`([a-z_*]+\.py)`", bullets()[package])
+        assert named, f"the layout says what {package}/ holds"
+
+
+def test_only_config_touches_the_process_environment() -> None:
+    """Configuration is read through `Settings` and the environment written through `config.environment`."""
+    packages = [ROOT / name for name in shipped_packages() - {"config"}]
+    touching = [
+        f"{source.relative_to(ROOT)}:{number}"
+        for package in packages
+        for source in package.rglob("*.py")
+        for number, line in enumerate(source.read_text().splitlines(), 1)
+        if re.search(r"\bos\.(environ|getenv|putenv)\b", line)
+    ]
+    assert not touching, f"os.environ outside config/: {touching}"
