@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from api.auth import KeyRing
+from api.batch_service import BatchService
 from api.batch_sweeper import BatchSweeper
-from api.batches import BatchService
 from api.deps import OPEN_PATHS, AccessGate
 from api.errors import install_error_handlers
 from api.limits import RateLimiter
@@ -27,9 +27,10 @@ from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
 from config.settings import SettingsError
 from contract.catalog import Registry, use_registry
+from jobstore.batches import BatchStore
 from jobstore.celery_app import create_celery
-from jobstore.events import EventHub
-from jobstore.files import BatchStore
+from jobstore.event_log import EventHub
+from jobstore.files import FileStore
 from jobstore.store import JobStore
 
 
@@ -62,14 +63,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_queue_depth=settings.queue_max_depth,
             max_active=settings.max_active_jobs_per_key,
         )
-        batch_store = BatchStore(redis, raw, ttl=settings.job_ttl_seconds)
-        batch_service = BatchService(store, batch_store, settings)
+        file_store = FileStore(redis, raw, ttl=settings.job_ttl_seconds)
+        batch_store = BatchStore(redis, ttl=settings.job_ttl_seconds)
+        batch_service = BatchService(store, file_store, batch_store, settings)
         sweeper = BatchSweeper(batch_service, settings.batch_sweep_interval_seconds)
         app.state.speechq = AppState(
             settings=settings,
             redis=redis,
             celery=celery,
             store=store,
+            files=file_store,
             batches=batch_store,
             batch_service=batch_service,
             hub=hub,

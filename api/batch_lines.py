@@ -4,6 +4,7 @@ out (a line per request in the output or error file). Every line shape is built 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,23 +22,26 @@ from api.errors import (
     batch_error,
     validated,
 )
+from api.openai.payloads import chat_payload, completion_payload
 from api.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequestOpenAI,
     CompletionResponse,
 )
-from api.openai.serving import chat_payload, completion_payload
-from api.routes.transcription import transcribe_request
 from api.submit import failure_of
+from api.transcription_request import transcribe_request
 from api.uploads import AudioBudget, check_audio
 from config import Settings
+from contract.errors import internal_error_message
 from contract.generation import GenerationResult, with_defaults
 from contract.jobs import TASKS, JobKind, JobRecord, JobStatus
 from contract.results import result_of
 from contract.transcription import TranscriptionResult
-from jobstore.files import BatchStore
+from jobstore.files import FileStore
 from media.transcripts import render
+
+log = logging.getLogger(__name__)
 
 ENDPOINTS = {
     "/v1/chat/completions": JobKind.chat,
@@ -86,7 +90,7 @@ class LinePlanner:
 
     settings: Settings
     redis: Redis
-    files: BatchStore
+    files: FileStore
     owner: str
 
     async def plan(self, content: bytes, endpoint: str) -> tuple[list[Planned], list[dict[str, Any]]]:
@@ -178,9 +182,22 @@ def validation_error(code: str, message: str, param: str | None = None, *, line:
     return {"code": code, "message": message, "param": param, "line": line}
 
 
-def result_line(request: list[str], job: JobRecord | None, *, batch_expired: bool) -> dict[str, Any]:
-    """The output-file line of a request whose job ended (`error` is None), else its error-file line."""
+def result_line(request: list[str], row: dict[str, str] | None, *, batch_expired: bool) -> dict[str, Any]:
+    """The output-file line of a request whose job (`row`, as stored; None once expired) ended, with `error`
+    None, else its error-file line. A job whose record or result does not read back fails its own line
+    alone, as an internal error: the log has why, the line only the job's id."""
     custom_id, job_id, model, response_format = request
+    try:
+        job = JobRecord.from_hash(row) if row is not None else None
+        return _answer_line(custom_id, job_id, model, response_format, job, batch_expired=batch_expired)
+    except (ValueError, KeyError, TypeError, AttributeError):  # ValidationError and JSONDecodeError are ValueErrors
+        log.exception("batch request %r: job %s or its result does not read back", custom_id, job_id)
+        return error_line(custom_id, job_id, ApiError(internal_error_message(None, job_id)))
+
+
+def _answer_line(
+    custom_id: str, job_id: str, model: str, response_format: str, job: JobRecord | None, *, batch_expired: bool
+) -> dict[str, Any]:
     if job is None or job.status != JobStatus.succeeded or job.result is None:
         return error_line(custom_id, job_id, _failure(job, batch_expired=batch_expired))
     created = int(job.times.get("finished_at", time.time()))

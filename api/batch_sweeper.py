@@ -1,7 +1,9 @@
-"""`BatchSweeper`: advances every open batch every BATCH_SWEEP_INTERVAL_SECONDS, in each API process.
+"""`BatchSweeper`: advances every open batch every BATCH_SWEEP_INTERVAL_SECONDS.
 
-Started and stopped by the app's lifespan. Several processes may sweep at once: every change a sweep
-makes to a batch is a compare-and-set (`api/batches.py`), so they never both make the same one.
+Started and stopped by the app's lifespan, in every API process; of those, the first to ask in an
+interval sweeps it (`BatchStore.take_sweep_turn`), so the cost of a sweep does not grow with the number
+of processes. Should two ever sweep at once (a sweep longer than the interval), every change a sweep
+makes to a batch is a compare-and-set (`api/batch_service.py`), so they never both make the same one.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 
-from api.batches import BatchService
+from api.batch_service import BatchService
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,7 @@ class BatchSweeper:
         self.service = service
         self.interval = interval
         self._stopping = asyncio.Event()
+        self._listed = False  # whether the batches of the previous version are listed as open
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -47,6 +50,16 @@ class BatchSweeper:
             if self._stopping.is_set():
                 return
             try:
-                await self.service.sweep()
+                await self.tick()
             except Exception:  # Redis away for a moment: try again next time
                 log.exception("the batch sweep failed")
+
+    async def tick(self) -> bool:
+        """Sweep, if this process is the first to ask this interval; whether it did."""
+        if not await self.service.batches.take_sweep_turn(self.interval):
+            return False
+        if not self._listed:
+            await self.service.list_unlisted_open()
+            self._listed = True
+        await self.service.sweep()
+        return True

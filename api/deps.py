@@ -8,9 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, WebSocket
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,13 +16,14 @@ from starlette.websockets import WebSocketDisconnect
 from api.auth import ANONYMOUS, Principal
 from api.errors import (
     ApiError,
+    BadRequest,
     Forbidden,
     InvalidApiKey,
     TooManyRequests,
     Unauthorized,
     Unprocessable,
     api_error_response,
-    redis_down_response,
+    as_api_error,
     websocket_error,
 )
 from api.state import AppState
@@ -129,10 +127,8 @@ class AccessGate:
         except InvalidApiKey as exc:
             seed = scope["path"] in SEED_ROUTES  # the original answered a wrong key 403, a missing one 401
             refusal = api_error_response(Forbidden("Invalid API key") if seed else exc)
-        except ApiError as exc:
-            refusal = api_error_response(exc)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            refusal = redis_down_response(exc)
+        except Exception as exc:  # noqa: BLE001 - Redis away or full, or a bug: the envelope, not a plain 500
+            refusal = api_error_response(as_api_error(exc))
         else:
             scope.setdefault("state", {})[_PRINCIPAL] = principal
             await self.app(scope, receive, send)
@@ -168,7 +164,7 @@ RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal | None]:
     """The app state and the caller; a caller without a valid key is closed with 4401, one over the rate
-    limit with 4429 (and gets None)."""
+    limit with 4429, and one that could not be checked (Redis away) gets the error and 1011 (all get None)."""
     state = app_state(websocket)
     try:
         return state, await authenticate(websocket, state)
@@ -179,7 +175,29 @@ async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal
         await refuse(websocket, 4403 if seed else 4401, "Invalid API key" if seed else "invalid API key")
     except Unauthorized:
         await refuse(websocket, 4401, "Missing API key")
+    except Exception as exc:  # noqa: BLE001 - Redis away, or a bug: the client hears why before the close
+        await websocket.accept()
+        await close_with_error(websocket, exc)
     return state, None
+
+
+async def close_with_error(websocket: WebSocket, exc: BaseException) -> None:
+    """Send an accepted WebSocket the `websocket_error` for `exc`, then close it with its close code."""
+    failure = websocket_error(exc)
+    await websocket.send_json(failure.message)
+    await websocket.close(code=failure.close_code, reason=failure.reason)
+
+
+async def receive_request(websocket: WebSocket) -> dict[str, Any]:
+    """The next message, which must be a JSON object (400 if it is not JSON, 422 if not an object)."""
+    text = await websocket.receive_text()
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
+    if not isinstance(message, dict):
+        raise Unprocessable("the message must be a JSON object")
+    return message
 
 
 WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Awaitable[None]]
@@ -188,25 +206,21 @@ WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Aw
 async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> None:
     """The seed API's WebSockets: check the key, accept, then answer JSON requests one after another on
     the same connection, as the original's loops did. A refused or failed request gets its
-    `websocket_error` message and the connection stays open for the next; losing Redis closes it (1011)."""
+    `websocket_error` message and the connection stays open for the next; any other failure (Redis or
+    the broker away, a bug) gets its message too, then closes the connection (1011)."""
     state, principal = await websocket_principal(websocket)
     if principal is None:
         return
     await websocket.accept()
     while True:
         try:
-            message = await websocket.receive_json()
-            if not isinstance(message, dict):
-                raise Unprocessable("the message must be a JSON object")
-            await handle(websocket, state, principal, message)
+            await handle(websocket, state, principal, await receive_request(websocket))
         except WebSocketDisconnect:
             return
-        except (ApiError, JobError, json.JSONDecodeError) as exc:
+        except (ApiError, JobError) as exc:  # refused, or failed: the next request may do better
             await websocket.send_json(websocket_error(exc).message)
-        except RedisError as exc:
-            failure = websocket_error(exc)
-            await websocket.send_json(failure.message)
-            await websocket.close(code=failure.close_code, reason=failure.reason)
+        except Exception as exc:  # noqa: BLE001 - Redis or the broker away, or a bug: say why, then close
+            await close_with_error(websocket, exc)
             return
 
 

@@ -27,17 +27,18 @@
 The envelope is OpenAI's, so the official client reads it everywhere:
 `{"error": {"message", "type", "param", "code"}}`; validation errors also keep FastAPI's `detail` list.
 
-One mapping per surface, all from `ApiError`: `api_error_response` (HTTP), `websocket_error` (every
-WebSocket route's error message and close code), `batch_error` (a batch's error-file line). A job's
-failure reaches them as `JobFailure`, whose status comes from `HTTP_STATUS`, the one table from a
-failure's category to HTTP. The text of an unexpected exception reaches the log, never a client.
+One table from an exception to an `ApiError`, `as_api_error`, and one mapping per surface from that:
+`api_error_response` (HTTP, every handler), `websocket_error` (every WebSocket route's error message and
+close code), `batch_error` (a batch's error-file line). A job's failure reaches them as `JobFailure`,
+whose status comes from `HTTP_STATUS`, the one table from a failure's category to HTTP. The text of an
+unexpected exception reaches the log, never a client. How a request that does not validate is described
+(the field, its input cut short) is `api.validation`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,11 +48,13 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from config.logs import current_request_id
+from api.request_id import request_id_header, request_id_of
+from api.validation import clipped, public_errors, unregistered_model_param, validation_summary
+from config.logs import current_request_id, log_context
 from contract.errors import Category, JobError, failure_from, internal_error_message
 
 log = logging.getLogger(__name__)
@@ -199,55 +202,60 @@ MODEL_NOT_FOUND_MESSAGE = "The model does not exist or is not served here; GET /
 
 def unregistered_model(errors: list[Any], prefix: str | None = None) -> ModelNotFound | None:
     """The 404 for a request naming a model the registry does not serve (one message for every name)."""
-    for error in errors:
-        if error.get("type") == "model_not_found":
-            loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
-            param = ".".join([prefix, *loc] if prefix else loc) or "model"
-            return ModelNotFound(MODEL_NOT_FOUND_MESSAGE, param=param)
-    return None
-
-
-def validated(model: type[M], value: dict[str, Any], prefix: str | None = None) -> M:
-    """`value` as a `model`, or a 422 naming the first bad field (under `prefix`, for a nested config);
-    a 404 `model_not_found` when it names a model that is not served."""
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        errors = list(exc.errors())
-        missing = unregistered_model(errors, prefix)
-        if missing is not None:
-            raise missing from None
-        message, param = validation_summary(errors)
-        if prefix is None:
-            raise Unprocessable(message, param=param) from exc
-        raise Unprocessable(f"{prefix}.{message}", param=f"{prefix}.{param}" if param else prefix) from exc
+    param = unregistered_model_param(errors, prefix)
+    return None if param is None else ModelNotFound(MODEL_NOT_FOUND_MESSAGE, param=param)
 
 
 REDIS_DOWN = "the job store (Redis) is unreachable; retry shortly"
+REDIS_FULL = "the job store (Redis) is full and stores nothing more for now; retry later"
 BROKER_DOWN = "the job broker is unreachable; retry shortly"
+# Redis errors that pass: it is down, slow, still loading its data, or a replica after a failover.
+STORE_AWAY = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 def as_api_error(exc: BaseException) -> ApiError:
-    """What a route answers for an exception it caught: an `ApiError` as it is, a job's failure as
-    `JobFailure`, a bad message as a 4xx; the text of anything else goes to the log only."""
+    """The one table from an exception to what a client is told, on every surface (HTTP, WebSocket, batch
+    lines): an `ApiError` as it is, a job's failure as `JobFailure`, Redis full as 507, Redis or the broker
+    away as 503 with `Retry-After`. Anything else is a bug (another Redis error included: a script or a
+    command we got wrong): a 500 that names the request id, its text and traceback in the log only."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, JobError):
         return JobFailure(exc)
-    if isinstance(exc, ValidationError):
-        errors = list(exc.errors())
-        missing = unregistered_model(errors)
-        if missing is not None:
-            return missing
-        message, param = validation_summary(errors)
-        return Unprocessable(message, param=param)
-    if isinstance(exc, json.JSONDecodeError):  # a WebSocket message that is not JSON
-        return BadRequest(f"invalid request: {exc}")
-    if isinstance(exc, RedisError):
-        log.error("Redis unreachable: %s", exc)
+    if isinstance(exc, OutOfMemoryError):
+        # Redis refuses writes at its maxmemory (noeviction): nothing was stored; room comes back as jobs
+        # and files expire or are deleted.
+        log.error("Redis is full: %s", exc)
+        return InsufficientStorage(REDIS_FULL, headers={"Retry-After": "30"})
+    if isinstance(exc, STORE_AWAY):
+        log.error("Redis unreachable: %s", exc)  # the address it tried stays in the log
         return StoreUnavailable(REDIS_DOWN, headers={"Retry-After": "5"})
+    if isinstance(exc, OperationalError):
+        log.error("broker unreachable: %s", exc)
+        return BrokerUnavailableError(BROKER_DOWN, headers={"Retry-After": "5"})
     log.error("unexpected error: %r", exc, exc_info=exc)
     return ApiError(internal_error_message(current_request_id()))
+
+
+def invalid_request(exc: ValidationError, prefix: str | None = None) -> ApiError:
+    """A client's message that did not validate: a 404 if it names a model that is not served, else a 422
+    naming the first bad field (under `prefix`, for a nested config)."""
+    errors = list(exc.errors())
+    missing = unregistered_model(errors, prefix)
+    if missing is not None:
+        return missing
+    message, param = validation_summary(errors)
+    if prefix is None:
+        return Unprocessable(message, param=param)
+    return Unprocessable(f"{prefix}.{message}", param=f"{prefix}.{param}" if param else prefix)
+
+
+def validated(model: type[M], value: dict[str, Any], prefix: str | None = None) -> M:
+    """`value` as a `model`, or the client's 4xx for it (`invalid_request`)."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise invalid_request(exc, prefix) from exc
 
 
 def envelope(message: str, *, code: str, type_: str, param: str | None = None) -> dict[str, Any]:
@@ -288,94 +296,9 @@ def batch_error(error: ApiError, request_id: str) -> dict[str, Any]:
     return {"response": response, "error": {"code": error.code, "message": body["error"]["message"]}}
 
 
-# An error message quotes at most this much of anything the client sent (a value, a field name).
-QUOTE_LIMIT = 100
-# And is never longer than this, whatever a validator put in it.
-MESSAGE_LIMIT = 400
-
-
-def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
-    """`value` as an error message may show it: its first `limit` characters, and how long it was."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
-
-
-def clipped(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    return message if len(message) <= limit else message[:limit] + "…"
-
-
-def public_errors(errors: list[Any]) -> list[dict[str, Any]]:
-    """Validation errors as the client sees them: `loc`, `msg` and `type`, with the client's own input
-    (field names in `loc`, values a `msg` quotes) cut to `QUOTE_LIMIT` characters."""
-    return [
-        {
-            "type": error.get("type", "value_error"),
-            "loc": [quoted(part) if isinstance(part, str) else part for part in error.get("loc", ())],
-            "msg": _unechoed(str(error.get("msg", "invalid request")), error.get("input")),
-            **_input_and_context(error),
-        }
-        for error in errors
-    ]
-
-
-def _input_and_context(error: Any) -> dict[str, Any]:
-    """FastAPI's `input` and `ctx`, where they are small plain values: a number, a short string."""
-    shown: dict[str, Any] = {}
-    value = error.get("input")
-    if value is None or isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= QUOTE_LIMIT):
-        shown["input"] = value
-    context = error.get("ctx")
-    if isinstance(context, dict):
-        plain = {
-            k: v
-            for k, v in context.items()
-            if isinstance(v, bool | int | float) or isinstance(v, str) and len(v) <= QUOTE_LIMIT
-        }
-        if plain:
-            shown["ctx"] = plain
-    return shown
-
-
-def _unechoed(message: str, value: object) -> str:
-    # pydantic's own messages name the expected values, never the input; a custom validator's may quote a
-    # string from the input it was given (for a model validator, the whole object).
-    if len(message) > QUOTE_LIMIT:
-        for text in sorted(_long_strings(value), key=len, reverse=True):
-            for echo in (repr(text), text):
-                message = message.replace(echo, quoted(text))
-    return clipped(message)
-
-
-def _long_strings(value: object, depth: int = 0) -> Iterator[str]:
-    """The strings longer than `QUOTE_LIMIT` in a request body: keys and values, a few levels down."""
-    if isinstance(value, str):
-        if len(value) > QUOTE_LIMIT:
-            yield value
-    elif isinstance(value, dict) and depth < 4:
-        for key, item in value.items():
-            yield from _long_strings(key, depth + 1)
-            yield from _long_strings(item, depth + 1)
-    elif isinstance(value, list | tuple) and depth < 4:
-        for item in value:
-            yield from _long_strings(item, depth + 1)
-
-
-def validation_summary(errors: list[Any]) -> tuple[str, str | None]:
-    """A one-line message naming the first bad field, and that field's dotted name."""
-    first = public_errors(errors[:1])[0]
-    loc = [str(part) for part in first["loc"] if part not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
-    message = first["msg"]
-    return (f"{param}: {message}" if param else message), param
-
-
 def api_error_response(exc: ApiError) -> JSONResponse:
     """The HTTP answer to an `ApiError`: its status, its envelope, its headers."""
     return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
-
-
-def redis_down_response(exc: Exception) -> JSONResponse:
-    return api_error_response(as_api_error(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -400,29 +323,22 @@ def install_error_handlers(app: FastAPI) -> None:
         body = envelope(str(exc.detail), code=code, type_="invalid_request_error")
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    async def on_redis_down(_: Request, exc: Exception) -> JSONResponse:
-        return redis_down_response(exc)
+    async def on_other(_: Request, exc: Exception) -> JSONResponse:
+        return api_error_response(as_api_error(exc))
 
-    async def on_redis_full(_: Request, exc: Exception) -> JSONResponse:
-        # Redis refuses writes at its maxmemory (noeviction): nothing was stored; room comes back as
-        # jobs and files expire or are deleted.
-        log.error("Redis is full: %s", exc)
-        message = "the job store (Redis) is full and stores nothing more for now; retry later"
-        return api_error_response(InsufficientStorage(message, headers={"Retry-After": "30"}))
-
-    async def on_broker_down(_: Request, exc: Exception) -> JSONResponse:
-        log.error("broker unreachable: %s", exc)
-        return api_error_response(BrokerUnavailableError(BROKER_DOWN, headers={"Retry-After": "5"}))
-
-    async def on_job_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, JobError)
-        return api_error_response(JobFailure(exc))
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette runs the handler for `Exception` in its outermost middleware, outside the request id's,
+        # so the id is put back here: on the log line, in the message and in the headers. Once the answer
+        # is sent the exception is raised again for the server, and uvicorn then closes the connection:
+        # `Connection: close` tells the client not to send its next request on it.
+        with log_context(request_id=request_id_of(request.scope)):
+            response = api_error_response(as_api_error(exc))
+        response.headers.update({**request_id_header(request.scope), "Connection": "close"})
+        return response
 
     app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(JobError, on_job_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(RedisConnectionError, on_redis_down)
-    app.add_exception_handler(RedisTimeoutError, on_redis_down)
-    app.add_exception_handler(OutOfMemoryError, on_redis_full)
-    app.add_exception_handler(OperationalError, on_broker_down)
+    for expected in (JobError, RedisError, OperationalError):  # answered inside the request's middleware
+        app.add_exception_handler(expected, on_other)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -14,6 +14,20 @@ from config.logs import log_context
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("speechq.access")
+_HEADER = "request_id_header"  # where the header's name waits in the request state, for `request_id_header`
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id `RequestIdMiddleware` gave the request, for code that runs outside it."""
+    request_id: str | None = scope.get("state", {}).get("request_id")
+    return request_id
+
+
+def request_id_header(scope: Scope) -> dict[str, str]:
+    """The request id as a response header, for an answer sent outside `RequestIdMiddleware` (the answer to
+    an unexpected exception); empty if the middleware never saw the request."""
+    state = scope.get("state", {})
+    return {state[_HEADER]: state["request_id"]} if _HEADER in state and "request_id" in state else {}
 
 
 class RequestIdMiddleware:
@@ -29,6 +43,7 @@ class RequestIdMiddleware:
         request_id = given if _SAFE.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state[_HEADER] = self.header.decode("latin-1")
         started = time.perf_counter()
         status = 0
 

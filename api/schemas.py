@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from contract.catalog import ModelRole
+from contract.common import omitted_when_none
 from contract.dialogue import DialogueResult
 from contract.jobs import JobKind, JobRecord, JobStatus
 from contract.results import JobResult, parse_result
@@ -104,3 +106,66 @@ def job_public(job: JobRecord) -> JobPublic:
         request_id=job.request_id,
         links=links(job.id),
     )
+
+
+# --- the served models and the workers -----------------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    """A registered model: OpenAI's `model` (`id`, `object`, `created`, `owned_by`), the original API's
+    `ModelInfo` (`name`, `description`), and where it is loaded right now."""
+
+    id: str
+    name: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "speechq"
+    role: ModelRole
+    package: str
+    description: str
+    license: str
+    loaded: bool
+    loaded_on: list[str] = Field(description="the public ids of the live workers that have it loaded")
+    voices: list[str] | None = omitted_when_none(description="text to speech: the voices, the default first")
+    sample_rate: int | None = omitted_when_none(description="text to speech: the rate the engine speaks at")
+
+
+class ModelsPublic(BaseModel):
+    """`GET /v1/models`: OpenAI's list (`data`), and the same entries as `models` for the original API's clients."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+    models: list[ModelPublic]
+
+
+class VoicePublic(BaseModel):
+    id: str
+    model: str
+    sample_rate: int | None
+    default: bool = Field(description="the engine's default voice")
+
+
+class VoicesPublic(BaseModel):
+    """`GET /v1/audio/voices`: every voice offered offline, and which voice serves each OpenAI voice name."""
+
+    object: Literal["list"] = "list"
+    data: list[VoicePublic]
+    default_model: str
+    openai_voices: dict[str, str]
+
+
+class WorkerPublic(BaseModel):
+    """A live worker, as every key may see it: nothing about its machine (host, pid, paths, ports)."""
+
+    id: str
+    object: Literal["worker"] = "worker"
+    queues: list[str]
+    device: str | None
+    cuda_visible_devices: str | None
+    models: list[str] = Field(description="the registered models it has loaded")
+    started_at: float
+
+
+class WorkersPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WorkerPublic]

@@ -20,18 +20,19 @@ from api.errors import (
     Unprocessable,
     error_body,
     validated,
-    validation_summary,
 )
 from api.seed_generation import SeedGenerationRequest
-from api.seed_speech import FORMAT_ALIASES, SeedSegment, SeedSpeechRequest, SeedTranscript
+from api.seed_speech import FORMAT_ALIASES, SeedAudioChunk, SeedSpeechRequest, SeedTranscript
 from api.state import AppState
 from api.submit import follow, raise_for_failure
-from contract.dialogue import DialogueResult, HeardTranscript
+from api.validation import validation_summary
+from contract.dialogue import AssistantFinal, DialogueMetadata, DialogueResult, HeardTranscript
 from contract.errors import UpstreamError
+from contract.events import event_data
 from contract.generation import GenerationParams
-from contract.jobs import EventType, JobRecord
+from contract.jobs import EventType, JobRecord, JobStatus
 from contract.results import result_of
-from contract.synthesis import AudioChunk, SynthesizeRequest
+from contract.synthesis import SynthesizeRequest
 
 INVALID_GENERATION = "Invalid generation overrides supplied"  # the original's 400 detail, word for word
 # synthesis_config keys the original dropped: the text spoken is the reply, streaming is `stream_audio`.
@@ -114,7 +115,7 @@ class SeedDialogue(BaseModel):
         result = result_of(job, DialogueResult)
         heard = HeardTranscript(text=result.transcript, language=result.language, segments=result.segments)
         return cls(
-            transcript=transcript(heard),
+            transcript=SeedTranscript.of(heard),
             response_text=result.response_text,
             audio_base64=base64.b64encode(audio).decode(),
             response_format=response_format or result.response_format,
@@ -126,16 +127,11 @@ class SeedDialogue(BaseModel):
         )
 
 
-def transcript(heard: HeardTranscript) -> SeedTranscript:
-    """`{text, language, segments: [{id, start, end, text}]}` from a dialogue's transcript event or result."""
-    segments = [SeedSegment(id=s.id, start=s.start, end=s.end, text=s.text) for s in heard.segments]
-    return SeedTranscript(text=heard.text, language=heard.language, segments=segments)
-
-
-def metadata(data: dict[str, Any], response_format: str | None) -> dict[str, Any]:
+def metadata(event: DialogueMetadata, response_format: str | None) -> dict[str, Any]:
     """`{response_format, media_type, sample_rate[, reference_id]}` (no `reference_id` when there is none,
     as the original), then speechq's own keys that have a value (`job_id`, `voice`, …)."""
-    first = {key: data.get(key) for key in ("response_format", "media_type", "sample_rate", "reference_id")}
+    data = event.model_dump(mode="json")
+    first = {key: data[key] for key in ("response_format", "media_type", "sample_rate", "reference_id")}
     if response_format:
         first["response_format"] = response_format
     return {key: value for key, value in {**first, **data, **first}.items() if value is not None}
@@ -151,31 +147,35 @@ async def stream_lines(
     held: list[dict[str, Any]] = []
     answered = pipelined
     async for event in follow(state, job.id):
-        data = event.data
         if event.type == EventType.metadata:
-            yield {"event": "metadata", "data": metadata(data, response_format)}
+            yield {"event": "metadata", "data": metadata(event_data(EventType.metadata, event.data), response_format)}
         elif event.type == EventType.transcript:
-            yield {"event": "transcript", "data": transcript(HeardTranscript.model_validate(data)).model_dump()}
-        elif event.type == EventType.assistant_text and pipelined:
-            yield {"event": "assistant_text", "data": data}
-        elif event.type == EventType.assistant_text and data.get("final"):
-            answered = True
-            yield {"event": "assistant_text", "data": {"text": data["text"]}}
-            for line in held:
-                yield line
-            held.clear()
+            heard = SeedTranscript.of(event_data(EventType.transcript, event.data))
+            yield {"event": "transcript", "data": heard.model_dump()}
+        elif event.type == EventType.assistant_text:
+            text = event_data(EventType.assistant_text, event.data)
+            if pipelined:
+                yield {"event": "assistant_text", "data": text.model_dump()}
+            elif isinstance(text, AssistantFinal):
+                answered = True
+                yield {"event": "assistant_text", "data": {"text": text.text}}
+                for line in held:
+                    yield line
+                held.clear()
         elif event.type == EventType.audio_chunk:
-            audio = AudioChunk.model_validate(data)
-            chunk = {"audio_base64": audio.audio, "index": audio.index, "text": audio.text}
-            chunk |= {"format": response_format or audio.format, "sample_rate": audio.sample_rate}
+            chunk = SeedAudioChunk.of(event_data(EventType.audio_chunk, event.data), response_format)
+            line = {"event": "audio_chunk", "data": chunk.model_dump()}
             if answered:
-                yield {"event": "audio_chunk", "data": chunk}
+                yield line
             else:
-                held.append({"event": "audio_chunk", "data": chunk})
+                held.append(line)
         elif event.type == EventType.error:
-            yield {"event": "error", "data": data, **error_body(JobFailure.recorded(data))}
-        elif event.type == EventType.done and (pipelined or data["status"] == "succeeded"):
-            yield {"event": "done", "data": {"job_id": job.id, **data}}
+            error = event_data(EventType.error, event.data)
+            yield {"event": "error", "data": error.model_dump(), **error_body(JobFailure(error.failure()))}
+        elif event.type == EventType.done:
+            done = event_data(EventType.done, event.data)
+            if pipelined or done.status == JobStatus.succeeded:
+                yield {"event": "done", "data": {"job_id": job.id, **done.model_dump(mode="json")}}
 
 
 async def opened(

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.errors import BadRequest, Unprocessable, validated
 from api.uploads import AudioBudget, check_audio, too_large, upload_limit_bytes
 from config import Settings
-from contract.synthesis import SynthesisResult, SynthesizeRequest
-from contract.transcription import TranscribeRequest, TranscriptionResult
+from contract.dialogue import HeardTranscript
+from contract.synthesis import AudioChunk, SynthesisResult, SynthesizeRequest
+from contract.transcription import Segment, TranscribeRequest, TranscriptionResult
 from media.speech import ENCODER_RATES, MAX_SAMPLE_RATE, MEDIA_TYPES, MIN_SAMPLE_RATE
 
 # --- speech to text ---------------------------------------------------------------------------------
@@ -68,19 +69,23 @@ class SeedSegment(BaseModel):
     end: float | None = None
     text: str
 
+    @classmethod
+    def of(cls, segment: Segment) -> SeedSegment:
+        return cls(id=segment.id, start=segment.start, end=segment.end, text=segment.text)
+
 
 class SeedTranscript(BaseModel):
     """`{text, language, segments}`: the answer of `POST /v1/speech-to-text` and the `data` of the
-    WebSocket's `transcript` event, whatever `response_format` was asked for."""
+    WebSocket's `transcript` event, whatever `response_format` was asked for (and a dialogue's transcript)."""
 
     text: str
     language: str | None = None
     segments: list[SeedSegment] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, result: TranscriptionResult) -> SeedTranscript:
-        segments = [SeedSegment(id=s.id, start=s.start, end=s.end, text=s.text) for s in result.segments]
-        return cls(text=result.text, language=result.language, segments=segments)
+    def of(cls, heard: TranscriptionResult | HeardTranscript) -> SeedTranscript:
+        segments = [SeedSegment.of(segment) for segment in heard.segments]
+        return cls(text=heard.text, language=heard.language, segments=segments)
 
 
 # --- text to speech ---------------------------------------------------------------------------------
@@ -196,6 +201,32 @@ class SeedAudioFormat(BaseModel):
         if self.reference_id and self.reference_id.isascii() and self.reference_id.isprintable():
             headers["x-reference-id"] = self.reference_id
         return headers
+
+
+class SeedAudioChunk(BaseModel):
+    """An `audio_chunk` as the seed routes send it: `{audio_base64, index, text, format, sample_rate}` (the
+    text-to-speech WebSocket's, as the original's, has only the first three: `spoken_only`)."""
+
+    audio_base64: str
+    index: int
+    text: str | None
+    format: str
+    sample_rate: int
+
+    @classmethod
+    def of(cls, chunk: AudioChunk, response_format: str | None = None) -> SeedAudioChunk:
+        """`chunk`, its format named `response_format` when the answer uses the original's alias (`ogg`)."""
+        return cls(
+            audio_base64=chunk.audio,
+            index=chunk.index,
+            text=chunk.text,
+            format=response_format or chunk.format,
+            sample_rate=chunk.sample_rate,
+        )
+
+    def spoken_only(self) -> dict[str, Any]:
+        """The text-to-speech WebSocket's `data`: the original sent only `{audio_base64, index, text}`."""
+        return self.model_dump(mode="json", include={"audio_base64", "index", "text"})
 
 
 class SeedSynthesis(BaseModel):

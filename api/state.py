@@ -12,12 +12,13 @@ from api.auth import KeyRing
 from api.limits import RateLimiter
 from api.metrics import ApiMetrics
 from config import Settings
-from jobstore.events import EventHub
-from jobstore.files import BatchStore
+from jobstore.batches import BatchStore
+from jobstore.event_log import EventHub
+from jobstore.files import FileStore
 from jobstore.store import JobStore
 
-if TYPE_CHECKING:  # the service imports the routes' helpers, which import this module
-    from api.batches import BatchService
+if TYPE_CHECKING:  # the service imports `api.submit` (quotas, job failures), which imports this module
+    from api.batch_service import BatchService
 
 
 @dataclass(slots=True)
@@ -26,6 +27,7 @@ class AppState:
     redis: Redis
     celery: Celery
     store: JobStore
+    files: FileStore
     batches: BatchStore
     batch_service: BatchService
     hub: EventHub

@@ -27,7 +27,7 @@ from config import Settings
 from contract.generation import GenerationParams, with_defaults
 from contract.jobs import JobKind, JobRecord, JobStatus
 from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
-from jobstore.events import Event, read_events
+from jobstore.event_log import Event, read_events
 from jobstore.storage import OverStorageQuota
 from jobstore.store import JobStore
 

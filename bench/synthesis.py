@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
+from pydantic import BaseModel
 
 from bench.harness import bench_stack, median
 from contract.jobs import EventType
@@ -39,7 +40,7 @@ class MemoryRun:
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
 
-    def emit(self, event: EventType | str, data: Any) -> None:  # noqa: ARG002 - only the time is recorded
+    def emit(self, event: EventType, data: BaseModel) -> None:  # noqa: ARG002 - only the time is recorded
         if event == EventType.audio_chunk and self.first_chunk is None:
             self.first_chunk = time.perf_counter() - self.started
 

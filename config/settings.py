@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
     """How often a worker advertises its queues and loaded models in Redis."""
     batch_sweep_interval_seconds: float = Field(1.0, gt=0)
-    """How often each API process brings open batches up to date with their jobs (counts, expiry, output
-    files); several processes may sweep at once."""
+    """How often open batches are brought up to date with their jobs (counts, expiry, output files): every
+    API process runs a sweeper, the first to ask in an interval sweeps it. A batch's GET may lag this much."""
 
     # --- LLM --------------------------------------------------------------------------------------
     models_file: Path | None = None

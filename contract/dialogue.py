@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.generation import GenerationParams, Usage
-from contract.synthesis import SynthesizeRequest
+from contract.synthesis import SpeechOptions, SynthesizeRequest
 from contract.transcription import Segment
 from media.speech import AudioFormat
 
@@ -16,22 +16,22 @@ from media.speech import AudioFormat
 class DialogueRequest(BaseModel):
     """`dialogue`: the audio travels beside the job; these steer its three stages.
 
-    `synthesis_config` holds a resolved `SynthesizeRequest` without its text (the API fills in the
-    engine, voice and rate), so every sentence is spoken the same way.
+    `synthesis_config` is a resolved `SynthesizeRequest` without its text (the API fills in the engine,
+    voice and rate), so every sentence is spoken the same way.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     instructions: str | None = Field(None, max_length=8_000)
     generation_config: GenerationParams = Field(default_factory=GenerationParams)
-    synthesis_config: dict[str, Any] = Field(default_factory=dict)
+    synthesis_config: SpeechOptions = Field(default_factory=SpeechOptions)
     conversation_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:\-]{1,128}$")
     language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")
     filename: str = Field("audio", max_length=255)
 
     def speech(self, text: str) -> SynthesizeRequest:
         """The synthesis of one sentence, as raw PCM at the dialogue's rate (the dialogue encodes it)."""
-        return SynthesizeRequest.model_validate({**self.synthesis_config, "text": text, "response_format": "pcm"})
+        return SynthesizeRequest.of(self.synthesis_config, text, response_format="pcm")
 
 
 class DialogueMetadata(BaseModel):

@@ -43,12 +43,12 @@ class ReferenceAudio(BaseModel):
         return value
 
 
-class SynthesizeRequest(BaseModel):
-    """`synthesize`: text in, audio out. Field names are the seed API's (`text`, alias OpenAI's `input`)."""
+class SpeechOptions(BaseModel):
+    """How text is spoken: all of a `synthesize` request but its text. A dialogue holds them (resolved by
+    the API to one engine, voice and rate) to speak each sentence of its answer the same way."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    text: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS, validation_alias=AliasChoices("text", "input"))
     model: str | None = Field(None, min_length=1, max_length=128)
     voice: str | None = Field(None, min_length=1, max_length=128)
     response_format: AudioFormat = Field("wav", validation_alias=AliasChoices("response_format", "format"))
@@ -65,6 +65,17 @@ class SynthesizeRequest(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, le=4_096)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _known_model(cls, value: object) -> object:
+        return registered(value, ModelRole.tts) if isinstance(value, str) else value
+
+
+class SynthesizeRequest(SpeechOptions):
+    """`synthesize`: text in, audio out. Field names are the seed API's (`text`, alias OpenAI's `input`)."""
+
+    text: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS, validation_alias=AliasChoices("text", "input"))
+
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -74,10 +85,10 @@ class SynthesizeRequest(BaseModel):
             raise ValueError("the text has nothing to speak: no letter or digit in any script (only symbols or emoji)")
         return value
 
-    @field_validator("model", mode="before")
     @classmethod
-    def _known_model(cls, value: object) -> object:
-        return registered(value, ModelRole.tts) if isinstance(value, str) else value
+    def of(cls, options: SpeechOptions, text: str, **changes: Any) -> SynthesizeRequest:
+        """`options` speaking `text` (and any of their fields changed)."""
+        return cls.model_validate({**options.model_dump(exclude_unset=True), **changes, "text": text})
 
 
 class InvalidField(ValueError):

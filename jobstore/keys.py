@@ -81,6 +81,7 @@ def batch(batch_id: str) -> str:
 
 
 OPEN_BATCHES = f"{PREFIX}:batches:open"  # sorted set: id of every batch not yet ended -> its creation time
+BATCH_SWEEP_TURN = f"{PREFIX}:batches:sweep"  # set for one sweep interval by the API process sweeping it
 
 
 def owner_batches(owner: str) -> str:

@@ -17,4 +17,5 @@ def source(name: str) -> str:
     return keys.lua_functions() + prelude + "\n" + folder.joinpath(f"{name}.lua").read_text()
 
 
-NAMES = ("create", "claim", "emit", "renew", "finish", "cancel")
+# What a worker does to a job it runs; creating and cancelling go through `JobStore`, on either side.
+WORKER_SIDE = ("claim", "emit", "renew", "finish", "release")

@@ -1,4 +1,5 @@
-"""Typed reads of jobs straight from Redis, for tests that look beneath the API.
+"""Typed reads of jobs straight from Redis, for tests that look beneath the API, and jobs created the one
+way jobs are (`JobStore.create`) for tests that start beneath it.
 
 redis-py types every reply as `bytes | str` whatever the client decodes; these take a client made with
 `decode_responses=True` and say so once, here.
@@ -6,11 +7,17 @@ redis-py types every reply as `bytes | str` whatever the client decodes; these t
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+from typing import Any, cast
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
+from config import load_settings
+from contract.jobs import JobKind, JobRecord
 from jobstore import keys
+from jobstore.celery_app import create_celery
+from jobstore.store import JobStore
 
 EventLog = list[tuple[str, dict[str, str]]]  # (event id, {"type", "data"})
 
@@ -39,3 +46,23 @@ def age_lease(redis: Redis, job_id: str, seconds: float) -> None:
 def owner_jobs(redis: Redis, owner: str) -> list[str]:
     """The ids in an owner's job index, oldest first."""
     return cast(list[str], redis.zrange(keys.owner_index(owner), 0, -1))
+
+
+def create_job(
+    redis_url: str, kind: JobKind, request: dict[str, Any], *, owner: str = "k", request_id: str | None = None
+) -> JobRecord:
+    """A job recorded and queued by `JobStore.create` (no checks of the request: tests may send what the API
+    would refuse), on the server's own Redis as broker."""
+
+    async def create() -> JobRecord:
+        redis = AsyncRedis.from_url(redis_url, decode_responses=True)
+        raw = AsyncRedis.from_url(redis_url)
+        try:
+            celery = create_celery(load_settings(redis_url=redis_url, celery_broker_url=None))
+            store = JobStore(redis, raw, celery, ttl=600, max_queue_depth=0)
+            return (await store.create(kind, request, owner=owner, request_id=request_id, max_active=0)).job
+        finally:
+            await redis.aclose()
+            await raw.aclose()
+
+    return asyncio.run(create())

@@ -18,8 +18,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cli.embedded_redis import EmbeddedRedis
+from contract.dialogue import DialogueModels, DialogueResult, DialogueTimings
 from contract.errors import InvalidAudio
 from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.transcription import TranscriptionResult, TranscriptionTimings
 from media.audio import decode, plausible_seconds, probe
 from media.speech import speakable
 from tests.audio import SENTENCES, encode, speak
@@ -274,15 +276,46 @@ def label_values(registry: CollectorRegistry, label: str) -> set[str]:
     return {s.labels[label] for metric in registry.collect() for s in metric.samples if label in s.labels}
 
 
+def dialogue_result() -> DialogueResult:
+    return DialogueResult(
+        transcript="hi",
+        language="en",
+        segments=[],
+        response_text="hello",
+        response_format="wav",
+        media_type="audio/wav",
+        sample_rate=16_000,
+        reference_id=None,
+        voice="hibari",
+        duration=1.0,
+        chunks=1,
+        conversation_id=None,
+        models=DialogueModels(stt="whisper-tiny.en", llm="gemma-3-270m", tts="hibari"),
+        usage=None,
+        timings=DialogueTimings(seconds=0.5, first_audio_seconds=0.2),
+    )
+
+
 def test_metric_labels_never_take_a_clients_string() -> None:
     metrics = WorkerMetrics()
     job = JobRecord(id="job_x", kind=JobKind.transcribe, status=JobStatus.running, owner="o", request={})
     garbage = 'x"} 1\nevil{a="b'
     for n in range(MAX_MODEL_LABELS + 5):
-        result = {"model": f"model-{n}", "duration": 1.0, "timings": {"seconds": 0.1, f"{garbage}_seconds": 1.0}}
+        result = TranscriptionResult(
+            text="hi",
+            language="en",
+            duration=1.0,
+            task="transcribe",
+            segments=[],
+            model=f"model-{n}",
+            timings=TranscriptionTimings(seconds=0.1),
+        )
         metrics.finished(job, "succeeded", result, None, 0.2)
     metrics.finished(job, garbage, None, {"type": garbage, "message": "m"}, 0.1)
     metrics.finished(job, "failed", None, {"type": "invalid_audio", "message": "m"}, 0.1)
+    # Stages are the results' own timing fields (a dialogue's `first_audio` is not one of STAGES).
+    dialogue = JobRecord(id="job_d", kind=JobKind.dialogue, status=JobStatus.running, owner="o", request={})
+    metrics.finished(dialogue, "succeeded", dialogue_result(), None, 0.3)
     assert label_values(metrics.registry, "stage") == {"total", "run", OTHER}
     assert label_values(metrics.registry, "status") == {"succeeded", "failed", OTHER}
     assert label_values(metrics.registry, "type") == {"invalid_audio", OTHER}

@@ -9,11 +9,13 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from api.schemas import JobPublic, job_public
-from contract.events import Progress
+from contract.dialogue import AssistantDelta, AssistantFinal, DialogueRequest
+from contract.errors import UpstreamTimeout
+from contract.events import Done, Progress, event_data
 from contract.generation import GenerationResult, GenerationTimings, Usage
 from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.results import parse_result, result_of
-from contract.synthesis import AudioChunk, SynthesisResult
+from contract.synthesis import AudioChunk, SynthesisResult, SynthesizeRequest
 from contract.transcription import TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
 from workers.audio_out import AudioEncoder, ChunkSender
 
@@ -45,7 +47,7 @@ class RecordedRun:
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
 
-    def emit(self, event: EventType | str, data: Any) -> None:
+    def emit(self, event: EventType, data: BaseModel) -> None:
         self.events.append((str(event), data))
 
     def check(self) -> None:
@@ -152,3 +154,34 @@ def test_chunks_are_numbered_in_order_and_empty_ones_are_not_sent() -> None:
     ]
     assert sent[0].end == 0.1 and sent[1].end == 0.15 and len(sent[0].decoded()) == 3_200
     assert chunks.count == 2 and chunks.first is not None
+
+
+def test_each_events_data_reads_as_its_model() -> None:
+    done = event_data(EventType.done, {"status": "cancelled"})
+    assert isinstance(done, Done) and done.status == JobStatus.cancelled
+    error = event_data(EventType.error, {"type": "upstream_timeout", "message": "OpenAudio took too long"})
+    assert isinstance(error.failure(), UpstreamTimeout) and error.failure().message == "OpenAudio took too long"
+    assert event_data(EventType.error, {"type": "made_up", "message": "m"}).failure().code == "internal_error"
+    assert event_data(EventType.assistant_text, {"delta": "Hi"}) == AssistantDelta(delta="Hi")
+    assert event_data(EventType.assistant_text, {"text": "Hi.", "final": True}) == AssistantFinal(text="Hi.")
+    assert isinstance(event_data(EventType.progress, {"fraction": 0.5, "stage": "decoding"}), Progress)
+    with pytest.raises(ValidationError):
+        event_data(EventType.done, {"status": "half-done"})
+    with pytest.raises(KeyError):  # a result's model is its job kind's: `parse_result`
+        event_data(EventType.result, GENERATION)
+
+
+def test_a_dialogue_keeps_its_speech_options_and_speaks_each_sentence_with_them() -> None:
+    resolved = SynthesizeRequest(text="a", model="hibari", voice="hibari", response_format="mp3", sample_rate=24_000)
+    options = resolved.model_dump(mode="json", exclude={"text"})  # as the API stores it
+    request = DialogueRequest.model_validate({"synthesis_config": options})
+    assert request.synthesis_config.model_dump(mode="json") == options
+    spoken = request.speech("Hello there.")
+    assert (spoken.text, spoken.response_format, spoken.sample_rate) == ("Hello there.", "pcm", 24_000)
+    assert spoken.model_dump(exclude={"text", "response_format"}) == resolved.model_dump(
+        exclude={"text", "response_format"}
+    )
+    with pytest.raises(ValidationError):  # the text spoken is the answer's, never the request's
+        DialogueRequest.model_validate({"synthesis_config": {**options, "text": "hi"}})
+    with pytest.raises(ValidationError):
+        DialogueRequest.model_validate({"synthesis_config": {**options, "pitch": 2}})

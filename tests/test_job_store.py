@@ -16,7 +16,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
-from contract.jobs import JobKind, JobStatus
+from contract.generation import Token
+from contract.jobs import EventType, JobKind, JobStatus
 from jobstore import keys
 from jobstore.celery_app import create_celery
 from jobstore.creation import Created, IdempotencyConflict, QueueFull
@@ -67,7 +68,7 @@ def test_a_redelivered_message_for_a_finished_job_does_nothing(store_url: str, s
     job_id = create(store_url).job.id
     assert store.claim(job_id, "w1").run
     with store.execution(job_id, "w1", time.monotonic() + 60) as run:
-        run.emit("token", {"text": "a"})
+        run.emit(EventType.token, Token(text="a"))
         assert run.finish(JobStatus.succeeded, result={"text": "a"}) == "succeeded"
     again = store.claim(job_id, "w2")
     assert not again.run and again.reason == "succeeded"
@@ -90,7 +91,7 @@ def test_an_expired_lease_is_taken_over_until_the_attempt_cap(store_url: str, sy
     second = store.claim(job_id, "w2")
     assert second.run and second.attempt == 2
     with pytest.raises(LeaseLost):  # the first worker, back from the dead, may not write any more
-        store.execution(job_id, "w1", time.monotonic() + 60).emit("token", {"text": "late"})
+        store.execution(job_id, "w1", time.monotonic() + 60).emit(EventType.token, Token(text="late"))
     age_lease(sync_redis, job_id, 31)  # and so did w2
     third = store.claim(job_id, "w3")
     assert not third.run and third.reason == "poison"
@@ -107,7 +108,7 @@ def test_cancel_while_running_stops_the_next_emit(store_url: str, sync_redis: Re
     sync_redis.hset(keys.job(job_id), "status", "cancelling")
     run = store.execution(job_id, "w1", time.monotonic() + 60)
     with pytest.raises(JobCancelled):
-        run.emit("token", {"text": "x"})
+        run.emit(EventType.token, Token(text="x"))
     assert run.finish(JobStatus.cancelled) == "cancelled"
 
 

@@ -29,15 +29,13 @@ from redis.exceptions import OutOfMemoryError
 
 from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
-from contract.generation import GenerationResult
-from contract.jobs import JobKind, JobRecord
+from contract.generation import GenerationResult, Token
+from contract.jobs import EventType, JobKind, JobRecord
 from contract.synthesis import SynthesisResult
 from jobstore import keys
-from jobstore.celery_app import create_celery
-from jobstore.creation import CreatePlan
-from jobstore.files import BatchStore
+from jobstore.files import FileStore
 from jobstore.storage import OverStorageQuota, StorageAccount
-from tests.records import event_types
+from tests.records import create_job, event_types
 from tests.stack import base_env, free_port, start_api, start_worker, wait_until
 from workers.celery_tasks import JobRunner
 from workers.context import JobContext
@@ -281,7 +279,7 @@ def test_storage_counts_fall_when_what_they_count_expires(valkey: tuple[str, red
                     await asyncio.sleep(0.1)
             await account.charge("k", 600, quota=1000)
 
-            files = BatchStore(client, raw, ttl=60)
+            files = FileStore(client, raw, ttl=60)
             record = await files.put_file("f", "a.bin", "user_data", b"z" * 700, quota=1000)
             with pytest.raises(OverStorageQuota):
                 await files.put_file("f", "b.bin", "user_data", b"z" * 700, quota=1000)
@@ -351,14 +349,9 @@ def test_a_full_redis_fails_a_running_job_once_there_is_room_and_loses_no_job(tm
         decoded = redis.Redis.from_url(server.url, decode_responses=True)
         raw = redis.Redis.from_url(server.url)
         store = WorkerStore(decoded, ttl=600, lease=5, max_attempts=3, raw=raw)
-        celery = create_celery(settings)
 
         def new_job() -> str:
-            plan = CreatePlan.build(
-                celery, JobKind.generate, SHORT_JOB, owner="k", ttl=600, max_queue_depth=0, max_active=0, direct=True
-            )
-            assert store.scripts["create"](keys=plan.keys, args=plan.args)[0] == "created"
-            return plan.job_id
+            return create_job(server.url, JobKind.generate, SHORT_JOB).id
 
         running, waiting = new_job(), new_job()
         timers: list[threading.Timer] = []
@@ -372,7 +365,7 @@ def test_a_full_redis_fails_a_running_job_once_there_is_room_and_loses_no_job(tm
 
         def handler(job: JobRecord, run: JobContext) -> GenerationResult:
             full_for_a_second()
-            run.emit("token", {"text": "hi"})
+            run.emit(EventType.token, Token(text="hi"))
             raise AssertionError("the event cannot be stored, so the job fails before it has a result")
 
         runner = JobRunner(settings, store, "worker-1", {"llm": handler})
@@ -403,18 +396,8 @@ def test_a_cancelled_message_is_skipped_without_waiting_for_a_busy_model(tmp_pat
         settings = load_settings(redis_url=server.url)
         decoded = redis.Redis.from_url(server.url, decode_responses=True)
         store = WorkerStore(decoded, ttl=600, lease=5, max_attempts=3)
-        plan = CreatePlan.build(
-            create_celery(settings),
-            JobKind.synthesize,
-            {"text": "hi"},
-            owner="k",
-            ttl=600,
-            max_queue_depth=0,
-            max_active=0,
-            direct=True,
-        )
-        assert store.scripts["create"](keys=plan.keys, args=plan.args)[0] == "created"
-        decoded.hset(keys.job(plan.job_id), "status", "cancelled")  # what a cancel while queued leaves
+        job_id = create_job(server.url, JobKind.synthesize, {"text": "hi"}).id
+        decoded.hset(keys.job(job_id), "status", "cancelled")  # what a cancel while queued leaves
         ran: list[str] = []
 
         def record_run(job: JobRecord, _run: JobContext) -> SynthesisResult:
@@ -426,7 +409,7 @@ def test_a_cancelled_message_is_skipped_without_waiting_for_a_busy_model(tmp_pat
         task = SimpleNamespace(request=SimpleNamespace(request_id=None))
         with gate:  # the model is busy with another job
             outcome: list[str] = []
-            skipper = threading.Thread(target=lambda: outcome.append(runner(task, plan.job_id, "tts")))  # type: ignore[arg-type]
+            skipper = threading.Thread(target=lambda: outcome.append(runner(task, job_id, "tts")))  # type: ignore[arg-type]
             skipper.start()
             skipper.join(5)
             assert outcome == ["cancelled"]

@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -19,8 +20,7 @@ from config import load_settings
 from contract.jobs import JobKind, JobStatus
 from jobstore import keys
 from jobstore.celery_app import create_celery
-from jobstore.creation import CreatePlan
-from tests.records import age_lease, event_types
+from tests.records import age_lease, create_job, event_types
 from tests.sse import read_events
 from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
 from workers.execution import WorkerStore
@@ -42,19 +42,10 @@ def test_a_sweep_requeues_only_jobs_that_lost_worker_and_message(valkey: str) ->
     celery = create_celery(settings)
 
     def claimed() -> tuple[str, str]:
-        plan = CreatePlan.build(
-            celery,
-            JobKind.completion,
-            {"prompt": "a"},
-            owner="k",
-            ttl=600,
-            max_queue_depth=0,
-            max_active=0,
-            direct=True,
-        )
-        assert store.scripts["create"](keys=plan.keys, args=plan.args)[0] == "created"
-        assert store.claim(plan.job_id, "worker-gone").run
-        return plan.job_id, plan.message
+        job_id = create_job(valkey, JobKind.completion, {"prompt": "a"}).id
+        message = cast(str, client.lindex("llm", 0))  # the newest message (kombu pushes on the left)
+        assert store.claim(job_id, "worker-gone").run
+        return job_id, message
 
     orphan, held, live, ended = (claimed() for _ in range(4))
     client.delete("llm")  # the messages were taken off the queue by the (now gone) consumers
@@ -107,7 +98,7 @@ def test_a_job_whose_message_was_acknowledged_under_a_redis_crash_still_ends(tmp
                     wait_until(lambda: "token" in event_types(probe, job), timeout=60, what="the job mid-generation")
                     pid = int(probe.info("server")["process_id"])
                 os.kill(pid, signal.SIGKILL)
-                time.sleep(3.0)
+                time.sleep(3.0)  # the scenario: Redis stays away longer than a lease (2 s), not a wait on it
                 with EmbeddedRedis(data, port):
                     if not worker.alive():  # kombu can lose the consumer with the broker: compose restarts it
                         worker.stop()

@@ -91,4 +91,5 @@ def test_remote_errors_are_reported_not_hidden(remote_stack: tuple[str, FlakyTra
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "engine_error" and "503" in error["message"]
+    assert "overloaded" not in error["message"] and "http" not in error["message"]  # the service's text: the log's
     assert len(proxy.calls) == 3  # the first try and OPENAI_MAX_RETRIES=2

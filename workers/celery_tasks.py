@@ -37,7 +37,7 @@ class JobObserver(Protocol):
     def claimed(self, job: JobRecord) -> None: ...
 
     def finished(
-        self, job: JobRecord, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None, seconds: float
+        self, job: JobRecord, status: str, result: JobResult | None, error: dict[str, Any] | None, seconds: float
     ) -> None: ...
 
 
@@ -132,7 +132,7 @@ class JobRunner:
 
     def _run(
         self, job: JobRecord, run: JobExecution, handler: JobHandler
-    ) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+    ) -> tuple[str, JobResult | None, dict[str, Any] | None]:
         """Run the handler and record the outcome; returns (status, result, error)."""
         try:
             result = handler(job, run)
@@ -155,7 +155,7 @@ class JobRunner:
         else:
             status = run.finish(JobStatus.succeeded, result=result)
             log.info("job %s %s", job.id, status)
-            return status, result.model_dump(mode="json"), None
+            return status, result, None
         error = failure.as_record()
         return run.finish(JobStatus.failed, error=error), None, error
 

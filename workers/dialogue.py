@@ -17,11 +17,12 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 from celery import Celery
 from kombu.exceptions import OperationalError
+from pydantic import BaseModel
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -44,9 +45,11 @@ from contract.errors import (
     StageExpired,
     failure_from,
 )
-from contract.generation import ChatMessage, ChatRequest, GenerationResult, Token
+from contract.events import event_data
+from contract.generation import ChatMessage, ChatRequest, GenerationResult
 from contract.jobs import EventType, JobKind, JobRecord, JobStatus
-from contract.synthesis import AudioChunk
+from contract.results import result_of
+from contract.synthesis import SynthesisResult
 from contract.transcription import TranscribeRequest, TranscriptionResult
 from jobstore import keys
 from jobstore.creation import JobStoreError
@@ -58,6 +61,8 @@ from workers.execution import WorkerStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
+STORE_TIMEOUT_SECONDS = 10.0  # one Redis reply while creating or cancelling a stage
 HISTORY_MESSAGES = 40  # the last 20 turns of a conversation are kept
 
 
@@ -84,6 +89,41 @@ class Stage:
     text: str | None = None  # synthesis: the sentence
 
 
+class StageRunner(Protocol):
+    """All a dialogue sees of its stages and its store: `Stages` runs each stage as a job on its model's
+    queue; a test plays recorded stage events back."""
+
+    @property
+    def wait_timeout_seconds(self) -> float:
+        """How long a stage may wait for a worker to take it (JOB_WAIT_TIMEOUT_SECONDS)."""
+
+    def start(
+        self, parent: JobRecord, name: str, kind: JobKind, request: dict[str, Any], audio: bytes | None = None
+    ) -> Stage:
+        """Queue a stage job (its `request` as JSON-ready data, `audio` its input file)."""
+
+    def read(self, stages: list[Stage], block_ms: int) -> list[tuple[Stage, str, Any]]:
+        """New events of the given stages, in order per stage: (stage, type, data as stored)."""
+
+    def ended(self, stage: Stage, status: JobStatus, model: type[R]) -> R:
+        """The result of a stage that has ended, as `model`, or its failure raised."""
+
+    def cancel(self, stage: Stage, owner: str) -> None: ...
+
+    def overdue(self, stage: Stage) -> bool:
+        """A stage no worker has taken within `wait_timeout_seconds`."""
+
+    def history(self, owner: str, conversation_id: str | None) -> list[ChatMessage]: ...
+
+    def remember(self, owner: str, conversation_id: str | None, *turn: ChatMessage) -> None: ...
+
+    def read_input(self, job_id: str) -> bytes | None:
+        """The dialogue job's audio, or None once it has expired."""
+
+    def write_output(self, job_id: str, data: bytes) -> None:
+        """The dialogue job's encoded audio, kept for `GET /v1/jobs/{id}/audio`."""
+
+
 class Stages:
     """Creates a dialogue's stage jobs and reads their events (sync; the worker runs jobs in threads).
 
@@ -100,9 +140,11 @@ class Stages:
         self._thread.start()
         url = settings.redis_url
         assert url is not None, "a worker starts only with REDIS_URL set"
+        # Bounded waits: a stalled Redis fails the dialogue instead of holding its thread for ever.
+        wait = STORE_TIMEOUT_SECONDS
         self._jobs = JobStore(
-            AsyncRedis.from_url(url, decode_responses=True),
-            AsyncRedis.from_url(url),
+            AsyncRedis.from_url(url, decode_responses=True, socket_timeout=wait, socket_connect_timeout=wait),
+            AsyncRedis.from_url(url, socket_timeout=wait, socket_connect_timeout=wait),
             celery,
             ttl=settings.job_ttl_seconds,
             max_queue_depth=settings.queue_max_depth,
@@ -117,7 +159,8 @@ class Stages:
         self._loop.close()
 
     def _call(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        # Past the sockets' own timeouts, so the store's error (not a bare TimeoutError) is what is raised.
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=3 * STORE_TIMEOUT_SECONDS)
 
     def start(
         self, parent: JobRecord, name: str, kind: JobKind, request: dict[str, Any], audio: bytes | None = None
@@ -158,12 +201,12 @@ class Stages:
             raise EngineError(f"the {stage.name} stage job {stage.job_id} has vanished")
         return JobRecord.from_hash(raw)
 
-    def ended(self, stage: Stage, status: str) -> dict[str, Any]:
-        """The result of a stage that has ended, or its failure raised."""
+    def ended(self, stage: Stage, status: JobStatus, model: type[R]) -> R:
+        """The result of a stage that has ended, as `model`, or its failure raised."""
         record = self.record(stage)
         if status != JobStatus.succeeded or record.result is None:
             raise stage_failure(stage.name, status, record.error)
-        return record.result
+        return result_of(record, model)
 
     def cancel(self, stage: Stage, owner: str) -> None:
         try:
@@ -171,9 +214,19 @@ class Stages:
         except Exception as exc:  # noqa: BLE001 - best effort: the stage job expires with its TTL anyway
             log.warning("could not cancel stage %s: %s", stage.job_id, exc)
 
+    @property
+    def wait_timeout_seconds(self) -> float:
+        return self.settings.job_wait_timeout_seconds
+
     def overdue(self, stage: Stage) -> bool:
         """A stage no worker has taken within JOB_WAIT_TIMEOUT_SECONDS (no worker serves its queue)."""
-        return not stage.started and time.monotonic() - stage.created > self.settings.job_wait_timeout_seconds
+        return not stage.started and time.monotonic() - stage.created > self.wait_timeout_seconds
+
+    def read_input(self, job_id: str) -> bytes | None:
+        return self.store.read_input(job_id)
+
+    def write_output(self, job_id: str, data: bytes) -> None:
+        self.store.write_output(job_id, data)
 
     def history(self, owner: str, conversation_id: str | None) -> list[ChatMessage]:
         if conversation_id is None:
@@ -195,22 +248,24 @@ class Stages:
 class Dialogue:
     """One run of a dialogue job."""
 
-    def __init__(self, job: JobRecord, run: JobContext, stages: Stages) -> None:
+    def __init__(self, job: JobRecord, run: JobContext, stages: StageRunner) -> None:
         self.job = job
         self.run = run
         self.stages = stages
         self.request = DialogueRequest.model_validate(job.request)
-        synthesis = self.request.synthesis_config
+        speech = self.request.synthesis_config
+        if speech.sample_rate is None:
+            raise InvalidJobInput("the dialogue's synthesis_config has no sample_rate (the API resolves one)")
         self.metadata = DialogueMetadata(
             job_id=job.id,
             conversation_id=self.request.conversation_id,
             llm=self.request.generation_config.model,
-            tts=synthesis.get("model"),
-            voice=synthesis.get("voice"),
-            reference_id=synthesis.get("reference_id"),
-            response_format=synthesis["response_format"],
-            media_type=MEDIA_TYPES[synthesis["response_format"]],
-            sample_rate=synthesis["sample_rate"],
+            tts=speech.model,
+            voice=speech.voice,
+            reference_id=speech.reference_id,
+            response_format=speech.response_format,
+            media_type=MEDIA_TYPES[speech.response_format],
+            sample_rate=speech.sample_rate,
         )
         self.rate = self.metadata.sample_rate
         self.encoder = AudioEncoder(self.metadata.response_format, self.rate)
@@ -240,7 +295,7 @@ class Dialogue:
         answer = self._answer_and_speak(transcript)
         tail, whole = self.encoder.close()
         self.chunks.send(tail, None)
-        self.stages.store.write_output(self.job.id, whole)
+        self.stages.write_output(self.job.id, whole)
         user, assistant = (
             ChatMessage(role="user", content=transcript),
             ChatMessage(role="assistant", content=answer.text),
@@ -270,7 +325,7 @@ class Dialogue:
         )
 
     def _transcribe(self) -> TranscriptionResult:
-        audio = self.stages.store.read_input(self.job.id)
+        audio = self.stages.read_input(self.job.id)
         if audio is None:
             raise InvalidJobInput("the job's audio is no longer stored (it expired with JOB_TTL_SECONDS)")
         options = TranscribeRequest(language=self.request.language, filename=self.request.filename)
@@ -279,7 +334,7 @@ class Dialogue:
             for _, kind, data in self._read([stage]):
                 if kind == EventType.done:
                     self.open.remove(stage)
-                    return TranscriptionResult.model_validate(self.stages.ended(stage, data["status"]))
+                    return self.stages.ended(stage, event_data(EventType.done, data).status, TranscriptionResult)
 
     def _answer_and_speak(self, transcript: str) -> GenerationResult:
         request = self.request
@@ -297,24 +352,24 @@ class Dialogue:
             watched = [stage for stage in (llm, speaking[0] if speaking else None) if stage is not None]
             for stage, kind, data in self._read(watched):
                 if stage is llm and kind == EventType.token:
-                    delta = Token.model_validate(data).text
+                    delta = event_data(EventType.token, data).text
                     self.run.emit(EventType.assistant_text, AssistantDelta(delta=delta))
                     finished, pending = complete_sentences(pending + delta)
                     speaking.extend(self._speak(sentence) for sentence in finished if speakable(sentence))
                 elif stage is llm and kind == EventType.done:
                     self.open.remove(stage)
-                    answer = GenerationResult.model_validate(self.stages.ended(stage, data["status"]))
+                    answer = self.stages.ended(stage, event_data(EventType.done, data).status, GenerationResult)
                     self.run.emit(EventType.assistant_text, AssistantFinal(text=answer.text))
                     if speakable(pending):
                         speaking.append(self._speak(pending.strip()))
                     llm = None
                 elif kind == EventType.audio_chunk:
-                    raw = AudioChunk.model_validate(data).decoded()  # the stage's PCM, s16le
+                    raw = event_data(EventType.audio_chunk, data).decoded()  # the stage's PCM, s16le
                     pcm = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768
                     self.chunks.send(self.encoder.encode(pcm, self.rate), stage.text)
                 elif kind == EventType.done:
                     self.open.remove(stage)
-                    self.stages.ended(stage, data["status"])
+                    self.stages.ended(stage, event_data(EventType.done, data).status, SynthesisResult)
                     speaking.popleft()
         if answer is None or not answer.text.strip():
             raise EngineError("the model's answer was empty; there is nothing to speak")
@@ -340,11 +395,11 @@ class Dialogue:
             if self.stages.overdue(stage):
                 raise EngineError(
                     f"the {stage.name} stage was not taken by any worker within "
-                    f"JOB_WAIT_TIMEOUT_SECONDS={self.stages.settings.job_wait_timeout_seconds:g}; "
+                    f"JOB_WAIT_TIMEOUT_SECONDS={self.stages.wait_timeout_seconds:g}; "
                     "is a worker serving its queue?"
                 )
         return events
 
 
-def run_dialogue_job(job: JobRecord, run: JobContext, stages: Stages) -> DialogueResult:
+def run_dialogue_job(job: JobRecord, run: JobContext, stages: StageRunner) -> DialogueResult:
     return Dialogue(job, run, stages)()

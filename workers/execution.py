@@ -102,7 +102,7 @@ class WorkerStore:
         self.ttl = ttl
         self.lease = lease
         self.max_attempts = max_attempts
-        self.scripts = {name: redis.register_script(scripts.source(name)) for name in (*scripts.NAMES, "release")}
+        self.scripts = {name: redis.register_script(scripts.source(name)) for name in scripts.WORKER_SIDE}
         self.leases = LeaseKeeper(self)
 
     def ended(self, job_id: str) -> str | None:
@@ -184,7 +184,7 @@ class JobExecution:
     def __exit__(self, *exc: object) -> None:
         self._stores.leases.release(self.job_id)
 
-    def emit(self, event: EventType | str, data: BaseModel | dict[str, Any]) -> None:
+    def emit(self, event: EventType, data: BaseModel) -> None:
         """Append an event (its data one of `contract`'s models, serialized here); raises `JobCancelled`/
         `JobTimedOut`/`LeaseLost` when the job must stop, `StorageFull` when Redis has no room for it."""
         with storing():
@@ -192,7 +192,7 @@ class JobExecution:
                 keys=self._keys,
                 args=[
                     str(event),
-                    as_json(data),
+                    data.model_dump_json(),
                     self._stores.ttl,
                     keys.notify(self.job_id),
                     self._stores.lease,

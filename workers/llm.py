@@ -142,10 +142,6 @@ class LlmEngine:
         self._context.close()
         self._model.close()
 
-    @property
-    def has_chat_template(self) -> bool:
-        return self._formatter is not None
-
     def chat_prompt(self, messages: list[ChatMessage]) -> Prompt:
         if self._formatter is None:
             return Prompt(gemma_turns(messages), (GEMMA_END_OF_TURN,), add_bos=True, gemma_turns=True)

@@ -126,8 +126,9 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         "llm": restart_when_stalled(partial(run_llm_job, models=models), stalled),
         "stt": partial(run_stt_job, models=models, inputs=store.read_input),
         "tts": partial(run_tts_job, models=models, outputs=store.write_output),
-        "dialogue": partial(run_dialogue_job, stages=Stages(store, app, settings)),
     }
+    if "dialogue" in queues:  # its stage store runs a loop thread and two connection pools of its own
+        handlers["dialogue"] = partial(run_dialogue_job, stages=Stages(store, app, settings))
     # Jobs a model kind runs at once: a generation per batch slot, one speech job per engine; the
     # dialogue queue only waits on the others.
     gates = {

@@ -12,32 +12,19 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from contract.dialogue import DialogueResult
+from contract.errors import error_classes
+from contract.generation import GenerationResult
 from contract.jobs import JobRecord, JobStatus
+from contract.results import JobResult
 
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
 OTHER = "other"
 STAGES = frozenset({"queue", "total", "run", "first_token", "first_chunk", "decode"})
 STATUSES = frozenset(JobStatus)
-# Every `error.type` a job can end with (contract.errors, media.audio, the runner, a dialogue's stages).
-ERROR_TYPES = frozenset(
-    {
-        "engine_error",
-        "model_unavailable",
-        "model_not_found",
-        "invalid_input",
-        "context_length_exceeded",
-        "upstream_error",
-        "upstream_timeout",
-        "timeout",
-        "internal_error",
-        "empty_file",
-        "unsupported_media_type",
-        "invalid_audio",
-        "audio_too_long",
-        "stage_failed",
-        *(f"stage_{status}" for status in JobStatus),
-    }
-)
+# Every `error.type` a job can end with: the codes of the failure tree, the Lua scripts' (`worker_lost`)
+# and the dialogue stages' included.
+ERROR_TYPES = frozenset(error_classes())
 # Distinct model names one process labels before the rest count as `other`: a bound on the series even
 # if a model name ever came from a request.
 MAX_MODEL_LABELS = 32
@@ -115,7 +102,7 @@ class WorkerMetrics:
             self.job_seconds.labels(job.kind.value, "queue").observe(wait)
 
     def finished(
-        self, job: JobRecord, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None, seconds: float
+        self, job: JobRecord, status: str, result: JobResult | None, error: dict[str, Any] | None, seconds: float
     ) -> None:
         kind = job.kind.value
         self.jobs.labels(kind, bounded(status, STATUSES)).inc()
@@ -124,20 +111,19 @@ class WorkerMetrics:
             self.failures.labels(kind, bounded(error.get("type", "internal_error"), ERROR_TYPES)).inc()
         if result is None:
             return
-        timings = result.get("timings") or {}
+        timings = result.timings.model_dump()
         for name, value in timings.items():
             if name.endswith("seconds") and isinstance(value, int | float):
                 stage = name.removesuffix("_seconds") if name != "seconds" else "run"
                 self.job_seconds.labels(kind, bounded(stage, STAGES)).observe(value)
-        model = self.model_label(result.get("model", ""))
-        usage = result.get("usage") or {}
-        if usage.get("completion_tokens"):
-            self.tokens.labels(model).inc(usage["completion_tokens"])
-            if timings.get("tokens_per_second"):
-                self.tokens_per_second.labels(model).observe(timings["tokens_per_second"])
-        duration = result.get("duration")
-        if isinstance(duration, int | float) and duration > 0:
+        # A dialogue names a model per stage (`models`); its own label is empty.
+        model = self.model_label("" if isinstance(result, DialogueResult) else result.model)
+        usage = result.usage if isinstance(result, GenerationResult | DialogueResult) else None
+        if usage is not None and usage.completion_tokens:
+            self.tokens.labels(model).inc(usage.completion_tokens)
+            if isinstance(result, GenerationResult) and result.timings.tokens_per_second:
+                self.tokens_per_second.labels(model).observe(result.timings.tokens_per_second)
+        duration = None if isinstance(result, GenerationResult) else result.duration
+        if duration is not None and duration > 0:
             self.audio_seconds.labels(kind, model).inc(duration)
-            run = timings.get("seconds")
-            if isinstance(run, int | float):
-                self.real_time_factor.labels(kind, model).observe(run / duration)
+            self.real_time_factor.labels(kind, model).observe(result.timings.seconds / duration)

@@ -164,8 +164,9 @@ class ModelCache:
 def _entry(name: str | None, role: ModelRole) -> CatalogEntry:
     try:
         return registry().lookup(name, role)
-    except UnknownModel as exc:  # the API refuses these; a job from an API with another registry lands here
-        raise ModelUnavailable(str(exc)) from None
+    except UnknownModel:  # the API refuses these; a job from an API with another registry lands here
+        log.warning("a job names a %s model this worker's registry does not serve: %r", role.value, (name or "")[:100])
+        raise ModelUnavailable(f"the {role.value} model the job names is not served by this worker") from None
 
 
 def _unload(models: list[tuple[str, Any]]) -> None:

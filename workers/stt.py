@@ -145,10 +145,14 @@ class RemoteWhisperEngine:
                     options["timestamp_granularities"] = request.timestamp_granularities
                 answer = self._client.audio.transcriptions.create(**options)
         except self._openai.APIStatusError as exc:
-            error = InvalidJobInput if 400 <= exc.status_code < 500 else EngineError
-            raise error(f"the transcription service answered {exc.status_code}: {exc.message}") from None
+            # The service's own message stays in the log: it may name our account, key or address.
+            log.warning("the transcription service answered %d: %s", exc.status_code, exc.message)
+            if exc.status_code in (400, 413, 415, 422):
+                raise InvalidJobInput(f"the transcription service refused the audio (HTTP {exc.status_code})") from None
+            raise EngineError(f"the transcription service failed (HTTP {exc.status_code})") from None
         except self._openai.APIConnectionError as exc:
-            raise EngineError(f"the transcription service is unreachable: {exc}") from None
+            log.warning("the transcription service is unreachable: %r", exc.__cause__ or exc)
+            raise EngineError("the transcription service is unreachable") from None
         body: dict[str, Any] = {"text": answer} if isinstance(answer, str) else answer.model_dump()
         segments = [
             TranscriptSegment.model_validate({**s, "id": n, "text": str(s.get("text", "")).strip()})

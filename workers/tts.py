@@ -83,7 +83,12 @@ class PiperEngine:
 
 
 class _Retryable(Exception):
-    pass
+    """A try that may succeed if repeated; `public` is what a client may be told of it (no address, no
+    text from the server), the exception's own text goes to the log."""
+
+    def __init__(self, detail: str, public: str) -> None:
+        super().__init__(detail)
+        self.public = public
 
 
 class OpenAudioEngine:
@@ -135,7 +140,7 @@ class OpenAudioEngine:
     def stream(self, request: SynthesizeRequest) -> Iterator[SpeechChunk]:
         payload = self._msgpack.packb(self.body(request), use_bin_type=True)
         retries = self.settings.openaudio_max_retries
-        last = ""
+        last = "unreachable"
         for attempt in range(retries + 1):
             if attempt:
                 time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
@@ -143,28 +148,31 @@ class OpenAudioEngine:
                 yield from self._request(payload)
                 return
             except _Retryable as exc:
-                last = str(exc)
-            except self._httpx.TimeoutException:
+                last = exc.public
+                log.warning("OpenAudio at %s, attempt %d/%d failed: %s", self.url, attempt + 1, retries + 1, exc)
+            except self._httpx.TimeoutException as exc:
+                log.warning("OpenAudio at %s did not answer in time: %r", self.url, exc)
                 raise UpstreamTimeout(
-                    f"OpenAudio at {self.url} did not answer within "
+                    "the speech server (OpenAudio) did not answer within "
                     f"OPENAUDIO_TIMEOUT_SECONDS={self.settings.openaudio_timeout_seconds:g}"
                 ) from None
-            log.warning("OpenAudio attempt %d/%d failed: %s", attempt + 1, retries + 1, last)
-        raise UpstreamError(f"OpenAudio at {self.url} failed after {retries + 1} attempts: {last}")
+        raise UpstreamError(f"the speech server (OpenAudio) failed after {retries + 1} attempts ({last})")
 
     def _request(self, payload: bytes) -> Iterator[SpeechChunk]:
         try:
             with self._client.stream("POST", self.url, content=payload) as response:
-                if response.status_code >= 500:
-                    raise _Retryable(f"HTTP {response.status_code}: {response.read()[:200]!r}")
-                if response.status_code >= 400:
+                status = response.status_code
+                if status >= 500:
+                    raise _Retryable(f"HTTP {status}: {response.read()[:200]!r}", f"HTTP {status}")
+                if status >= 400:
                     detail = response.read()[:300].decode(errors="replace")
-                    raise UpstreamError(f"OpenAudio refused the request: HTTP {response.status_code}: {detail}")
+                    log.warning("OpenAudio at %s refused the request: HTTP %d: %s", self.url, status, detail)
+                    raise UpstreamError(f"the speech server (OpenAudio) refused the request (HTTP {status})")
                 yield from WavStream(self.min_chunk_seconds).feed_all(response.iter_bytes())
         except self._httpx.TransportError as exc:
             if isinstance(exc, self._httpx.TimeoutException):
                 raise
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            raise _Retryable(f"{type(exc).__name__}: {exc}", "unreachable") from None
 
 
 class WavStream:
@@ -206,7 +214,8 @@ class WavStream:
         if len(data) < 12:
             return b""
         if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-            raise UpstreamError(f"OpenAudio answered something that is not WAV: {data[:16]!r}")
+            log.warning("OpenAudio answered something that is not WAV, starting %r", data[:16])
+            raise UpstreamError("the speech server (OpenAudio) answered something that is not WAV")
         at = 12
         while at + 8 <= len(data):
             chunk_id, size = data[at : at + 4], struct.unpack("<I", data[at + 4 : at + 8])[0]

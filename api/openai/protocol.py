@@ -1,4 +1,5 @@
-"""OpenAI chat and text completion request/response shapes, as the official client sends and reads them.
+"""OpenAI chat and text completion request/response shapes (and the speech stream's events), as the
+official client sends and reads them.
 
 `usage` is the generation result's own `Usage` (`contract.generation`), which has OpenAI's fields.
 """
@@ -10,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract.common import omitted_when_none
 from contract.generation import ChatMessage, GenerationResult, Usage
 
 
@@ -158,6 +160,71 @@ class CompletionResponse(BaseModel):
     def of(cls, job_id: str, model: str, created: int, result: GenerationResult) -> CompletionResponse:
         choice = CompletionChoice(text=result.text, finish_reason=result.finish_reason)
         return cls(id=f"cmpl-{job_id}", created=created, model=model, choices=[choice], usage=result.usage)
+
+
+class ChatDelta(BaseModel):
+    """What a chunk adds to the reply: the role once, in the first chunk, then text; nothing in the last."""
+
+    role: Literal["assistant"] | None = omitted_when_none()
+    content: str | None = omitted_when_none()
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """OpenAI's `chat.completion.chunk`, streamed as server-sent events: a delta per chunk, the
+    `finish_reason` in the last, then (with `stream_options.include_usage`) one with `usage` and no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = omitted_when_none()
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class CompletionChunk(BaseModel):
+    """A streamed `text_completion`: OpenAI sends the same object as the whole answer, a piece of text per
+    chunk, and (with `stream_options.include_usage`) a last one with `usage` and no choices."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = omitted_when_none()
+
+
+class SpeechUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDelta(BaseModel):
+    """`speech.audio.delta` (`POST /v1/audio/speech` with `stream_format: sse`): the next piece of the audio."""
+
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str = Field(description="the bytes, base64-encoded")
+
+
+class SpeechAudioDone(BaseModel):
+    """`speech.audio.done`: the audio is whole."""
+
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: SpeechUsage
 
 
 def now() -> int:

@@ -3,7 +3,6 @@ synthesized (`stream_format: audio`), or as `speech.audio.delta` / `speech.audio
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -14,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import validated
+from api.openai.protocol import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
 from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from contract.catalog import ModelRole
 from contract.common import registered
@@ -55,13 +55,12 @@ async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, 
 
         async def events() -> AsyncIterator[ServerSentEvent]:
             async for chunk in chunks:
-                delta = {"type": "speech.audio.delta", "audio": chunk.audio}
-                yield ServerSentEvent(data=json.dumps(delta), event="speech.audio.delta")
+                delta = SpeechAudioDelta(audio=chunk.audio)
+                yield ServerSentEvent(data=delta.model_dump_json(), event=delta.type)
             # Local engines have no tokenizer: input tokens are counted as words, output tokens not at all.
             words = len(body.input.split())
-            usage = {"input_tokens": words, "output_tokens": 0, "total_tokens": words}
-            done = {"type": "speech.audio.done", "usage": usage}
-            yield ServerSentEvent(data=json.dumps(done), event="speech.audio.done")
+            done = SpeechAudioDone(usage=SpeechUsage(input_tokens=words, output_tokens=0, total_tokens=words))
+            yield ServerSentEvent(data=done.model_dump_json(), event=done.type)
 
         return EventSourceResponse(events(), headers={"X-Job-ID": job.id, "Cache-Control": "no-store"})
 

@@ -31,15 +31,16 @@ from api.seed_dialogue import (
     seed_synthesis,
     stream_lines,
 )
-from api.seed_speech import EmptyUpload
+from api.seed_speech import EmptyUpload, SeedAudioChunk
 from api.state import AppState
 from api.submit import follow, stored_audio, wait_for
 from api.uploads import AudioBudget, read_audio, websocket_audio
 from contract.dialogue import DialogueRequest, DialogueResult
+from contract.events import event_data
 from contract.generation import GenerationParams, with_defaults
 from contract.jobs import EventType, JobRecord
 from contract.results import result_of
-from contract.synthesis import AudioChunk, InvalidField, SynthesizeRequest, resolve_synthesis
+from contract.synthesis import InvalidField, SynthesizeRequest, resolve_synthesis
 
 router = APIRouter(tags=["dialogue"])
 
@@ -144,19 +145,19 @@ async def client_events(state: AppState, job: JobRecord) -> AsyncIterator[dict[s
     message), ending with `done` (status and result)."""
     async for event in follow(state, job.id):
         if event.type == EventType.audio_chunk:
-            audio = AudioChunk.model_validate(event.data)
-            chunk = {"index": audio.index, "audio_base64": audio.audio, "text": audio.text}
-            yield {"event": "audio_chunk", "data": {**chunk, "format": audio.format, "sample_rate": audio.sample_rate}}
+            chunk = SeedAudioChunk.of(event_data(EventType.audio_chunk, event.data))
+            yield {"event": "audio_chunk", "data": chunk.model_dump()}
         elif event.type in CLIENT_EVENTS:
-            yield {"event": event.type, "data": event.data}
+            yield {"event": event.type, "data": event_data(event.type, event.data).model_dump(mode="json")}
         elif event.type == EventType.error:
-            yield websocket_error(JobFailure.recorded(event.data)).message
+            yield websocket_error(JobFailure(event_data(EventType.error, event.data).failure())).message
         elif event.type == EventType.done:
+            done = event_data(EventType.done, event.data)
             final = await state.store.get(job.id, owner=job.owner)
             result: dict[str, Any] = {}
             if final is not None and final.result is not None:
                 result = result_of(final, DialogueResult).model_dump(mode="json")
-            yield {"event": "done", "data": {"job_id": job.id, **event.data, **result}}
+            yield {"event": "done", "data": {"job_id": job.id, **done.model_dump(mode="json"), **result}}
 
 
 @router.post("/v1/jobs/dialogue", status_code=202, tags=["jobs"], response_model=JobCreated)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
+from api.batch_schemas import FileDeleted, FilePublic, FilesPublic
 from api.deps import PrincipalDep, StateDep
 from api.errors import NotFound, Unprocessable
 from api.submit import refusals, storage_quota
@@ -16,47 +17,49 @@ router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 PURPOSES = ("batch", "user_data", "assistants", "vision", "fine-tune", "evals")
 
 
-@router.post("/files")
+@router.post("/files", response_model=FilePublic)
 async def upload_file(
     state: StateDep,
     principal: PrincipalDep,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
-) -> dict[str, Any]:
+) -> FilePublic:
     if purpose not in PURPOSES:
         raise Unprocessable(f"purpose: must be one of {', '.join(PURPOSES)}", param="purpose")
     data = await file.read()  # the body cap (MAX_UPLOAD_MB) has already held it to size
     if not data:
         raise Unprocessable("file: the file is empty", param="file")
     with refusals(state):  # STORAGE_QUOTA_MB_PER_KEY: 413 before anything is stored
-        return await state.batches.put_file(
+        record = await state.files.put_file(
             principal.id, file.filename or "upload", purpose, data, quota=storage_quota(state.settings)
         )
+    return FilePublic.model_validate(record)
 
 
-@router.get("/files")
-async def list_files(state: StateDep, principal: PrincipalDep, purpose: str | None = None) -> dict[str, Any]:
-    return {"object": "list", "data": await state.batches.list_files(principal.id, purpose), "has_more": False}
+@router.get("/files", response_model=FilesPublic)
+async def list_files(state: StateDep, principal: PrincipalDep, purpose: str | None = None) -> FilesPublic:
+    files = await state.files.list_files(principal.id, purpose)
+    return FilesPublic(data=[FilePublic.model_validate(record) for record in files])
 
 
-@router.get("/files/{file_id}")
-async def get_file(file_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
-    record = await state.batches.get_file(file_id, principal.id)
+@router.get("/files/{file_id}", response_model=FilePublic)
+async def get_file(file_id: str, state: StateDep, principal: PrincipalDep) -> FilePublic:
+    record = await state.files.get_file(file_id, principal.id)
     if record is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
-    return record
+    return FilePublic.model_validate(record)
 
 
 @router.get("/files/{file_id}/content")
 async def file_content(file_id: str, state: StateDep, principal: PrincipalDep) -> Response:
-    data = await state.batches.file_content(file_id, principal.id)
+    data = await state.files.file_content(file_id, principal.id)
     if data is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return Response(data, media_type="application/octet-stream")
 
 
-@router.delete("/files/{file_id}")
-async def delete_file(file_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
-    if not await state.batches.delete_file(file_id, principal.id):
+@router.delete("/files/{file_id}", response_model=FileDeleted)
+async def delete_file(file_id: str, state: StateDep, principal: PrincipalDep) -> FileDeleted:
+    if not await state.files.delete_file(file_id, principal.id):
         raise NotFound(f"No such File object: {file_id}", param="file_id")
-    return {"id": file_id, "object": "file", "deleted": True}
+    return FileDeleted(id=file_id, deleted=True)

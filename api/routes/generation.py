@@ -9,17 +9,17 @@ from typing import Any
 
 from fastapi import APIRouter, Response, WebSocket
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
+from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from api.deps import PrincipalDep, RequestIdDep, StateDep, websocket_principal
-from api.errors import ApiError, Conflict, JobFailure, WebSocketError, error_body, websocket_error
+from api.deps import PrincipalDep, RequestIdDep, StateDep, receive_request, websocket_principal
+from api.errors import Conflict, JobFailure, WebSocketError, error_body, validated, websocket_error
 from api.seed_generation import SeedGenerationRequest
 from api.state import AppState
 from api.submit import follow, submit, wait_for
-from contract.generation import GenerationResult, Token
-from contract.jobs import EventType, JobKind, JobRecord
+from contract.events import event_data
+from contract.generation import GenerationResult
+from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.results import result_of
 
 router = APIRouter(prefix="/v1", tags=["generation (seed API)"])
@@ -45,12 +45,14 @@ async def _text_so_far(state: AppState, job: JobRecord) -> AsyncIterator[dict[st
     text = ""
     async for event in follow(state, job.id):
         if event.type == EventType.token:
-            text += Token.model_validate(event.data).text
+            text += event_data(EventType.token, event.data).text
             yield {"generated_text": text}
         elif event.type == EventType.error:
-            yield error_body(JobFailure.recorded(event.data))
-        elif event.type == EventType.done and event.data["status"] not in ("succeeded", "failed"):
-            yield error_body(Conflict(f"the generation was {event.data['status']}"))
+            yield error_body(JobFailure(event_data(EventType.error, event.data).failure()))
+        elif event.type == EventType.done:
+            ended = event_data(EventType.done, event.data).status
+            if ended not in (JobStatus.succeeded, JobStatus.failed):
+                yield error_body(Conflict(f"the generation was {ended}"))
 
 
 @router.post("/generate_stream")
@@ -77,13 +79,12 @@ async def generate_ws(websocket: WebSocket) -> None:
     await websocket.accept()
     while True:
         try:
-            raw = await websocket.receive_json()
-            request = SeedGenerationRequest.model_validate(raw).job_request()
+            request = validated(SeedGenerationRequest, await receive_request(websocket)).job_request()
             job, _ = await submit(state, JobKind.generate, request, principal)
             failure = await _stream_tokens(websocket, state, job)
         except WebSocketDisconnect:
             return
-        except (ValidationError, json.JSONDecodeError, ApiError, RedisError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad request, Redis or the broker away, a bug: say why
             failure = websocket_error(exc)
         if failure is not None:
             await websocket.send_json(failure.message)
@@ -97,14 +98,15 @@ async def _stream_tokens(websocket: WebSocket, state: AppState, job: JobRecord) 
     result: GenerationResult | None = None
     async for event in follow(state, job.id):
         if event.type == EventType.token:
-            await websocket.send_json({"token": Token.model_validate(event.data).text})
+            await websocket.send_json({"token": event_data(EventType.token, event.data).text})
         elif event.type == EventType.result:
             result = GenerationResult.model_validate(event.data)
         elif event.type == EventType.error:
-            return websocket_error(JobFailure.recorded(event.data))
+            return websocket_error(JobFailure(event_data(EventType.error, event.data).failure()))
         elif event.type == EventType.done:
-            if event.data["status"] != "succeeded":
-                return websocket_error(Conflict(f"job {job.id} {event.data['status']}"))
+            ended = event_data(EventType.done, event.data).status
+            if ended != JobStatus.succeeded:
+                return websocket_error(Conflict(f"job {job.id} {ended}"))
     usage = result.usage.model_dump() if result is not None else None
     await websocket.send_json({"status": "done", "job_id": job.id, "usage": usage})
     return None

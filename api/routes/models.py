@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from fastapi import APIRouter
 
 from api.deps import PrincipalDep, StateDep
 from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound
+from api.schemas import ModelPublic, ModelsPublic, VoicePublic, VoicesPublic, WorkerPublic, WorkersPublic
 from contract.catalog import CatalogEntry, ModelRole, registry
 from jobstore.adverts import WorkerInfo, live_workers
 from media.speech import OPENAI_VOICES
@@ -16,68 +16,61 @@ from media.speech import OPENAI_VOICES
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> dict[str, Any]:
+def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> ModelPublic:
     loaded_on = [public_worker_id(w.id) for w in workers if entry.name in w.models]
-    speech = {"voices": list(entry.voices), "sample_rate": entry.sample_rate} if entry.role == ModelRole.tts else {}
-    return {
-        "id": entry.name,
-        "name": entry.name,  # the original API's ModelInfo: id, name, description
-        "object": "model",
-        "created": 0,
-        "owned_by": "speechq",
-        "role": entry.role.value,
-        "package": entry.package,
-        "description": entry.description,
-        "license": entry.license,
-        "loaded": bool(loaded_on),
-        "loaded_on": loaded_on,
-        **speech,
-    }
+    speaks = entry.role == ModelRole.tts
+    return ModelPublic(
+        id=entry.name,
+        name=entry.name,  # the original API's ModelInfo: id, name, description
+        role=entry.role,
+        package=entry.package,
+        description=entry.description,
+        license=entry.license,
+        loaded=bool(loaded_on),
+        loaded_on=loaded_on,
+        voices=list(entry.voices) if speaks else None,
+        sample_rate=entry.sample_rate if speaks else None,
+    )
 
 
-@router.get("/models")
-async def list_models(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
+@router.get("/models", response_model=ModelsPublic)
+async def list_models(state: StateDep, _: PrincipalDep) -> ModelsPublic:
     """OpenAI's model list; `models` holds the same entries for clients of the original API."""
     workers = await live_workers(state.redis)
     described = [_describe(entry, workers) for entry in registry()]
-    return {"object": "list", "data": described, "models": described}
+    return ModelsPublic(data=described, models=described)
 
 
-@router.get("/models/{model_id:path}")
-async def get_model(model_id: str, state: StateDep, _: PrincipalDep) -> dict[str, Any]:
+@router.get("/models/{model_id:path}", response_model=ModelPublic)
+async def get_model(model_id: str, state: StateDep, _: PrincipalDep) -> ModelPublic:
     entry = registry().get(model_id)
     if entry is None:
         raise ModelNotFound(MODEL_NOT_FOUND_MESSAGE, param="model")
     return _describe(entry, await live_workers(state.redis))
 
 
-@router.get("/audio/voices")
-async def list_voices(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
+@router.get("/audio/voices", response_model=VoicesPublic)
+async def list_voices(state: StateDep, _: PrincipalDep) -> VoicesPublic:
     """Every voice offered offline, by engine; OpenAI voice names are served by the default engine."""
     models = registry()
     default = models.lookup(state.settings.tts_model, ModelRole.tts)
     voices = [
-        {"id": voice, "model": entry.name, "sample_rate": entry.sample_rate, "default": index == 0}
+        VoicePublic(id=voice, model=entry.name, sample_rate=entry.sample_rate, default=index == 0)
         for entry in models.role(ModelRole.tts)
         for index, voice in enumerate(entry.voices)
     ]
     aliases = {
         name: name if name in default.voices or default.any_voice else default.voices[0] for name in OPENAI_VOICES
     }
-    return {
-        "object": "list",
-        "data": voices,
-        "default_model": default.name,
-        "openai_voices": dict(sorted(aliases.items())),
-    }
+    return VoicesPublic(data=voices, default_model=default.name, openai_voices=dict(sorted(aliases.items())))
 
 
-@router.get("/workers")
-async def list_workers(state: StateDep, _: PrincipalDep) -> dict[str, Any]:
+@router.get("/workers", response_model=WorkersPublic)
+async def list_workers(state: StateDep, _: PrincipalDep) -> WorkersPublic:
     """Live workers: the queues each serves, its device, the registered models it has loaded and when it
     started. Every key may read this, so nothing about the machines (host, pid, paths, ports) is in it."""
     workers = [_public_worker(w) for w in await live_workers(state.redis)]
-    return {"object": "list", "data": sorted(workers, key=lambda w: str(w["id"]))}
+    return WorkersPublic(data=sorted(workers, key=lambda w: w.id))
 
 
 def public_worker_id(worker_id: str) -> str:
@@ -85,18 +78,17 @@ def public_worker_id(worker_id: str) -> str:
     return "worker_" + hashlib.sha256(worker_id.encode()).hexdigest()[:12]
 
 
-def _public_worker(worker: WorkerInfo) -> dict[str, Any]:
+def _public_worker(worker: WorkerInfo) -> WorkerPublic:
     served = registry()
-    return {
-        "id": public_worker_id(worker.id),
-        "object": "worker",
-        "queues": worker.queues,
-        "device": worker.device,
-        "cuda_visible_devices": worker.cuda_visible_devices,
+    return WorkerPublic(
+        id=public_worker_id(worker.id),
+        queues=worker.queues,
+        device=worker.device,
+        cuda_visible_devices=worker.cuda_visible_devices,
         # Registered names only, and never a path (LLM_MODEL may be one): a name is all a client can send.
-        "models": [name for name in worker.models if served.get(name) is not None and not _path_like(name)],
-        "started_at": worker.started_at,
-    }
+        models=[name for name in worker.models if served.get(name) is not None and not _path_like(name)],
+        started_at=worker.started_at,
+    )
 
 
 def _path_like(name: str) -> bool:

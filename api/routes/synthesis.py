@@ -14,7 +14,7 @@ from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, se
 from api.errors import GatewayTimeout, Unprocessable, validated
 from api.routes.jobs import accepted
 from api.schemas import JobCreated
-from api.seed_speech import SeedAudioFormat, SeedSpeechRequest, SeedSynthesis
+from api.seed_speech import SeedAudioChunk, SeedAudioFormat, SeedSpeechRequest, SeedSynthesis
 from api.state import AppState
 from api.submit import follow, raise_for_failure, stored_audio, submit, wait_for
 from contract.jobs import EventType, JobKind, JobRecord
@@ -146,8 +146,7 @@ async def _synthesize_over_websocket(
     metadata = SeedAudioFormat.of(request, answered_format, job.id)
     await websocket.send_json({"event": "metadata", "data": metadata.model_dump(mode="json", exclude_none=True)})
     async for chunk in audio_chunks(state, job):
-        data = {"audio_base64": chunk.audio, "index": chunk.index, "text": chunk.text}
-        await websocket.send_json({"event": "audio_chunk", "data": data})
+        await websocket.send_json({"event": "audio_chunk", "data": SeedAudioChunk.of(chunk).spoken_only()})
     ended = await state.store.get(job.id, owner=principal.id)
     assert ended is not None
     result = result_of(ended, SynthesisResult)

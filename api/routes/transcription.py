@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
-from api.errors import Unprocessable, validated
+from api.errors import Unprocessable
 from api.schemas import JobCreated, job_created
 from api.seed_speech import EmptyUpload, SeedTranscript, seed_transcription, seed_websocket_audio
 from api.state import AppState
 from api.submit import submit, wait_for
+from api.transcription_request import transcribe_request
 from api.uploads import AudioBudget, read_audio
 from contract.dialogue import DialogueRequest
 from contract.jobs import JobKind, JobRecord
@@ -54,11 +55,6 @@ def sent_fields(**fields: Any) -> dict[str, Any]:
 
 OptionsDep = Annotated[dict[str, Any], Depends(transcription_options)]
 AudioFile = Annotated[UploadFile, File(description="the recording")]
-
-
-def transcribe_request(fields: dict[str, Any]) -> TranscribeRequest:
-    """Fields → a validated request; a bad one is a 422 naming it."""
-    return validated(TranscribeRequest, sent_fields(**fields))
 
 
 async def submit_upload(

@@ -3,8 +3,10 @@
 -- KEYS: batch, open batches
 -- ARGV: batch id, rev read, new record (JSON), finalizer lease (unix seconds; '' = none), '1' while still open
 -- Returns 1 when the record was replaced, 0 when it had changed (or is gone).
+-- A batch stored by the previous version has no `rev`: it reads as '0'.
 local batch, open = KEYS[1], KEYS[2]
-if redis.call('HGET', batch, 'rev') ~= ARGV[2] then return 0 end
+if redis.call('EXISTS', batch) == 0 then return 0 end
+if (redis.call('HGET', batch, 'rev') or '0') ~= ARGV[2] then return 0 end
 redis.call('HSET', batch, 'record', ARGV[3], 'rev', tostring(tonumber(ARGV[2]) + 1))
 if ARGV[4] == '' then
   redis.call('HDEL', batch, 'lease')
