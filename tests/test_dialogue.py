@@ -232,8 +232,8 @@ def test_a_stage_the_broker_refuses_ends_failed_rather_than_queued_forever(priva
     from contract.jobs import JobKind, JobRecord, JobStatus
     from jobstore.celery_app import create_celery
     from tests.stack import free_port
-    from workers.dialogue import Stages
     from workers.execution import WorkerStore
+    from workers.stages import Stages
 
     settings = load_settings(redis_url=private_redis, celery_broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     decoded = Redis.from_url(private_redis, decode_responses=True)

@@ -47,9 +47,9 @@ from tests.conftest import Stack
 from tests.records import create_job
 from tests.stack import wait_until
 from workers.celery_tasks import JobRunner
-from workers.dialogue import stage_failure
 from workers.execution import DeadlinePassed
 from workers.metrics import ERROR_TYPES, WorkerMetrics
+from workers.stages import stage_failure
 
 LUA = Path(__file__).resolve().parents[1] / "jobstore" / "lua"
 

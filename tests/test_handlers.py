@@ -22,10 +22,11 @@ from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.synthesis import AudioChunk, SynthesisResult, SynthesisTimings, SynthesizeRequest
 from contract.transcription import TranscriptionResult, TranscriptionTimings, TranscriptSegment
 from tests.audio import SENTENCES, decode_audio, spoken, wer
-from workers.dialogue import R, Stage, run_dialogue_job
+from workers.dialogue import run_dialogue_job
 from workers.execution import JobCancelled
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.models import ModelCache
+from workers.stages import R, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 STORY = "Once upon a time, in a small village by the sea,"

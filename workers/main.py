@@ -26,12 +26,13 @@ from jobstore.adverts import WorkerInfo, advertise, withdraw
 from jobstore.celery_app import create_celery
 from workers.celery_tasks import JobHandler, JobRunner, register_tasks
 from workers.context import JobContext
-from workers.dialogue import Stages, run_dialogue_job
+from workers.dialogue import run_dialogue_job
 from workers.execution import WorkerStore
 from workers.handlers import run_llm_job, run_stt_job, run_tts_job
 from workers.metrics import WorkerMetrics
 from workers.models import ModelCache
 from workers.reaper import Reaper
+from workers.stages import Stages
 from workers.startup import RESTART_EXIT_CODE
 
 log = logging.getLogger(__name__)
