@@ -14,9 +14,9 @@ from api.errors import BadRequest, Unprocessable, validated
 from api.uploads import AudioBudget, check_audio, too_large, upload_limit_bytes
 from config import Settings
 from contract.dialogue import HeardTranscript
+from contract.speech import ENCODER_RATES, MAX_SAMPLE_RATE, MEDIA_TYPES, MIN_SAMPLE_RATE
 from contract.synthesis import AudioChunk, SynthesisResult, SynthesizeRequest
 from contract.transcription import Segment, TranscribeRequest, TranscriptionResult
-from media.speech import ENCODER_RATES, MAX_SAMPLE_RATE, MEDIA_TYPES, MIN_SAMPLE_RATE
 
 # --- speech to text ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from config.settings import SettingsError
-from media.speech import OPENAI_TTS_MODELS
+from contract.speech import OPENAI_TTS_MODELS
 
 if TYPE_CHECKING:
     from config import Settings

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.generation import GenerationParams, Usage
+from contract.speech import AudioFormat
 from contract.synthesis import SpeechOptions, SynthesizeRequest
 from contract.transcription import Segment
-from media.speech import AudioFormat
 
 
 class DialogueRequest(BaseModel):

@@ -11,7 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from contract.catalog import ModelRole, registry
 from contract.common import registered
-from media.speech import (
+from contract.speech import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     OPENAI_TTS_MODELS,

@@ -1,1 +1,1 @@
-"""Audio and text media shared by the API and the workers: audio intake, the TTS vocabulary, transcript formats."""
+"""Media both sides handle: audio intake (probe at the API, decode at the worker) and transcript formats."""

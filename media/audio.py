@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import av
 
 from contract.errors import AudioTooLong, EmptyAudio, InvalidAudio, UnsupportedAudio
-from media.speech import MIN_SAMPLE_RATE
+from contract.speech import MIN_SAMPLE_RATE
 
 if TYPE_CHECKING:
     import numpy as np

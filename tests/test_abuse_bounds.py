@@ -21,9 +21,9 @@ from cli.embedded_redis import EmbeddedRedis
 from contract.dialogue import DialogueModels, DialogueResult, DialogueTimings
 from contract.errors import InvalidAudio
 from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.speech import speakable
 from contract.transcription import TranscriptionResult, TranscriptionTimings
 from media.audio import decode, plausible_seconds, probe
-from media.speech import speakable
 from tests.audio import SENTENCES, encode, speak
 from tests.sse import read_events
 from tests.stack import Process, base_env, free_port, start_api, start_worker, wait_until

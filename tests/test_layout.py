@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -61,3 +62,39 @@ def test_only_config_touches_the_process_environment() -> None:
         if re.search(r"\bos\.(environ|getenv|putenv)\b", line)
     ]
     assert not touching, f"os.environ outside config/: {touching}"
+
+
+# Which of our packages each may import: the contract at the bottom, media on it, the store above them, the API
+# and the workers on top and never on each other; `cli` starts them all.
+MAY_IMPORT = {
+    "config": set(),
+    "contract": {"config"},
+    "media": {"config", "contract"},
+    "jobstore": {"config", "contract", "media"},
+    "api": {"config", "contract", "media", "jobstore"},
+    "workers": {"config", "contract", "media", "jobstore"},
+    "cli": {"config", "contract", "media", "jobstore", "api", "workers"},
+}
+
+
+def imported_packages(package: Path) -> dict[str, set[str]]:
+    """Our top-level packages each module of `package` imports (at any depth of the module)."""
+    ours = shipped_packages()
+    found: dict[str, set[str]] = {}
+    for source in package.rglob("*.py"):
+        tree = ast.parse(source.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        found[str(source.relative_to(ROOT))] = {name.split(".")[0] for name in names} & ours
+    return found
+
+
+def test_imports_run_one_way_between_the_packages() -> None:
+    assert set(MAY_IMPORT) == shipped_packages()
+    wrong = [
+        f"{module} imports {sorted(imported - MAY_IMPORT[package] - {package})}"
+        for package in MAY_IMPORT
+        for module, imported in imported_packages(ROOT / package).items()
+        if imported - MAY_IMPORT[package] - {package}
+    ]
+    assert not wrong, wrong

@@ -17,8 +17,8 @@ import av
 import numpy as np
 
 from contract.jobs import EventType
+from contract.speech import MEDIA_TYPES
 from contract.synthesis import AudioChunk
-from media.speech import MEDIA_TYPES
 from workers.context import JobContext
 
 # Container and codec for each format PyAV encodes; wav and pcm are written directly.

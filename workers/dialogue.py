@@ -29,9 +29,9 @@ from contract.errors import EngineError, InvalidJobInput
 from contract.events import event_data
 from contract.generation import ChatMessage, ChatRequest, GenerationResult
 from contract.jobs import EventType, JobKind, JobRecord
+from contract.speech import MEDIA_TYPES, complete_sentences, speakable
 from contract.synthesis import SynthesisResult
 from contract.transcription import TranscribeRequest, TranscriptionResult
-from media.speech import MEDIA_TYPES, complete_sentences, speakable
 from workers.audio_out import AudioEncoder, ChunkSender
 from workers.context import JobContext
 from workers.stages import Stage, StageRunner

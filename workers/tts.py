@@ -19,8 +19,8 @@ import numpy as np
 
 from config import Settings
 from contract.errors import InvalidJobInput, ModelUnavailable, UpstreamError, UpstreamTimeout
+from contract.speech import split_sentences
 from contract.synthesis import SynthesizeRequest
-from media.speech import split_sentences
 
 log = logging.getLogger(__name__)
 

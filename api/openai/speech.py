@@ -17,8 +17,8 @@ from api.openai.protocol import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
 from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from contract.catalog import ModelRole
 from contract.common import registered
+from contract.speech import MEDIA_TYPES, AudioFormat
 from contract.synthesis import MAX_SPEECH_CHARS, SynthesizeRequest
-from media.speech import MEDIA_TYPES, AudioFormat
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
 

@@ -10,8 +10,8 @@ from api.deps import PrincipalDep, StateDep
 from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound
 from api.schemas import ModelPublic, ModelsPublic, VoicePublic, VoicesPublic, WorkerPublic, WorkersPublic
 from contract.catalog import CatalogEntry, ModelRole, registry
+from contract.speech import OPENAI_VOICES
 from jobstore.adverts import WorkerInfo, live_workers
-from media.speech import OPENAI_VOICES
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
