@@ -4,6 +4,7 @@ PREFIX = "speechq"
 
 
 LEASES = f"{PREFIX}:leases"  # sorted set: running job id -> when its lease runs out (claims and renewals)
+QUEUED = f"{PREFIX}:queued"  # sorted set: queued job id -> when the reaper next looks for its message
 HUB = f"{PREFIX}:hub"  # never published on: keeps an event hub subscribed while it follows no job
 
 
@@ -112,7 +113,7 @@ def batch_owner(owner: str) -> str:
 def lua_functions() -> str:
     """The key builders the Lua scripts use, generated from the ones above so the two never disagree."""
     builders = {"job_key": job, "storage_usage_key": storage_usage}
-    lines = [f"local UNQUEUED = {_lua_string(UNQUEUED)}"]
+    lines = [f"local UNQUEUED = {_lua_string(UNQUEUED)}", f"local QUEUED = {_lua_string(QUEUED)}"]
     for name, builder in builders.items():
         before, after = builder("\0").split("\0")
         lines.append(f"local function {name}(id) return {_lua_string(before)} .. id .. {_lua_string(after)} end")

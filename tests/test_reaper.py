@@ -1,5 +1,6 @@
-"""No job stays `running` once its worker and its message are both gone (issue 15, R1), and the restore
-sweep's mutex never delays a redelivery past its own interval (R2)."""
+"""No job stays `running` once its worker and its message are both gone (issue 15, R1), nor `queued` once
+a dying consumer lost its message, and the restore sweep's mutex never delays a redelivery past its own
+interval (R2)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,37 @@ def test_a_sweep_requeues_only_jobs_that_lost_worker_and_message(valkey: str) ->
     # The claim treats it as a redelivery: its worker is gone, so it runs again.
     claim = store.claim(orphan[0], "worker-new")
     assert claim.run and claim.attempt == 2
+    client.close()
+
+
+def test_a_sweep_requeues_a_queued_job_whose_message_a_dying_consumer_lost(valkey: str) -> None:
+    """kombu pops a message before it records it as unacknowledged: a consumer SIGKILLed in between lost
+    it (seen in the chaos test). Once a visibility timeout has passed, the reaper gives that job a fresh
+    message; a job whose message waits in the queue, or sits unacknowledged, or that ended, gets none."""
+    settings = load_settings(redis_url=valkey)
+    client = redis.Redis.from_url(valkey, decode_responses=True)
+    store = WorkerStore(client, ttl=600, lease=LEASE, max_attempts=3)
+    lost, waiting, held, cancelled = (create_job(valkey, JobKind.completion, {"prompt": "a"}).id for _ in range(4))
+    messages = {
+        job_id: next(m for m in cast(list[str], client.lrange("llm", 0, -1)) if job_id in m) for job_id in (lost, held)
+    }
+    client.lrem("llm", 1, messages[lost])  # popped by a consumer that died before recording it
+    client.lrem("llm", 1, messages[held])  # popped and recorded by a consumer that holds it still
+    client.hset(UNACKED, "tag-1", f'[{messages[held]}, "llm", "llm"]')
+    client.hset(keys.job(cancelled), "status", JobStatus.cancelled.value)
+    reaper = Reaper(client, create_celery(settings), settings)
+    assert reaper.sweep() == [], "no message is looked for before a visibility timeout has passed"
+
+    wait = settings.visibility_timeout + settings.broker_restore_interval_seconds
+    for job_id in (lost, waiting, held, cancelled):  # time passes for them (scores are when to look)
+        client.zadd(keys.QUEUED, {job_id: cast(float, client.zscore(keys.QUEUED, job_id)) - wait - 1})
+    assert reaper.sweep() == [lost]
+    queue = cast(list[str], client.lrange("llm", 0, -1))
+    assert [sum(job_id in m for m in queue) for job_id in (lost, waiting, held)] == [1, 1, 0]
+    assert client.zscore(keys.QUEUED, cancelled) is None, "an ended job leaves the index"
+    assert reaper.sweep() == [], "each is looked at again only a visibility timeout later"
+    claim = store.claim(lost, "worker-new")
+    assert claim.run and claim.attempt == 1 and client.zscore(keys.QUEUED, lost) is None
     client.close()
 
 

@@ -7,6 +7,12 @@ acknowledged the message once the broker was back — and then nothing would eve
 Every worker sweeps the lease index (`keys.LEASES`) now and then; a job whose lease ran out more than a
 lease ago, and whose message no queue or worker holds, gets a fresh message (`lua/reap.lua`, atomic), so
 the claim decides as for any redelivery: run it again, or fail it at JOB_MAX_ATTEMPTS.
+
+Nor does a job stay `queued` after its message is lost: kombu takes a message off the queue before it
+records it as unacknowledged, so a consumer killed in between loses it. Queued jobs are indexed too
+(`keys.QUEUED`); one still queued a visibility timeout after it was queued — when any message a dead
+consumer held would be back — whose message neither the queue nor a consumer holds, gets a fresh one
+(`lua/reap_queued.lua`).
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ class Reaper(threading.Thread):
         self.celery = celery
         self.grace = settings.job_lease_seconds
         self.interval = settings.broker_restore_interval_seconds
+        self.queued_wait = settings.visibility_timeout + self.interval
         self.stopped = threading.Event()
         self._script = redis.register_script(scripts.source("reap"))
+        self._queued_script = redis.register_script(scripts.source("reap_queued"))
 
     @staticmethod
     def applies(settings: Settings) -> bool:
@@ -55,9 +63,39 @@ class Reaper(threading.Thread):
         self.stopped.set()
 
     def sweep(self) -> list[str]:
-        """Give a fresh message to every job that lost both its worker and its message; returns their ids."""
+        """Give a fresh message to every job that lost both its worker and its message, and to every queued
+        job whose message was lost; returns their ids."""
+        return self._sweep_running() + self._sweep_queued()
+
+    def _now(self) -> float:
         seconds, micros = self.redis.time()
-        cutoff = seconds + micros / 1e6 - self.grace
+        return float(seconds) + micros / 1e6
+
+    def _message(self, job_id: str, kind: str) -> tuple[str, str]:
+        """A fresh Celery message for the job, and its queue."""
+        task_name, queue = TASKS[JobKind(kind)]
+        return queue, redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id})
+
+    def _sweep_queued(self) -> list[str]:
+        now = self._now()
+        due = cast(list[str], self.redis.zrangebyscore(keys.QUEUED, "-inf", now - self.queued_wait, 0, BATCH))
+        by_queue: dict[str, list[str]] = {}
+        for job_id in due:
+            kind = cast(str | None, self.redis.hget(keys.job(job_id), "kind"))
+            if kind is None:  # expired with its TTL
+                self.redis.zrem(keys.QUEUED, job_id)
+                continue
+            queue, message = self._message(job_id, kind)
+            by_queue.setdefault(queue, []).extend((job_id, message))
+        sent: list[str] = []
+        for queue, pairs in by_queue.items():  # one look through each queue, however many of its jobs are due
+            sent += cast(list[str], self._queued_script(keys=[queue, UNACKED], args=[now, *pairs]))
+        for job_id in sent:
+            log.warning("queued job %s had lost its message; queued it again", job_id)
+        return sent
+
+    def _sweep_running(self) -> list[str]:
+        cutoff = self._now() - self.grace
         due = cast(list[str], self.redis.zrangebyscore(keys.LEASES, "-inf", cutoff, start=0, num=BATCH))
         sent = []
         for job_id in due:
@@ -65,8 +103,7 @@ class Reaper(threading.Thread):
             if kind is None:  # expired with its TTL
                 self.redis.zrem(keys.LEASES, job_id)
                 continue
-            task_name, queue = TASKS[JobKind(kind)]
-            message = redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id})
+            queue, message = self._message(job_id, kind)
             job_keys = [keys.job(job_id), keys.LEASES, queue, UNACKED]
             outcome = self._script(keys=job_keys, args=[job_id, self.grace, message])
             if outcome == "sent":

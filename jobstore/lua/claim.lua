@@ -8,6 +8,7 @@
 local job, stream, leases = KEYS[1], KEYS[2], KEYS[3]
 local worker, lease, max_attempts, ttl, channel =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+redis.call('ZREM', QUEUED, ARGV[6])  -- its message has come: nothing for the reaper to look for
 local status = redis.call('HGET', job, 'status')
 if not status then return {'skip', 'missing'} end
 local t = now()

@@ -44,7 +44,10 @@ emit(job, stream, channel, ttl, 'queued', queued_data)
 redis.call('ZADD', index, t, id)
 redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
 redis.call('EXPIRE', index, ttl)
-if queue ~= '' then redis.call('LPUSH', queue, message) end
+if queue ~= '' then
+  redis.call('LPUSH', queue, message)
+  redis.call('ZADD', QUEUED, t, id)  -- the reaper's watch for a message a dying consumer lost
+end
 if idem ~= '' then redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', ttl) end
 if max_active > 0 then
   redis.call('SADD', active, id)

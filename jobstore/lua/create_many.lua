@@ -42,7 +42,10 @@ for _, spec in ipairs(jobs) do
   redis.call('EXPIRE', job, ttl)
   emit(job, job .. ':events', spec.channel, ttl, 'queued', queued_data)
   redis.call('ZADD', index, t, spec.id)
-  if queue ~= '' then redis.call('LPUSH', queue, spec.message) end
+  if queue ~= '' then
+    redis.call('LPUSH', queue, spec.message)
+    redis.call('ZADD', QUEUED, t, spec.id)
+  end
   if max_active > 0 then redis.call('SADD', active, spec.id) end
 end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
