@@ -8,7 +8,6 @@
 local job, stream, leases = KEYS[1], KEYS[2], KEYS[3]
 local worker, lease, max_attempts, ttl, channel =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-redis.call('ZREM', QUEUED, ARGV[6])  -- its message has come: nothing for the reaper to look for
 local status = redis.call('HGET', job, 'status')
 if not status then return {'skip', 'missing'} end
 local t = now()
@@ -27,6 +26,9 @@ local function start(attempts, redelivered)
   set_status(job, 'running', t)
   redis.call('HSET', job, 'worker', worker, 'lease_until', stamp(t + lease), 'attempts', attempts)
   redis.call('ZADD', leases, t + lease, ARGV[6])  -- what the reaper looks through
+  -- Its message has come. (Not the script's first write: a full Redis must refuse the claim at its first
+  -- write, before anything is changed; a ZREM alone would be let through and open the script to writes.)
+  redis.call('ZREM', QUEUED, ARGV[6])
   if not redelivered then redis.call('HSET', job, 'started_at', stamp(t)) end
   emit(job, stream, channel, ttl, 'started', cjson.encode({attempt = attempts, worker = worker, redelivered = redelivered}))
   -- The record comes back with the claim, saving the worker a round trip before it starts.
