@@ -1,4 +1,5 @@
-"""The code's layout as the README draws it, and the one place the process environment is touched."""
+"""The code's layout as the README draws it, the one way imports run between the packages, and the one place
+the process environment is touched."""
 
 from __future__ import annotations
 
