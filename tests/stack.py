@@ -115,6 +115,12 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
     return process, url
 
 
+def start_up(env: dict[str, str], log_dir: Path, *options: str) -> tuple[Process, str]:
+    """`speechq up` on a free port (not yet ready: each test waits for what it needs); its URL."""
+    port = free_port()
+    return Process("up", [*SPEECHQ, "up", "--port", str(port), *options], env, log_dir), f"http://127.0.0.1:{port}"
+
+
 def wait_for_worker(url: str, process: Process, queue: str = "llm", timeout: float = 120.0) -> None:
     def serving() -> bool:
         if not process.alive():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from config import Settings
 from jobstore.adverts import WorkerInfo, advertise, withdraw
 from jobstore.keys import WORKER_PATTERN
 from tests.conftest import Stack
-from tests.stack import ROOT, base_env, free_port, start_api, wait_until
+from tests.stack import ROOT, base_env, free_port, start_api, start_up, wait_until
 
 KEY = "sk-hardening-0123456789"
 AUTH = {"X-API-Key": KEY}
@@ -288,32 +287,24 @@ def test_flower_off_loopback_needs_a_login() -> None:
 
 
 def test_speechq_up_runs_without_flower_when_it_would_be_open(private_redis: str, tmp_path: Path) -> None:
-    port, flower_port = free_port(), free_port()
+    flower_port = free_port()
     env = base_env(private_redis, tmp_path, FLOWER_HOST="0.0.0.0", FLOWER_PORT=str(flower_port), TTS_PRELOAD="false")
     env.pop("FLOWER_BASIC_AUTH", None)
     env["LOG_FORMAT"] = "text"
-    log = (tmp_path / "up.log").open("w+")
-    argv = [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--queues", "tts"]
-    process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    up, url = start_up(env, tmp_path, "--queues", "tts")
     try:
 
         def serving() -> bool:
-            assert process.poll() is None, "speechq up exited"
+            assert up.alive(), "speechq up exited"
             return bool(httpx.get(f"{url}/ready", timeout=2).json()["queues"]["tts"]["workers"])
 
         wait_until(serving, timeout=120, what="the API and the tts worker")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", flower_port), timeout=2).close()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert up.stop(timeout=60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    log.seek(0)
-    flower_lines = [line for line in log.read().splitlines() if "Flower" in line]
-    log.close()
+        up.stop()
+    flower_lines = [line for line in up.log().splitlines() if "Flower" in line]
     assert len(flower_lines) == 1, flower_lines
     assert "not started" in flower_lines[0] and "FLOWER_BASIC_AUTH" in flower_lines[0]
 

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from tests.audio import encode, speak, spoken, wer
-from tests.stack import ROOT, free_port, wait_until
+from tests.stack import ROOT, start_up, wait_until
 
 README = ROOT / "README.md"
 HOSTS = ("localhost:6666", "127.0.0.1:6666")
@@ -241,34 +240,18 @@ def speechq_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         WORKER_METRICS_PORT="0",
         LOG_FORMAT="text",
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (folder / "up.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--no-flower"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process, url = start_up(env, folder, "--no-flower")
     try:
 
         def ready() -> bool:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"speechq up exited:\n{log.read()[-4000:]}")
+            if not process.alive():
+                raise RuntimeError(f"speechq up exited:\n{process.log()[-4000:]}")
             return httpx.get(f"{url}/ready", timeout=2).status_code == 200
 
         wait_until(ready, timeout=180, what="speechq up with every queue served")
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
+        process.stop(timeout=90)
 
 
 def test_the_readme_has_examples_to_run() -> None:

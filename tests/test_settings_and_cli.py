@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from redis import Redis
 
 from cli.embedded_redis import EmbeddedRedis
 from config import Settings, SettingsError, load_settings
-from tests.stack import ROOT, SPEECHQ, free_port, wait_until
+from tests.stack import ROOT, SPEECHQ, start_up, wait_until
 
 
 def test_defaults() -> None:
@@ -76,32 +75,20 @@ def test_embedded_valkey_is_durable_across_a_restart(tmp_path: Path) -> None:
 
 
 def test_speechq_up_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(DATA_DIR=str(tmp_path / "var"), LLM_MODELS_DIR=str(ROOT / "var" / "models"), PYTHONUNBUFFERED="1")
-    log = (tmp_path / "up.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--port", str(port), "--no-flower"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    up, url = start_up(env, tmp_path, "--no-flower")
     try:
-        url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/ready", timeout=2).status_code == 200, timeout=120, what="speechq up")
         response = httpx.post(f"{url}/v1/generate", json={"prompt": "Hello", "max_tokens": 4}, timeout=60)
         assert response.status_code == 200 and response.json()["generated_text"]
-        process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 0
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-    log.seek(0)
-    output = log.read()
-    log.close()
-    assert f"http://127.0.0.1:{port}" in output and "embedded Valkey" in output
+        up.stop()
+    output = up.log()
+    assert url in output and "embedded Valkey" in output
     assert "worker stopped" in output and "api stopped" in output
     assert not (tmp_path / "var" / "valkey" / "address").exists()
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+        httpx.get(f"{url}/health", timeout=2)
