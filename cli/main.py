@@ -38,6 +38,17 @@ def registry_or_exit(settings: Settings) -> Registry:
         raise typer.Exit(2) from None
 
 
+def broker_reachable_or_exit(settings: Settings, command: str) -> None:
+    """Wait for Redis and the broker (cli/broker_wait.py); past BROKER_CONNECT_TIMEOUT_SECONDS exit 1."""
+    from cli.broker_wait import BrokerUnreachable, wait_for_broker
+
+    try:
+        wait_for_broker(settings)
+    except BrokerUnreachable as exc:
+        typer.secho(f"speechq {command}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 def with_redis(settings: Settings) -> Settings:
     """Settings whose REDIS_URL is set: as given, or the embedded Valkey `speechq up` is running."""
     if settings.redis_url:
@@ -91,6 +102,7 @@ def api(
 
     settings = with_redis(settings_or_exit())
     configure_logging(settings.log_level, settings.log_format, "api")
+    broker_reachable_or_exit(settings, "api")
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -156,6 +168,7 @@ def worker(
         environment.pin_device(devices[0])
     settings = with_redis(settings_or_exit())
     configure_logging(settings.log_level, settings.log_format, "worker")
+    broker_reachable_or_exit(settings, "worker")
     from workers.startup import prepare_worker
 
     prepare_worker(chosen)  # before workers.main, which imports PyAV
@@ -180,6 +193,8 @@ def flower(
     if refusal is not None:
         typer.secho(f"speechq: Flower {refusal}", fg="red", err=True)
         raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.log_format, "flower")
+    broker_reachable_or_exit(settings, "flower")
     if settings.flower_basic_auth is not None:
         # Flower reads its options from FLOWER_* variables: the password stays out of the command line.
         environment.export(FLOWER_BASIC_AUTH=settings.flower_basic_auth.get_secret_value())

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     """Job store and event streams. Unset: start an embedded Valkey under `data_dir`."""
     celery_broker_url: str | None = None
     """Celery broker (Redis or RabbitMQ). Unset: the same server as `redis_url`."""
+    broker_connect_timeout_seconds: float | None = Field(None, gt=0)
+    """At start-up, `speechq worker`, `api` and `flower` wait for Redis and the broker, with a log line every
+    few seconds; past this many seconds they exit with status 1 naming the URL. Unset: wait as long as it takes."""
     data_dir: Path = Path("var")
     """Embedded Valkey data, assembled model files and other local state."""
     embedded_redis_port: int = Field(0, ge=0, le=65535)

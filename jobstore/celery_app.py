@@ -8,6 +8,7 @@ from kombu import Exchange, Queue
 from config import Settings
 from contract.jobs import QUEUES
 from jobstore.broker import is_redis_url
+from jobstore.redis_transport import TRANSPORT as REDIS_TRANSPORT
 
 # Task names carry their queue: `speechq.<queue>.<name>`.
 TASK_ROUTES = {f"speechq.{queue}.*": {"queue": queue, "routing_key": queue} for queue in QUEUES}
@@ -31,6 +32,8 @@ def transport_options(settings: Settings) -> dict[str, object]:
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("speechq", broker=settings.broker_url, set_as_current=False)
+    if settings.broker_url.split("://", 1)[0] in {"redis", "valkey"}:
+        app.conf.broker_transport = REDIS_TRANSPORT  # survives the broker's restart (see the module)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -7,15 +7,19 @@ sets it when one answers on this machine), and is skipped, saying so, anywhere e
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cli.embedded_redis import EmbeddedRedis
 from tests.audio import SENTENCES, spoken, wer
 from tests.sse import read_events
-from tests.stack import private_stack
+from tests.stack import base_env, private_stack, start_api, start_worker, wait_for_worker, wait_until
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL")
 pytestmark = pytest.mark.skipif(
@@ -47,3 +51,47 @@ def test_jobs_flow_through_rabbitmq(rabbit_stack: str) -> None:
         cancel = client.post("/v1/jobs/generate", json={"prompt": "Count slowly to a thousand.", "max_tokens": 1500})
         assert client.delete(f"/v1/jobs/{cancel.json()['id']}").status_code == 202
         assert read_events(client, cancel.json()["id"])[-1].json() == {"status": "cancelled"}
+
+
+def rabbitmqctl(command: str) -> None:
+    subprocess.run(["rabbitmqctl", command], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="no rabbitmqctl here to restart the RabbitMQ with")
+def test_a_worker_outlives_a_rabbitmq_restart(tmp_path: Path) -> None:
+    """The broker application stopped mid-generation and started again 5 s later, under a single-queue worker
+    that nobody restarts: the running job ends, and the next job runs on the same process."""
+    assert RABBITMQ_URL is not None
+    with EmbeddedRedis(tmp_path / "valkey") as redis_server:
+        env = base_env(redis_server.url, tmp_path, CELERY_BROKER_URL=RABBITMQ_URL, JOB_LEASE_SECONDS="2")
+        worker = start_worker(env, tmp_path, queues="llm")
+        api, url = start_api(env, tmp_path)
+        try:
+            wait_for_worker(url, worker)
+            with httpx.Client(base_url=url, timeout=30) as client:
+                body = {"prompt": "Once upon a time", "max_tokens": 300, "temperature": 0.7}
+                job = client.post("/v1/jobs/completion", json=body).json()["id"]
+                wait_until(
+                    lambda: client.get(f"/v1/jobs/{job}").json()["status"] == "running", what="the job under way"
+                )
+                rabbitmqctl("stop_app")
+                try:
+                    time.sleep(5.0)  # the scenario: the broker stays away, not a wait on something
+                finally:
+                    rabbitmqctl("start_app")
+                final = wait_until(
+                    lambda: (j := client.get(f"/v1/jobs/{job}").json())["status"] in ("succeeded", "failed") and j,
+                    timeout=90,
+                    what="the job to end after the restart",
+                )
+                assert final["status"] == "succeeded", final
+                assert [e.event for e in read_events(client, job)].count("result") == 1
+                after = client.post("/v1/jobs/completion", json={"prompt": "Hello", "max_tokens": 4}).json()["id"]
+                assert wait_until(
+                    lambda: client.get(f"/v1/jobs/{after}").json()["status"] == "succeeded", timeout=90, what="next"
+                )
+            assert worker.alive(), "nobody restarts this worker: it must have lived through the restart"
+            assert "Connection to broker lost" in worker.log()
+        finally:
+            api.stop()
+            worker.stop()

@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
+from cli.embedded_redis import EmbeddedRedis
 from tests.conftest import MISSING_MODEL, Stack
 from tests.sse import read_events
-from tests.stack import base_env, doomed_worker, free_port, start_api, wait_until
+from tests.stack import base_env, doomed_worker, start_api, wait_until
 from tests.test_jobs_api import submit, wait_done
 
 RAMBLE = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 1900, "temperature": 0.9, "seed": 11}
@@ -97,8 +98,11 @@ def test_a_job_whose_worker_is_killed_is_redelivered_and_finishes(private_redis:
 
 
 def test_redis_unreachable_answers_503_not_a_traceback(tmp_path: Path) -> None:
-    env = base_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    """Redis gone after the API started (at start-up the API waits for it: test_broker_wait.py)."""
+    server = EmbeddedRedis(tmp_path / "valkey")
+    env = base_env(server.start(), tmp_path)
     api, url = start_api(env, tmp_path)
+    server.stop()
     try:
         with httpx.Client(base_url=url, timeout=10) as client:
             for method, path, body in [
