@@ -28,10 +28,10 @@ from config import Settings, get_settings
 from config.settings import SettingsError
 from contract.catalog import Registry, use_registry
 from jobstore.batches import BatchStore
-from jobstore.celery_app import create_celery
 from jobstore.event_log import EventHub
 from jobstore.files import FileStore
 from jobstore.store import JobStore
+from tasks.celery_app import create_celery
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -35,11 +35,12 @@ from api.uploads import AudioBudget, check_audio
 from config import Settings
 from contract.errors import internal_error_message
 from contract.generation import GenerationResult, with_defaults
-from contract.jobs import TASKS, JobKind, JobRecord, JobStatus
+from contract.jobs import JobKind, JobRecord, JobStatus, RequestedTier
 from contract.results import result_of
 from contract.transcription import TranscriptionResult
 from jobstore.files import FileStore
 from media.transcripts import render
+from tasks.registry import task_for
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ ENDPOINTS = {
     "/v1/audio/transcriptions": JobKind.transcribe,
 }
 
+MAX_BATCH_REQUESTS = 50_000  # OpenAI's limit: lines wait in the scheduler and are admitted as slots free
+
 
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -57,11 +60,12 @@ class BatchCreate(BaseModel):
     endpoint: str
     completion_window: Literal["24h"] = "24h"
     metadata: dict[str, str] | None = Field(None, max_length=16)
+    service_tier: RequestedTier | None = None  # speechq's: the lines' tier (default flex)
 
 
 def queue_of(endpoint: str) -> str:
     """The queue a batch's jobs wait on."""
-    return TASKS[ENDPOINTS[endpoint]][1]
+    return task_for(ENDPOINTS[endpoint]).queue
 
 
 @dataclass
@@ -115,6 +119,11 @@ class LinePlanner:
                 errors.append(validation_error(exc.code, f"line {number}: {exc.message}", exc.param, line=number))
         if not plans and not errors:
             errors.append(validation_error("empty_file", "the input file has no requests"))
+        if len(plans) + len(errors) > MAX_BATCH_REQUESTS:
+            message = (
+                f"the input file has {len(plans) + len(errors)} requests; a batch takes at most {MAX_BATCH_REQUESTS}"
+            )
+            errors.insert(0, validation_error("too_many_requests", message))
         return plans, errors
 
     async def _plan_line(self, endpoint: str, line: Any, seen: set[str]) -> Planned:

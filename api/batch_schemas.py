@@ -60,6 +60,9 @@ class BatchRequestCounts(BaseModel):
     total: int
     completed: int
     failed: int
+    # speechq's, beside OpenAI's three: lines not yet started (waiting for a slot), and started not ended.
+    waiting: int = 0
+    running: int = 0
 
 
 class BatchPublic(BaseModel):

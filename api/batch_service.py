@@ -29,11 +29,12 @@ from api.batch_lines import ENDPOINTS, BatchCreate, LinePlanner, Planned, queue_
 from api.errors import NotFound
 from api.submit import allowance, storage_quota
 from config import Settings
-from contract.jobs import JobRecord, JobStatus
+from contract.jobs import JobRecord, JobStatus, ServiceTier
 from jobstore import keys
 from jobstore.batches import OPEN_STATUSES, BatchStore, StoredBatch
 from jobstore.files import FileStore, new_id
 from jobstore.store import JobStore
+from tasks.scheduler import resolve_tier
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,17 @@ class BatchService:
             batch["errors"] = {"object": "list", "data": errors[:MAX_ERRORS]}
             await self.batches.put_batch(owner, batch, [], ongoing=False)
             return batch
-        # One script creates every line's job or none (`lua/create_many.lua`): the lines count together
-        # against MAX_ACTIVE_JOBS_PER_KEY, QUEUE_MAX_DEPTH and the storage quota.
+        # Every line's job or none (`lua/create_many.lua`): they wait in the scheduler at the batch's tier
+        # (flex unless asked) and count against QUEUE_MAX_DEPTH and the storage quota.
+        policy = self.settings.key_policy(owner)
         try:
             jobs = await self.store.create_many(
                 ENDPOINTS[body.endpoint],
                 [(plan.payload, plan.audio) for plan in plans],
                 owner=keys.batch_owner(owner),
-                active_owner=owner,
+                principal=owner,
+                tier=resolve_tier(body.service_tier, policy, route_default=ServiceTier.flex),
+                weight=policy.weight,
                 request_id=request_id,
                 allowance=allowance(self.settings, owner),
             )
@@ -86,6 +90,7 @@ class BatchService:
         requests = [
             [plan.custom_id, job.id, plan.model, plan.response_format] for plan, job in zip(plans, jobs, strict=True)
         ]
+        batch["request_counts"]["waiting"] = len(jobs)
         batch.update(status="in_progress", in_progress_at=int(time.time()))
         try:
             await self.batches.put_batch(owner, batch, requests, ongoing=True)
@@ -189,6 +194,8 @@ class BatchService:
             "total": len(statuses),
             "completed": sum(status == JobStatus.succeeded for status in statuses),
             "failed": sum(done and status != JobStatus.succeeded for status, done in zip(statuses, ended, strict=True)),
+            "waiting": sum(status == JobStatus.queued for status in statuses),
+            "running": sum(status in (JobStatus.running, JobStatus.cancelling) for status in statuses),
         }
         now = int(time.time())
         if all(ended):

@@ -49,6 +49,13 @@ class ApiMetrics:
             ("queue",),
             registry=self.registry,
         )
+        self.jobs_waiting = Gauge(
+            "app_jobs_waiting",
+            "Jobs waiting to start per queue and service tier, wherever they wait: in the scheduler, or admitted "
+            "and on the broker's list (tier `admitted`); the sum over tiers is what an autoscaler (KEDA) scales on",
+            ("queue", "tier"),
+            registry=self.registry,
+        )
         self.queue_workers = Gauge(
             "app_queue_workers",
             "Live workers serving each queue (read at scrape time)",

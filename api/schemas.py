@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 from contract.catalog import ModelRole
 from contract.common import omitted_when_none
 from contract.dialogue import DialogueResult
-from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from contract.results import JobResult, parse_result
+from jobstore.waiting import Place
 
 
 class JobLinks(BaseModel):
@@ -52,6 +53,9 @@ class JobPublic(JobCreated):
     error: JobError | None = None
     result: JobResult | None = None  # the kind's result model (`contract.results`)
     request_id: str | None = None
+    service_tier: ServiceTier  # the tier it was scheduled at
+    queue_position: int | None = omitted_when_none()  # while queued: jobs that will start before it
+    estimated_start_seconds: float | None = omitted_when_none()  # while queued, once the queue has a measured rate
 
 
 class DialogueResultPublic(DialogueResult):
@@ -81,7 +85,7 @@ def job_created(job: JobRecord) -> JobCreated:
     )
 
 
-def job_public(job: JobRecord) -> JobPublic:
+def job_public(job: JobRecord, place: Place | None = None) -> JobPublic:
     t = job.times
     created, started, finished = t.get("created_at"), t.get("started_at"), t.get("finished_at")
     return JobPublic(
@@ -104,6 +108,9 @@ def job_public(job: JobRecord) -> JobPublic:
         error=JobError(**job.error) if job.error else None,
         result=parse_result(job.kind, job.result) if job.result is not None else None,
         request_id=job.request_id,
+        service_tier=job.service_tier,
+        queue_position=place.queue_position if place is not None else None,
+        estimated_start_seconds=place.estimated_start_seconds if place is not None else None,
         links=links(job.id),
     )
 

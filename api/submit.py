@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
 from api.auth import Principal
 from api.errors import (
@@ -25,11 +27,19 @@ from api.errors import (
 from api.state import AppState
 from config import Settings
 from contract.generation import GenerationParams, with_defaults
-from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
 from jobstore.event_log import Event, read_events
 from jobstore.storage import OverStorageQuota
 from jobstore.store import JobStore
+from tasks.scheduler import resolve_tier
+
+log = logging.getLogger(__name__)
+PLACE_SECONDS = 1.0  # how often a followed queued job's place in line is looked at
+
+# A request that names no tier gets its route's, else its key's default: a person waits on every stage of
+# a dialogue.
+ROUTE_TIER = {JobKind.dialogue: ServiceTier.priority}
 
 
 async def submit(
@@ -46,10 +56,14 @@ async def submit(
     """Create and enqueue a job; returns it and whether an Idempotency-Key replayed an existing one.
 
     A generation request gets the operator's defaults (LLM_MAX_TOKENS, LLM_TEMPERATURE, …) for what it
-    left out, whichever route it came by.
+    left out, whichever route it came by. Its `service_tier` is resolved against the key's policy
+    (`API_KEY_POLICIES`) and the job waits in the scheduler at that tier as the key's.
     """
     if isinstance(payload, GenerationParams):
         payload = with_defaults(payload, state.settings.generation_defaults)
+    policy = state.settings.key_policy(principal.id)
+    requested = payload.get("service_tier") if isinstance(payload, dict) else getattr(payload, "service_tier", None)
+    tier = resolve_tier(requested, policy, route_default=ROUTE_TIER.get(kind))
     with refusals(state):
         created = await state.store.create(
             kind,
@@ -60,6 +74,9 @@ async def submit(
             input_file=input_file,
             max_active=max_active,
             allowance=allowance(state.settings, principal.id),
+            tier=tier,
+            principal=principal.id,
+            weight=policy.weight,
         )
     if not created.replayed:
         state.metrics.jobs_created.labels(kind.value).inc()
@@ -101,8 +118,24 @@ def refusals(state: AppState) -> Iterator[None]:
 
 
 async def follow(state: AppState, job_id: str, *, after: str | None = None) -> AsyncIterator[Event]:
-    async for event in read_events(state.redis, state.hub, job_id, after=after):
-        yield event
+    """The job's events (`read_events`); while it is queued and followed, a `queued` event again each time
+    its place in line changes (at most once a second)."""
+    announcer = asyncio.create_task(announce_place(state.store, job_id), name=f"speechq-place-{job_id}")
+    try:
+        async for event in read_events(state.redis, state.hub, job_id, after=after):
+            yield event
+    finally:
+        announcer.cancel()
+
+
+async def announce_place(store: JobStore, job_id: str) -> None:
+    try:
+        while True:  # a poll, not a wait on an event: the place changes as other jobs move
+            if not await store.announce_place(job_id):
+                return
+            await asyncio.sleep(PLACE_SECONDS)
+    except RedisError as exc:  # the follower reads on (or learns of the outage itself); only the place is missed
+        log.debug("could not announce the place of job %s: %s", job_id, exc)
 
 
 async def wait_for(state: AppState, job: JobRecord) -> JobRecord:

@@ -13,7 +13,7 @@ from kombu.utils.url import maybe_sanitize_url
 from redis import Redis
 
 from config import Settings
-from jobstore.broker import is_redis_url
+from tasks.envelope import is_redis_url
 
 log = logging.getLogger("speechq")
 RETRY_SECONDS = 3.0

@@ -139,7 +139,7 @@ def worker(
     The `dialogue` queue always gets a process of its own: a dialogue waits on its stages, so sharing
     a pool with the model queues could leave no thread to run them.
     """
-    from contract.jobs import QUEUES
+    from tasks.registry import QUEUES
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(chosen) - set(QUEUES))
@@ -226,6 +226,9 @@ def transcribe(
         str | None, typer.Option(envvar="SPEECHQ_API_KEY", help="API key, if the server wants one")
     ] = None,
     force: Annotated[bool, typer.Option(help="transcribe again even when the transcripts are up to date")] = False,
+    service_tier: Annotated[
+        str, typer.Option(help="flex (bulk: interactive work goes first), default, priority or auto")
+    ] = "flex",
 ) -> None:
     """Transcribe audio files and folder trees through a speechq server, with progress and resume."""
     from rich.console import Console
@@ -236,6 +239,11 @@ def transcribe(
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         typer.secho(f"speechq: unknown format(s) {unknown}; choose from {', '.join(FORMATS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    if service_tier not in ("priority", "default", "flex", "auto"):
+        typer.secho(
+            f"speechq: --service-tier {service_tier!r}: choose priority, default, flex or auto", fg="red", err=True
+        )
         raise typer.Exit(2)
     settings = settings_or_exit()
     url = server or f"http://{settings.api_host}:{settings.api_port}"
@@ -251,6 +259,7 @@ def transcribe(
             concurrency=concurrency,
             force=force,
             console=Console(),
+            service_tier=service_tier,
         )
     except FileNotFoundError as exc:
         typer.secho(f"speechq: {exc}", fg="red", err=True)

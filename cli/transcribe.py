@@ -236,6 +236,7 @@ def transcribe_paths(
     concurrency: int,
     force: bool,
     console: Console,
+    service_tier: str = "flex",
 ) -> int:
     """Run the whole command; returns the exit status (0 all good, 1 some files failed, 2 unusable, 130 Ctrl-C)."""
     items = discover(paths, out, formats)
@@ -247,7 +248,7 @@ def transcribe_paths(
     for item in todo:
         item.seconds = duration(item.source)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    fields = {"response_format": "verbose_json"}
+    fields = {"response_format": "verbose_json", "service_tier": service_tier}
     fields |= {k: v for k, v in (("model", model), ("language", language)) if v}
     batch = Batch(server.rstrip("/"), headers, fields, max(1, min(concurrency, len(todo) or 1)), console)
     started = time.monotonic()

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -14,6 +14,29 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 class SettingsError(Exception):
     """A bad environment variable; the message names it."""
+
+
+Tier = Literal["priority", "default", "flex"]
+TIERS: tuple[Tier, ...] = ("priority", "default", "flex")
+
+
+class KeyPolicy(BaseModel):
+    """What one API key may ask of the scheduler (`API_KEY_POLICIES`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tiers: list[Tier] = Field(default_factory=lambda: list(TIERS), min_length=1)
+    """The service tiers the key may use; a request for a higher one runs at the highest of these below it."""
+    default_tier: Tier = "default"
+    """What a request that asks `auto` (or nothing, on a route without a default of its own) gets."""
+    weight: float = Field(1.0, gt=0, le=1000)
+    """The key's share against other keys in the same tier (fair queuing)."""
+
+    @model_validator(mode="after")
+    def _default_is_allowed(self) -> Self:
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier!r} is not among its tiers {self.tiers}")
+        return self
 
 
 class Settings(BaseSettings):
@@ -169,6 +192,10 @@ class Settings(BaseSettings):
     api_key_enabled: bool = False
     api_key_header_name: str = "X-API-Key"
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_key_policies: dict[str, KeyPolicy] = Field(default_factory=dict)
+    """JSON: a key's id (`key_<12 hex>`, as its jobs' owner reads; `anonymous` without keys; `*` for every
+    other key) -> {"tiers": [...], "default_tier": ..., "weight": ...}. Unset: every key may use every tier,
+    defaults to `default`, weight 1."""
     """Comma-separated raw keys or `sha256:<hex>` digests; several at once for rotation."""
     rate_limit_enabled: bool = False
     rate_limit_requests: int = Field(60, ge=1)
@@ -217,6 +244,10 @@ class Settings(BaseSettings):
             "top_k": self.llm_top_k,
             "repeat_penalty": self.llm_repeat_penalty,
         }
+
+    def key_policy(self, principal: str) -> KeyPolicy:
+        """The scheduling policy of API key `principal` (its own entry, else `*`, else the default)."""
+        return self.api_key_policies.get(principal) or self.api_key_policies.get("*") or KeyPolicy()
 
     @property
     def models_dir(self) -> Path:

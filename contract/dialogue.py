@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.generation import GenerationParams, Usage
+from contract.jobs import RequestedTier
 from contract.speech import AudioFormat
 from contract.synthesis import SpeechOptions, SynthesizeRequest
 from contract.transcription import Segment
@@ -28,6 +29,8 @@ class DialogueRequest(BaseModel):
     conversation_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:\-]{1,128}$")
     language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")
     filename: str = Field("audio", max_length=255)
+    service_tier: RequestedTier | None = None
+    """The dialogue's and its stages' tier; unset: `priority` (a person is waiting on every stage)."""
 
     def speech(self, text: str) -> SynthesizeRequest:
         """The synthesis of one sentence, as raw PCM at the dialogue's rate (the dialogue encodes it)."""

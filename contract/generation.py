@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.catalog import ModelRole
 from contract.common import registered
+from contract.jobs import RequestedTier
 
 MAX_STOP_CHARS = 256  # each stop sequence; the text stream holds this much back, so it stays small
 
@@ -34,6 +35,8 @@ class GenerationParams(BaseModel):
     min_p: float = Field(0.05, ge=0.0)
     typical_p: float = Field(1.0, ge=0.0)
     model: str | None = Field(None, min_length=1, max_length=128)
+    service_tier: RequestedTier | None = None
+    """OpenAI's: how soon the job starts when workers are busy (`tasks/scheduler.py`); unset: the route's default."""
 
     @field_validator("stop", mode="before")
     @classmethod

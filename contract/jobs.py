@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class JobKind(StrEnum):
@@ -15,6 +15,18 @@ class JobKind(StrEnum):
     transcribe = "transcribe"  # audio in, transcript out (or an English translation with task=translate)
     synthesize = "synthesize"  # text in, audio out (streamed sentence by sentence as `audio_chunk` events)
     dialogue = "dialogue"  # speech in: transcribe, answer, speak; its stages are jobs on the stt/llm/tts queues
+
+
+class ServiceTier(StrEnum):
+    """OpenAI's `service_tier` values: how soon a waiting job starts (`tasks/scheduler.py` has the policy)."""
+
+    priority = "priority"  # conversations: a dialogue's stages, realtime turns
+    default = "default"  # direct API requests
+    flex = "flex"  # bulk: Batch API lines, `speechq transcribe`
+
+
+# What a request may ask for: a tier, or `auto` (the API key's default).
+RequestedTier = Literal["auto", "priority", "default", "flex"]
 
 
 class JobStatus(StrEnum):
@@ -49,18 +61,6 @@ class EventType(StrEnum):
     done = "done"  # terminal: {status}
 
 
-# Celery task name and queue for each kind; the API enqueues by name and never imports the task code.
-TASKS: dict[JobKind, tuple[str, str]] = {
-    JobKind.generate: ("speechq.llm.generate", "llm"),
-    JobKind.chat: ("speechq.llm.generate", "llm"),
-    JobKind.completion: ("speechq.llm.generate", "llm"),
-    JobKind.transcribe: ("speechq.stt.transcribe", "stt"),
-    JobKind.synthesize: ("speechq.tts.synthesize", "tts"),
-    JobKind.dialogue: ("speechq.dialogue.run", "dialogue"),
-}
-QUEUES = ("llm", "stt", "tts", "dialogue")
-
-
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """A job as read back from its hash."""
@@ -77,6 +77,8 @@ class JobRecord:
     error: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
     request_id: str | None = None
+    service_tier: ServiceTier = ServiceTier.default
+    waiting: bool = False  # still in the scheduler, not yet admitted to the broker
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -94,6 +96,8 @@ class JobRecord:
             error=_json_or_none(raw.get("error")),
             progress=_json_or_none(raw.get("progress")),
             request_id=raw.get("request_id") or None,
+            service_tier=ServiceTier(raw.get("tier") or ServiceTier.default),
+            waiting=raw.get("waiting") == "1",
         )
 
 

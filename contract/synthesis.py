@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from contract.catalog import ModelRole, registry
 from contract.common import registered
+from contract.jobs import RequestedTier
 from contract.speech import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
@@ -55,6 +56,7 @@ class SpeechOptions(BaseModel):
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
     speed: float = Field(1.0, ge=0.25, le=4.0)
     normalize: bool = True
+    service_tier: RequestedTier | None = None
     # OpenAudio (fish-speech) only; local engines have no use for them.
     reference_id: str | None = Field(None, min_length=1, max_length=255)
     references: list[ReferenceAudio] = Field(default_factory=list, max_length=8)

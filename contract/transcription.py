@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.catalog import ModelRole
 from contract.common import omitted_when_none, registered
+from contract.jobs import RequestedTier
 
 TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
@@ -25,6 +26,7 @@ class TranscribeRequest(BaseModel):
     timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=lambda: ["segment"])  # type: ignore[arg-type]
     task: Literal["transcribe", "translate"] = "transcribe"
     vad_filter: bool = False
+    service_tier: RequestedTier | None = None
     filename: str = Field("audio", max_length=255)
 
     @field_validator("model", mode="before")

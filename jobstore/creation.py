@@ -13,9 +13,10 @@ from typing import Any
 
 from celery import Celery
 
-from contract.jobs import TASKS, JobKind, JobRecord, JobStatus
+from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from jobstore import keys
-from jobstore.broker import redis_message
+from tasks.envelope import redis_message
+from tasks.registry import task_for
 
 
 class JobStoreError(Exception):
@@ -100,6 +101,7 @@ class CreatePlan:
     idempotency_key: str | None
     fields: dict[str, str]
     message: str  # the broker message ('' when the broker is not this Redis)
+    weight: float  # the principal's weight in the scheduler
     keys: list[str]
     args: list[Any]
 
@@ -121,9 +123,15 @@ class CreatePlan:
         expires_at: float | None = None,
         parent: str | None = None,
         extra_fields: dict[str, str] | None = None,
+        tier: ServiceTier = ServiceTier.default,
+        principal: str | None = None,
+        weight: float = 1.0,
     ) -> CreatePlan:
+        """`tier`, `principal` (the API key the scheduler shares slots between; default: `owner`) and its
+        `weight` place the job in the scheduler (`tasks/scheduler.py`)."""
         job_id = new_job_id()
-        task_name, queue = TASKS[kind]
+        spec = task_for(kind)
+        task_name, queue = spec.name, spec.queue
         fields: dict[str, str] = {
             "id": job_id,
             "kind": kind.value,
@@ -133,6 +141,8 @@ class CreatePlan:
             "request": json.dumps(request),
             "request_id": request_id or "",
             "attempts": "0",
+            "tier": tier.value,
+            "principal": principal or owner,
         }
         if expires_at is not None:
             fields["expires_at"] = f"{expires_at:.6f}"
@@ -151,6 +161,7 @@ class CreatePlan:
             idempotency_key=idempotency_key,
             fields=fields,
             message=message,
+            weight=weight,
             keys=[
                 keys.job(job_id),
                 keys.events(job_id),
@@ -166,8 +177,11 @@ class CreatePlan:
                 fingerprint(kind, request, input_file),
                 keys.notify(job_id),
                 message,
-                json.dumps({"queue": queue}),
+                json.dumps({"queue": queue, "service_tier": tier.value}),
                 max_active,
+                tier.value,
+                principal or owner,
+                weight,
                 *[item for pair in fields.items() for item in pair],
             ],
         )

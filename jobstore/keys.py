@@ -110,6 +110,13 @@ def batch_owner(owner: str) -> str:
     return f"{owner}:batch"
 
 
+def sched(queue: str, part: str) -> str:
+    """The scheduler's structures for one queue (`tasks/lua/schedule.lua` names the parts): `tiers`, `vt`,
+    `waiting`, `inflight`, `slots`, `service`, `last`, and per tier `<tier>:flows`, `<tier>:weights`, `<tier>:last`,
+    `<tier>:p:<principal>` (that principal's waiting jobs, in order)."""
+    return f"{PREFIX}:sched:{queue}:{part}"
+
+
 def lua_functions() -> str:
     """The key builders the Lua scripts use, generated from the ones above so the two never disagree."""
     builders = {"job_key": job, "storage_usage_key": storage_usage}
@@ -117,6 +124,11 @@ def lua_functions() -> str:
     for name, builder in builders.items():
         before, after = builder("\0").split("\0")
         lines.append(f"local function {name}(id) return {_lua_string(before)} .. id .. {_lua_string(after)} end")
+    before, middle, after = sched("\0", "\0").split("\0")
+    lines.append(
+        f"local function sched_key(queue, part) return {_lua_string(before)} .. queue .. {_lua_string(middle)}"
+        f" .. part .. {_lua_string(after)} end"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -16,9 +16,8 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from contract.errors import BrokerUnavailable
-from contract.jobs import JobKind, JobRecord, JobStatus
+from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from jobstore import keys, scripts
-from jobstore.broker import is_redis_url
 from jobstore.creation import (
     Allowance,
     Created,
@@ -26,11 +25,14 @@ from jobstore.creation import (
     JobStoreError,
     OversizedRequest,
     QueueFull,
-    TooManyActive,
 )
 from jobstore.storage import Charge, StorageAccount
+from jobstore.waiting import place
+from tasks.envelope import is_redis_url
 
 log = logging.getLogger(__name__)
+CREATE_CHUNK = 500  # a batch's lines created per script call: Redis is never held for long
+CANCEL_CHUNK = 2_000  # and cancelled
 
 
 class JobStore:
@@ -44,7 +46,7 @@ class JobStore:
         self.max_queue_depth = max_queue_depth
         self.max_active = max_active
         self._direct = is_redis_url(str(celery.conf.broker_url))
-        names = ("create", "create_many", "cancel", "unqueue", "abandon")
+        names = ("create", "create_many", "cancel", "cancel_many", "unqueue", "abandon", "announce")
         self._scripts = {name: redis.register_script(scripts.source(name)) for name in names}
         self.storage = StorageAccount(redis, ttl=ttl)
 
@@ -61,6 +63,9 @@ class JobStore:
         max_active: int | None = None,
         allowance: Allowance | None = None,
         parent: str | None = None,
+        tier: ServiceTier = ServiceTier.default,
+        principal: str | None = None,
+        weight: float = 1.0,
     ) -> Created:
         """Record a job and enqueue it; raises `QueueFull`, `TooManyActive`, `IdempotencyConflict`, or with an
         `allowance` `OversizedRequest` and `OverStorageQuota`. The one way a job comes to be: the API's routes,
@@ -77,6 +82,9 @@ class JobStore:
             idempotency_key=idempotency_key,
             expires_at=await self._server_time() + queue_timeout if queue_timeout is not None else None,
             parent=parent,
+            tier=tier,
+            principal=principal,
+            weight=weight,
         )
         try:
             if input_file is not None:
@@ -109,39 +117,59 @@ class JobStore:
         requests: Sequence[tuple[dict[str, Any], bytes | None]],
         *,
         owner: str,
-        active_owner: str,
+        principal: str,
         request_id: str | None = None,
         allowance: Allowance | None = None,
+        tier: ServiceTier = ServiceTier.flex,
+        weight: float = 1.0,
     ) -> list[JobRecord]:
-        """Record and enqueue a job per (request, input) at once, all or none (`lua/create_many.lua`); they
-        count against `active_owner`'s MAX_ACTIVE_JOBS_PER_KEY together. Raises what `create` raises."""
+        """Record a job per (request, input) and hand them all to the scheduler, all or none
+        (`lua/create_many.lua`, a chunk of lines per call so Redis is never held long), as `principal`'s at
+        `tier`: they wait there and are admitted to the broker as slots free. They count against the storage
+        quota and QUEUE_MAX_DEPTH, not MAX_ACTIVE_JOBS_PER_KEY. Raises `QueueFull` and what `_charge` raises."""
         if not requests:
             return []
         charge = await self._charge(allowance, requests)
         plans = [
-            self._plan(kind, request, file, charge, owner=owner, max_active=self.max_active, request_id=request_id)
+            self._plan(
+                kind,
+                request,
+                file,
+                charge,
+                owner=owner,
+                max_active=0,
+                request_id=request_id,
+                tier=tier,
+                principal=principal,
+                weight=weight,
+            )
             for request, file in requests
         ]
         queue = plans[0].queue
-        args: list[Any] = [self.ttl, self.max_queue_depth, self.max_active, json.dumps({"queue": queue})]
-        for plan in plans:
-            pairs = [item for pair in plan.fields.items() for item in pair]
-            args += [plan.job_id, keys.notify(plan.job_id), plan.message, len(pairs), *pairs]
+        head: list[Any] = [self.ttl, self.max_queue_depth, json.dumps({"queue": queue, "service_tier": tier.value})]
+        head += [tier.value, principal, weight]
+        created: list[CreatePlan] = []
         try:
-            async with self.raw.pipeline(transaction=False) as pipe:
-                for plan, (_, input_file) in zip(plans, requests, strict=True):
-                    if input_file is not None:
-                        pipe.set(keys.input(plan.job_id), input_file, ex=self.ttl)
-                await pipe.execute()
-            reply = await self._scripts["create_many"](
-                keys=[keys.owner_index(owner), queue if self._direct else "", keys.active_jobs(active_owner)],
-                args=args,
-            )
-            if reply[0] == "quota":
-                raise TooManyActive(active_owner, int(reply[1]), adding=len(plans), limit=self.max_active)
-            if reply[0] == "full":
-                raise QueueFull(queue, int(reply[1]))
+            for first in range(0, len(plans), CREATE_CHUNK):
+                chunk = plans[first : first + CREATE_CHUNK]
+                async with self.raw.pipeline(transaction=False) as pipe:
+                    for plan, (_, input_file) in zip(chunk, requests[first : first + CREATE_CHUNK], strict=True):
+                        if input_file is not None:
+                            pipe.set(keys.input(plan.job_id), input_file, ex=self.ttl)
+                    await pipe.execute()
+                args = list(head)
+                for plan in chunk:
+                    pairs = [item for pair in plan.fields.items() for item in pair]
+                    args += [plan.job_id, keys.notify(plan.job_id), plan.message, len(pairs), *pairs]
+                reply = await self._scripts["create_many"](
+                    keys=[keys.owner_index(owner), queue if self._direct else ""], args=args
+                )
+                if reply[0] == "full":
+                    raise QueueFull(queue, int(reply[1]))
+                created += chunk
         except BaseException:
+            if created:  # all or none: the chunks already created end, and leave the scheduler
+                await self.cancel_many([plan.job_id for plan in created], owner=owner, queue=queue)
             await self._undo(plans, charge)
             raise
         stamp = reply[2]
@@ -171,6 +199,9 @@ class JobStore:
         idempotency_key: str | None = None,
         expires_at: float | None = None,
         parent: str | None = None,
+        tier: ServiceTier = ServiceTier.default,
+        principal: str | None = None,
+        weight: float = 1.0,
     ) -> CreatePlan:
         return CreatePlan.build(
             self.celery,
@@ -187,6 +218,9 @@ class JobStore:
             expires_at=expires_at,
             parent=parent,
             extra_fields=charge.fields(len(input_file)) if charge is not None and input_file is not None else None,
+            tier=tier,
+            principal=principal,
+            weight=weight,
         )
 
     async def _charge(
@@ -296,12 +330,28 @@ class JobStore:
             await self.storage.release(keys.job(job_id), keys.input(job_id))
         return None if status == "missing" else JobStatus(status)
 
+    async def announce_place(self, job_id: str) -> bool:
+        """Append a `queued` event with the job's place in line if it changed (at most once a second);
+        False once the job is no longer queued, so a caller following it can stop asking."""
+        where = await place(self.redis, job_id)
+        if where is None:
+            return False
+        eta = "" if where.estimated_start_seconds is None else f"{where.estimated_start_seconds:.3f}"
+        await self._scripts["announce"](
+            keys=[keys.job(job_id), keys.events(job_id)],
+            args=[where.queue_position, eta, self.ttl, keys.notify(job_id)],
+        )
+        return True
+
     async def cancel_many(self, job_ids: Sequence[str], *, owner: str, queue: str) -> int:
         """Cancel these jobs (a batch's), then take the messages of those that ended off `queue`, so they no
         longer count against QUEUE_MAX_DEPTH; returns how many were taken off. A message a worker already
         holds (or any, with another broker) is skipped when it arrives: its job is no longer `queued`."""
-        for job_id in job_ids:
-            await self.cancel(job_id, owner=owner)
+        for first in range(0, len(job_ids), CANCEL_CHUNK):
+            chunk = list(job_ids[first : first + CANCEL_CHUNK])
+            holding = await self._scripts["cancel_many"](keys=[], args=[owner, self.ttl, *chunk])
+            for job_id in holding:  # their inputs are no longer needed
+                await self.storage.release(keys.job(job_id), keys.input(job_id))
         if not self._direct or not job_ids:
             return 0
         try:  # one pass over the queue: about 40 ms at 10,000 messages

@@ -16,8 +16,8 @@ from redis.asyncio import Redis as AsyncRedis
 from config import load_settings
 from contract.jobs import JobKind, JobRecord
 from jobstore import keys
-from jobstore.celery_app import create_celery
 from jobstore.store import JobStore
+from tasks.celery_app import create_celery
 
 EventLog = list[tuple[str, dict[str, str]]]  # (event id, {"type", "data"})
 

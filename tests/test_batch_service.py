@@ -25,9 +25,9 @@ from config import Settings
 from contract.generation import GenerationResult, GenerationTimings, Usage
 from jobstore import keys
 from jobstore.batches import BatchStore, StoredBatch
-from jobstore.celery_app import create_celery
 from jobstore.files import FileStore
 from jobstore.store import JobStore
+from tasks.celery_app import create_celery
 from tests.test_batches import CHAT, chat_requests
 
 OWNER = "key_batch_tests"

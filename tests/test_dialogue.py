@@ -230,7 +230,7 @@ def test_a_stage_the_broker_refuses_ends_failed_rather_than_queued_forever(priva
     from config import load_settings
     from contract.errors import EngineError
     from contract.jobs import JobKind, JobRecord, JobStatus
-    from jobstore.celery_app import create_celery
+    from tasks.celery_app import create_celery
     from tests.stack import free_port
     from workers.execution import WorkerStore
     from workers.stages import Stages

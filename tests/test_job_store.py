@@ -19,9 +19,9 @@ from config import Settings
 from contract.generation import Token
 from contract.jobs import EventType, JobKind, JobStatus
 from jobstore import keys
-from jobstore.celery_app import create_celery
 from jobstore.creation import Created, IdempotencyConflict, QueueFull
 from jobstore.store import JobStore
+from tasks.celery_app import create_celery
 from tests.records import age_lease, event_types
 from workers.execution import JobCancelled, LeaseLost, WorkerStore
 

@@ -65,16 +65,17 @@ def test_only_config_touches_the_process_environment() -> None:
     assert not touching, f"os.environ outside config/: {touching}"
 
 
-# Which of our packages each may import: the contract at the bottom, media on it, the store above them, the API
-# and the workers on top and never on each other; `cli` starts them all.
+# Which of our packages each may import: the contract at the bottom, media and the queue (tasks) on it, the store
+# above them, the API and the workers on top and never on each other; `cli` starts them all.
 MAY_IMPORT = {
     "config": set(),
     "contract": {"config"},
     "media": {"config", "contract"},
-    "jobstore": {"config", "contract", "media"},
-    "api": {"config", "contract", "media", "jobstore"},
-    "workers": {"config", "contract", "media", "jobstore"},
-    "cli": {"config", "contract", "media", "jobstore", "api", "workers"},
+    "tasks": {"config", "contract"},
+    "jobstore": {"config", "contract", "media", "tasks"},
+    "api": {"config", "contract", "media", "tasks", "jobstore"},
+    "workers": {"config", "contract", "media", "tasks", "jobstore"},
+    "cli": {"config", "contract", "media", "tasks", "jobstore", "api", "workers"},
 }
 
 

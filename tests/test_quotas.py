@@ -35,6 +35,8 @@ from contract.synthesis import SynthesisResult
 from jobstore import keys
 from jobstore.files import FileStore
 from jobstore.storage import OverStorageQuota, StorageAccount
+from tasks.celery_app import create_celery
+from tasks.envelope import redis_message
 from tests.records import create_job, event_types
 from tests.stack import base_env, free_port, start_api, start_worker, wait_until
 from workers.celery_tasks import JobRunner
@@ -137,41 +139,42 @@ def expect_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return dict(error)
 
 
-# --- M1: batches share the key's active-job quota --------------------------------------------------
+# --- M1: batches wait in the scheduler, beside the key's active-job quota -----------------------------
 
 
-def test_a_batch_over_the_active_job_quota_is_refused_whole(valkey: tuple[str, redis.Redis], tmp_path: Path) -> None:
+def waiting(r: redis.Redis, tier: str = "flex") -> int:
+    return int(r.hget(keys.sched("llm", "waiting"), tier) or 0)
+
+
+def test_a_batch_waits_in_the_scheduler_instead_of_counting_against_the_active_job_quota(
+    valkey: tuple[str, redis.Redis], tmp_path: Path
+) -> None:
     url, r = valkey
-    with api_on(url, tmp_path, MAX_ACTIVE_JOBS_PER_KEY="5") as client:
+    with api_on(url, tmp_path, MAX_ACTIVE_JOBS_PER_KEY="5", QUEUE_MAX_DEPTH="12") as client:
         for _ in range(2):
             assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)).status_code == 202
         stored_before = usage(r, KEY_A)
 
-        over = create_batch(client, KEY_A, chat_lines(4))  # 2 + 4 > 5
-        error = expect_error(over, 429, "too_many_active_jobs")
-        assert "4 more would pass the limit of 5" in error["message"]
-        assert over.headers["Retry-After"]
-        assert r.llen("llm") == 2 and len(job_records(r)) == 2, "a refused batch queues nothing"
-        kept = usage(r, KEY_A) - stored_before
-        assert kept == len(chat_lines(4)), "only the uploaded file stays counted: the lines were refunded"
-        too_big = create_batch(client, KEY_A, chat_lines(6))
-        assert "more than the 5 jobs" in expect_error(too_big, 429, "too_many_active_jobs")["message"]
-
-        fits = create_batch(client, KEY_A, chat_lines(3))
-        assert fits.status_code == 200 and fits.json()["status"] == "in_progress", fits.text
-        assert r.llen("llm") == 5
+        batch = create_batch(client, KEY_A, chat_lines(6))  # 2 + 6 > 5: a batch is not refused for that
+        assert batch.status_code == 200 and batch.json()["status"] == "in_progress", batch.text
+        assert batch.json()["request_counts"] == {"total": 6, "completed": 0, "failed": 0, "waiting": 6, "running": 0}
+        assert waiting(r) == 6 and r.llen("llm") == 0, "no worker offers a slot: every line waits"
+        assert usage(r, KEY_A) > stored_before, "its lines still count against the storage quota"
+        # The key's own jobs keep their cap: 3 of 5 now, the batch's lines apart.
+        for _ in range(3):
+            assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)).status_code == 202
         expect_error(
             client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)), 429, "too_many_active_jobs"
         )
+        # The queue depth counts what waits: 5 + 6 of 12, so a 2-line batch is refused whole, a 1-line one fits.
+        expect_error(create_batch(client, KEY_B, chat_lines(2)), 503, "queue_full")
+        assert waiting(r) == 6 and len(job_records(r)) == 11, "a refused batch leaves nothing"
+        assert create_batch(client, KEY_B, chat_lines(1)).status_code == 200
 
-        # Another key is not held back by A's batch.
-        assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B)).status_code == 202
-        assert create_batch(client, KEY_B, chat_lines(2)).status_code == 200
-
-        cancelled = client.post(f"/v1/batches/{fits.json()['id']}/cancel", headers=headers(KEY_A))
+        cancelled = client.post(f"/v1/batches/{batch.json()['id']}/cancel", headers=headers(KEY_A))
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
-        assert r.llen("llm") == 2 + 1 + 2, "the cancelled batch's messages left the queue"
-        assert client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_A)).status_code == 202
+        assert waiting(r) == 1, "the cancelled lines left the scheduler's count at once"
+        assert waiting(r, "default") == 5
 
 
 def test_a_cancelled_batch_stops_counting_against_the_queue_and_a_worker_skips_what_it_gets(
@@ -181,26 +184,26 @@ def test_a_cancelled_batch_stops_counting_against_the_queue_and_a_worker_skips_w
     with api_on(url, tmp_path, QUEUE_MAX_DEPTH="4") as client:
         batch = create_batch(client, KEY_A, chat_lines(3))
         assert batch.status_code == 200, batch.text
-        messages = r.lrange("llm", 0, -1)
-        batch_jobs = [json.loads(message)["headers"]["id"] for message in messages]
+        batch_jobs = r.lrange(keys.sched("llm", f"flex:p:{owner_of(KEY_A)}"), 0, -1)
         assert len(batch_jobs) == 3
         first = client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B))
         assert first.status_code == 202
         expect_error(client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B)), 503, "queue_full")
 
         assert client.post(f"/v1/batches/{batch.json()['id']}/cancel", headers=headers(KEY_A)).status_code == 200
-        assert r.llen("llm") == 1
         singles = [first.json()["id"]]
         for _ in range(3):  # the queue has room for them again
             response = client.post("/v1/jobs/generate", json=SHORT_JOB, headers=headers(KEY_B))
             assert response.status_code == 202, response.text
             singles.append(response.json()["id"])
-        for job_id in singles:  # a cancelled single job's message stays queued
+        for job_id in singles:
             assert client.delete(f"/v1/jobs/{job_id}", headers=headers(KEY_B)).status_code == 202
 
-        # As if a worker had held the batch's messages when it was cancelled: they reach a worker anyway.
-        r.lpush("llm", *messages)
-        assert r.llen("llm") == 7
+        # As if their messages had reached the broker before the cancel (a worker held them, or a slot was
+        # free): they reach a worker anyway, which skips each before touching a model.
+        celery = create_celery(load_settings(redis_url=url))
+        skipped = [*batch_jobs, *singles]
+        r.lpush("llm", *[redis_message(celery, "speechq.llm.generate", "llm", job, {"job_id": job}) for job in skipped])
         metrics_port = free_port()
         env = base_env(url, tmp_path, LLM_PRELOAD="false", WORKER_METRICS_PORT=str(metrics_port))
         worker = start_worker(env, tmp_path, queues="llm")
@@ -213,13 +216,13 @@ def test_a_cancelled_batch_stops_counting_against_the_queue_and_a_worker_skips_w
             worker.stop()
     assert "# TYPE worker_model_load_seconds gauge" in metrics
     assert "worker_model_load_seconds{" not in metrics, "no model was loaded for cancelled jobs"
-    skipped = [*batch_jobs, *singles]
     for job_id in skipped:
         record = r.hgetall(keys.job(job_id))
         assert record["status"] == "cancelled" and record["attempts"] == "0" and "started_at" not in record
         events = event_types(r, job_id)
         assert events == ["queued", "done"], (job_id, events)
     assert worker.log().count("not run: cancelled") == len(skipped)
+    assert waiting(r) == 0 and waiting(r, "default") == 0
 
 
 # --- M3: storage quota, request cap, maxmemory ------------------------------------------------------
@@ -304,7 +307,7 @@ def test_an_oversized_job_request_is_refused(valkey: tuple[str, redis.Redis], tm
         batch = create_batch(client, KEY_A, chat_lines(2) + chat_lines(1, messages=big).replace(b"line-0", b"big"))
         assert batch.status_code == 200 and batch.json()["status"] == "failed"
         assert [e["code"] for e in batch.json()["errors"]["data"]] == ["request_too_large"]
-    assert r.llen("llm") == 1 and len(job_records(r)) == 1
+    assert waiting(r, "default") == 1 and waiting(r) == 0 and len(job_records(r)) == 1
 
 
 def test_the_embedded_valkey_has_a_maxmemory_and_never_evicts(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from cli.embedded_redis import EmbeddedRedis
 from config import load_settings
 from contract.jobs import JobKind, JobStatus
 from jobstore import keys
-from jobstore.celery_app import create_celery
+from tasks.celery_app import create_celery
 from tests.records import age_lease, create_job, event_types
 from tests.sse import read_events
 from tests.stack import base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
@@ -40,6 +40,7 @@ def test_a_sweep_requeues_only_jobs_that_lost_worker_and_message(valkey: str) ->
     settings = load_settings(redis_url=valkey, job_lease_seconds=LEASE)
     client = redis.Redis.from_url(valkey, decode_responses=True)
     store = WorkerStore(client, ttl=600, lease=LEASE, max_attempts=3)
+    store.offer("worker-gone", {"llm": 8}, expires=time.time() + 600)  # so each job is admitted at once
     celery = create_celery(settings)
 
     def claimed() -> tuple[str, str]:
@@ -79,6 +80,7 @@ def test_a_sweep_requeues_a_queued_job_whose_message_a_dying_consumer_lost(valke
     settings = load_settings(redis_url=valkey)
     client = redis.Redis.from_url(valkey, decode_responses=True)
     store = WorkerStore(client, ttl=600, lease=LEASE, max_attempts=3)
+    store.offer("worker-1", {"llm": 8}, expires=time.time() + 600)  # so each job is admitted at once
     lost, waiting, held, cancelled = (create_job(valkey, JobKind.completion, {"prompt": "a"}).id for _ in range(4))
     messages = {
         job_id: next(m for m in cast(list[str], client.lrange("llm", 0, -1)) if job_id in m) for job_id in (lost, held)

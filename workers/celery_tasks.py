@@ -23,6 +23,7 @@ from contract.errors import JobError, JobTimedOut, internal_error_message
 from contract.jobs import JobRecord, JobStatus
 from contract.results import JobResult
 from jobstore import keys
+from tasks.registry import TASKS
 from workers.context import JobContext
 from workers.execution import DeadlinePassed, JobCancelled, JobExecution, LeaseLost, WorkerStore
 
@@ -59,14 +60,6 @@ class JobFailed(Exception):
 REPORTED_FAILED = frozenset({"failed", "poison"})  # poison: the claim failed the job past JOB_MAX_ATTEMPTS
 REPORTED_REVOKED = frozenset({"cancelled", "expired", "missing"})  # ended without running here, or gone from the store
 # 'lost': another worker holds the job, and reports its end under the same task id (the job id).
-
-# Task name -> the handler key the worker supplies; the queue is in the name (see celery_app.TASK_ROUTES).
-TASK_NAMES = {
-    "speechq.llm.generate": "llm",
-    "speechq.stt.transcribe": "stt",
-    "speechq.tts.synthesize": "tts",
-    "speechq.dialogue.run": "dialogue",
-}
 
 
 class JobRunner:
@@ -193,10 +186,10 @@ def announce_revoked(task: Task[Any, Any], *, expired: bool) -> None:
 
 
 def register_tasks(app: Celery, runner: JobRunner) -> None:
-    for name, handler_key in TASK_NAMES.items():
+    for spec in TASKS:  # one task per row of the registry; its handler is the one for its queue
 
-        def body(task: Task[Any, Any], job_id: str, _key: str = handler_key) -> str:
+        def body(task: Task[Any, Any], job_id: str, _key: str = spec.queue) -> str:
             return runner.report(task, job_id, runner(task, job_id, _key))
 
         # `throws`: a JobFailed is an expected ending, logged by Celery on one line without a traceback.
-        app.task(name=name, bind=True, max_retries=None, acks_late=True, throws=(JobFailed,))(body)
+        app.task(name=spec.name, bind=True, max_retries=None, acks_late=True, throws=(JobFailed,))(body)

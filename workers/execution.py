@@ -126,6 +126,12 @@ class WorkerStore:
         record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         return Claim(run=True, reason="run", attempt=int(reply[1]), job=record)
 
+    def offer(self, worker: str, slots: dict[str, int], expires: float) -> int:
+        """Offer the scheduler this worker's slots per queue until `expires` (0 slots: withdraw them), and
+        admit waiting jobs where slots are free (`lua/admit.lua`); returns how many were admitted."""
+        pairs = [item for queue, n in slots.items() for item in (queue, n)]
+        return int(self.scripts["admit"](keys=[], args=[worker, f"{expires:.3f}", *pairs]))
+
     def read_input(self, job_id: str) -> bytes | None:
         """A job's input file (audio), or None once it has expired."""
         value = self._bytes().get(keys.input(job_id))

@@ -23,7 +23,7 @@ from contract.errors import EngineStalled
 from contract.jobs import JobRecord
 from contract.results import JobResult
 from jobstore.adverts import WorkerInfo, advertise, withdraw
-from jobstore.celery_app import create_celery
+from tasks.celery_app import create_celery
 from workers.celery_tasks import JobHandler, JobRunner, register_tasks
 from workers.context import JobContext
 from workers.dialogue import run_dialogue_job
@@ -36,31 +36,49 @@ from workers.stages import Stages
 from workers.startup import RESTART_EXIT_CODE
 
 log = logging.getLogger(__name__)
+ADMIT_SECONDS = 1.0  # how often the heartbeat admits waiting jobs to free slots
 
 
 class Heartbeat(threading.Thread):
-    """Keeps this worker's advertisement (queues, device, loaded models) fresh until it stops."""
+    """Keeps this worker's advertisement (queues, device, loaded models) and the slots it offers the scheduler
+    fresh until it stops, and every second admits waiting jobs to its queues' free slots (they are admitted as
+    jobs are created and end, too; this catches up on what those missed)."""
 
-    def __init__(self, redis: Redis, info: WorkerInfo, models: ModelCache, interval: float) -> None:
+    def __init__(
+        self, store: WorkerStore, info: WorkerInfo, models: ModelCache, interval: float, slots: dict[str, int]
+    ) -> None:
         super().__init__(name="speechq-heartbeat", daemon=True)
-        self.redis, self.info, self.models, self.interval = redis, info, models, interval
+        self.store, self.info, self.models, self.interval, self.slots = store, info, models, interval, slots
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        advertised = 0.0
         while not self.stopped.is_set():
-            self.info.models = self.models.loaded
+            now = time.time()
             try:
-                advertise(self.redis, self.info, ttl=self.interval * 3)
+                if now - advertised >= self.interval:
+                    self.info.models = self.models.loaded
+                    advertise(self.store.redis, self.info, ttl=self.interval * 3)
+                    advertised = now
+                self.store.offer(self.info.id, self.slots, expires=now + self.interval * 3)
             except Exception as exc:  # noqa: BLE001 - Redis away, or anything: a stopped heartbeat hides a live worker
                 log.warning("heartbeat failed: %s", exc)
-            self.stopped.wait(self.interval)
+            self.stopped.wait(min(ADMIT_SECONDS, self.interval))
 
     def stop(self) -> None:
         self.stopped.set()
         try:
-            withdraw(self.redis, self.info.id)
+            withdraw(self.store.redis, self.info.id)
+            self.store.offer(self.info.id, dict.fromkeys(self.slots, 0), expires=0.0)
         except RedisError as exc:  # the advertisement expires on its own
             log.warning("could not withdraw worker advertisement: %s", exc)
+
+
+def offered_slots(settings: Settings, queues: list[str], concurrency: int) -> dict[str, int]:
+    """Jobs of each queue this worker runs at once, which the scheduler keeps it supplied with: a generation
+    per batch slot, one job per speech engine, a dialogue per thread of a dialogue worker."""
+    per_queue = {"llm": settings.llm_parallel, "stt": 1, "tts": 1, "dialogue": concurrency}
+    return {queue: per_queue[queue] for queue in queues}
 
 
 def restart_when_stalled(handler: JobHandler, stalled: threading.Event) -> JobHandler:
@@ -158,7 +176,8 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
         cuda_visible_devices=settings.cuda_visible_devices,
         metrics_port=settings.worker_metrics_port or None,
     )
-    heartbeat = Heartbeat(redis, info, models, settings.worker_heartbeat_seconds)
+    slots = offered_slots(settings, queues, concurrency)
+    heartbeat = Heartbeat(store, info, models, settings.worker_heartbeat_seconds, slots)
     heartbeat.start()
     reaper = Reaper(redis, app, settings) if Reaper.applies(settings) else None
     if reaper is not None:

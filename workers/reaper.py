@@ -26,9 +26,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from config import Settings
-from contract.jobs import TASKS, JobKind
+from contract.jobs import JobKind
 from jobstore import keys, scripts
-from jobstore.broker import is_redis_url, redis_message
+from tasks.envelope import is_redis_url, redis_message
+from tasks.registry import task_for
 
 log = logging.getLogger(__name__)
 UNACKED = "unacked"  # kombu's Redis transport: the messages its consumers hold, by delivery tag
@@ -73,8 +74,8 @@ class Reaper(threading.Thread):
 
     def _message(self, job_id: str, kind: str) -> tuple[str, str]:
         """A fresh Celery message for the job, and its queue."""
-        task_name, queue = TASKS[JobKind(kind)]
-        return queue, redis_message(self.celery, task_name, queue, job_id, {"job_id": job_id})
+        spec = task_for(JobKind(kind))
+        return spec.queue, redis_message(self.celery, spec.name, spec.queue, job_id, {"job_id": job_id})
 
     def _sweep_queued(self) -> list[str]:
         now = self._now()

@@ -143,6 +143,10 @@ class Stages:
             input_file=audio,
             max_active=0,
             parent=parent.id,
+            # A stage runs at its dialogue's tier, shared out as the dialogue's key's.
+            tier=parent.service_tier,
+            principal=parent.owner,
+            weight=self.settings.key_policy(parent.owner).weight,
         )
         try:
             job = self._call(creating).job

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.common import omitted_when_none
 from contract.generation import ChatMessage, GenerationResult, Usage
+from contract.jobs import RequestedTier, ServiceTier
 
 
 class StreamOptions(BaseModel):
@@ -58,6 +59,7 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    service_tier: RequestedTier | None = None
 
     def sampling(self, max_tokens: int | None) -> dict[str, Any]:
         fields = {
@@ -69,6 +71,7 @@ class SamplingFields(BaseModel):
             "seed": self.seed,
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
+            "service_tier": self.service_tier,
         }
         # OpenAI's semantics: no repetition penalty beyond the frequency and presence penalties sent.
         return {"repeat_penalty": 1.0} | {name: value for name, value in fields.items() if value is not None}
@@ -131,12 +134,22 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: Usage
+    service_tier: ServiceTier | None = omitted_when_none()  # the tier the job ran at
 
     @classmethod
-    def of(cls, job_id: str, model: str, created: int, result: GenerationResult) -> ChatCompletionResponse:
+    def of(
+        cls, job_id: str, model: str, created: int, result: GenerationResult, tier: ServiceTier | None = None
+    ) -> ChatCompletionResponse:
         message = ChatCompletionMessage(content=result.text)
         choice = ChatCompletionChoice(message=message, finish_reason=result.finish_reason)
-        return cls(id=f"chatcmpl-{job_id}", created=created, model=model, choices=[choice], usage=result.usage)
+        return cls(
+            id=f"chatcmpl-{job_id}",
+            created=created,
+            model=model,
+            choices=[choice],
+            usage=result.usage,
+            service_tier=tier,
+        )
 
 
 class CompletionChoice(BaseModel):
@@ -155,11 +168,16 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+    service_tier: ServiceTier | None = omitted_when_none()
 
     @classmethod
-    def of(cls, job_id: str, model: str, created: int, result: GenerationResult) -> CompletionResponse:
+    def of(
+        cls, job_id: str, model: str, created: int, result: GenerationResult, tier: ServiceTier | None = None
+    ) -> CompletionResponse:
         choice = CompletionChoice(text=result.text, finish_reason=result.finish_reason)
-        return cls(id=f"cmpl-{job_id}", created=created, model=model, choices=[choice], usage=result.usage)
+        return cls(
+            id=f"cmpl-{job_id}", created=created, model=model, choices=[choice], usage=result.usage, service_tier=tier
+        )
 
 
 class ChatDelta(BaseModel):
@@ -186,6 +204,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = omitted_when_none()
+    service_tier: ServiceTier | None = omitted_when_none()
 
 
 class CompletionChunkChoice(BaseModel):

@@ -47,7 +47,9 @@ async def chat_completions(
 
     def chunk(delta: str | None, finish: str | None) -> ChatCompletionChunk:
         choice = ChatChunkChoice(delta=ChatDelta(content=delta), finish_reason=finish)
-        return ChatCompletionChunk(id=completion_id, created=created, model=body.model, choices=[choice])
+        return ChatCompletionChunk(
+            id=completion_id, created=created, model=body.model, choices=[choice], service_tier=job.service_tier
+        )
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -56,7 +58,7 @@ async def chat_completions(
         return _stream(state, job, chunk, include_usage, first)
     result = result_of(await wait_for(state, job), GenerationResult)
     response.headers["X-Job-ID"] = job.id
-    return ChatCompletionResponse.of(job.id, body.model, created, result)
+    return ChatCompletionResponse.of(job.id, body.model, created, result, job.service_tier)
 
 
 @router.post("/completions", response_model=CompletionResponse)
@@ -75,7 +77,7 @@ async def completions(
         return _stream(state, job, chunk, include_usage, None)
     result = result_of(await wait_for(state, job), GenerationResult)
     response.headers["X-Job-ID"] = job.id
-    return CompletionResponse.of(job.id, body.model, created, result)
+    return CompletionResponse.of(job.id, body.model, created, result, job.service_tier)
 
 
 def _stream(

@@ -17,6 +17,7 @@ from api.openai.protocol import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
 from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from contract.catalog import ModelRole
 from contract.common import registered
+from contract.jobs import RequestedTier
 from contract.speech import MEDIA_TYPES, AudioFormat
 from contract.synthesis import MAX_SPEECH_CHARS, SynthesizeRequest
 
@@ -37,6 +38,7 @@ class SpeechRequest(BaseModel):
     response_format: AudioFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
+    service_tier: RequestedTier | None = None
 
     @field_validator("model", mode="before")
     @classmethod
@@ -48,6 +50,8 @@ class SpeechRequest(BaseModel):
 async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> Response:
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
     fields = {"text": body.input, "model": body.model, "voice": voice, "speed": body.speed}
+    if body.service_tier is not None:
+        fields["service_tier"] = body.service_tier
     request = resolved(state, validated(SynthesizeRequest, {**fields, "response_format": body.response_format}))
     job = await submit_synthesis(state, request, principal, rid)
     chunks = await started(audio_chunks(state, job))

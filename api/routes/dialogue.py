@@ -54,6 +54,9 @@ async def dialogue_options(
     synthesis_config: Annotated[str | None, Form(description="JSON: voice, response_format, sample_rate, …")] = None,
     conversation_id: Annotated[str | None, Form(description="keeps the history of earlier turns")] = None,
     language: Annotated[str | None, Form(description="the language spoken, if known")] = None,
+    service_tier: Annotated[
+        str | None, Form(description="priority (the default), default, flex or auto: how soon it starts")
+    ] = None,
 ) -> dict[str, Any]:
     return sent_fields(
         instructions=instructions,
@@ -61,6 +64,7 @@ async def dialogue_options(
         synthesis_config=synthesis_config,
         conversation_id=conversation_id,
         language=language,
+        service_tier=service_tier,
     )
 
 

@@ -11,9 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from api.deps import StateDep, authenticate
-from contract.jobs import QUEUES
 from jobstore.adverts import live_workers
-from jobstore.broker import is_redis_url
+from jobstore.waiting import waiting_counts
+from tasks.envelope import is_redis_url
+from tasks.registry import QUEUES
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -49,8 +50,13 @@ async def metrics(request: Request, state: StateDep) -> Response:
         await authenticate(request, state)
     workers = await live_workers(state.redis)
     redis_broker = is_redis_url(state.settings.broker_url)
+    waiting = await waiting_counts(state.redis, QUEUES)
+    for (queue, tier), count in waiting.items():
+        state.metrics.jobs_waiting.labels(queue, tier).set(count)
     for queue in QUEUES:
         state.metrics.queue_workers.labels(queue).set(sum(queue in w.queues for w in workers))
         if redis_broker:  # with RabbitMQ the depth is RabbitMQ's to report
-            state.metrics.queue_depth.labels(queue).set(await state.redis.llen(queue))
+            depth = await state.redis.llen(queue)
+            state.metrics.queue_depth.labels(queue).set(depth)
+            state.metrics.jobs_waiting.labels(queue, "admitted").set(depth)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

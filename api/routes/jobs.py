@@ -25,6 +25,7 @@ from contract.synthesis import SynthesisResult
 from contract.transcription import TranscriptionResult
 from jobstore.event_log import parse_event_id
 from jobstore.store import JobStore
+from jobstore.waiting import place
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -86,7 +87,8 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic)
 async def get_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> JobPublic:
-    return job_public(await _owned(store, job_id, principal))
+    job = await _owned(store, job_id, principal)
+    return job_public(job, await place(store.redis, job_id) if job.status == JobStatus.queued else None)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobPublic)

@@ -34,6 +34,7 @@ async def transcription_options(
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
     task: Annotated[str | None, Form()] = None,
     vad_filter: Annotated[bool | None, Form()] = None,
+    service_tier: Annotated[str | None, Form()] = None,
 ) -> dict[str, Any]:
     """The form fields every transcription route accepts, those that were sent."""
     return sent_fields(
@@ -45,6 +46,7 @@ async def transcription_options(
         timestamp_granularities=timestamp_granularities,
         task=task,
         vad_filter=vad_filter,
+        service_tier=service_tier,
     )
 
 

@@ -20,6 +20,7 @@ local function finish(final, error_json)
     emit(job, stream, channel, ttl, 'error', error_json)
   end
   emit(job, stream, channel, ttl, 'done', cjson.encode({status = final}))
+  sched_admit(redis.call('HGET', job, 'queue'), t)  -- its slot is free for the next waiting job
 end
 
 local function start(attempts, redelivered)
@@ -62,4 +63,5 @@ if status == 'running' or status == 'cancelling' then
   end
   return start(attempts + 1, true)
 end
+sched_admit(redis.call('HGET', job, 'queue'), t)  -- ended before its message came: its slot is free
 return {'skip', status}

@@ -1,15 +1,16 @@
--- Create a job and, when the broker is this Redis, enqueue its Celery message in the same step:
--- a job is never recorded without its message, nor queued without its record.
+-- Create a job and, when the broker is this Redis, hand it to the scheduler in the same step (it waits
+-- there until a worker slot frees, then its message goes onto the queue): a job is never recorded without
+-- a way to reach a worker, nor queued without its record.
 -- KEYS: job, stream, owner index, queue list ('' = no broker message), idempotency key ('' = none),
 --       the owner's active-job set
 -- ARGV: job id, ttl, max queue depth (0 = unlimited), idempotency fingerprint, notify channel,
 --       broker message, queued-event data, max active jobs of the owner (0 = unlimited),
---       then field/value pairs of the job hash
+--       service tier, scheduling principal, its weight, then field/value pairs of the job hash
 local job, stream, index, queue, idem, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, ttl, max_depth = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fingerprint, channel, message, queued_data = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local max_active = tonumber(ARGV[8])
-local ended = {succeeded = true, failed = true, cancelled = true, expired = true}
+local tier, principal, weight = ARGV[9], ARGV[10], ARGV[11]
 
 if idem ~= '' then
   local seen = redis.call('GET', idem)
@@ -24,7 +25,7 @@ end
 if max_active > 0 and redis.call('SCARD', active) >= max_active then
   for _, member in ipairs(redis.call('SMEMBERS', active)) do
     local status = redis.call('HGET', job_key(member), 'status')
-    if not status or ended[status] then redis.call('SREM', active, member) end
+    if not status or ENDED[status] then redis.call('SREM', active, member) end
   end
   local count = redis.call('SCARD', active)
   if count >= max_active then return {'quota', tostring(count)} end
@@ -32,12 +33,13 @@ end
 
 if queue ~= '' and max_depth > 0 then
   local depth = redis.call('LLEN', queue)
+  for _, count in ipairs(redis.call('HVALS', sched_key(queue, 'waiting'))) do depth = depth + tonumber(count) end
   if depth >= max_depth then return {'full', tostring(depth)} end
 end
 
 local t = now()
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', job, 'created_at', stamp(t), 'updated_at', stamp(t), 'queued_at', stamp(t), unpack(fields))
 redis.call('EXPIRE', job, ttl)
 emit(job, stream, channel, ttl, 'queued', queued_data)
@@ -45,8 +47,9 @@ redis.call('ZADD', index, t, id)
 redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
 redis.call('EXPIRE', index, ttl)
 if queue ~= '' then
-  redis.call('LPUSH', queue, message)
-  redis.call('ZADD', QUEUED, t, id)  -- the reaper's watch for a message a dying consumer lost
+  redis.call('HSET', job, 'message', message)
+  sched_enqueue(queue, tier, principal, weight, id)
+  sched_admit(queue, t)
 end
 if idem ~= '' then redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', ttl) end
 if max_active > 0 then

@@ -1,16 +1,17 @@
--- Create several jobs on one queue at once (a batch's lines), all or none: the active-job quota and the
--- queue depth are checked for all of them together, as `create.lua` checks them for one, so a batch
--- can never take a key past MAX_ACTIVE_JOBS_PER_KEY nor fill a queue past QUEUE_MAX_DEPTH.
--- KEYS: owner index of the jobs, queue list ('' = no broker message), the active-job set they count in
---       (the API key's own, whoever owns the jobs)
--- ARGV: ttl, max queue depth (0 = unlimited), max active jobs (0 = unlimited), queued-event data,
---       then for each job: id, notify channel, broker message, n, and n field/value items of its hash
-local index, queue, active = KEYS[1], KEYS[2], KEYS[3]
-local ttl, max_depth, max_active, queued_data = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local ended = {succeeded = true, failed = true, cancelled = true, expired = true}
+-- Create several jobs on one queue at once (a batch's lines), all or none, and hand them to the scheduler
+-- (flex by default: they are admitted to the broker as worker slots free). The queue depth is checked for
+-- all of them together, as `create.lua` checks it for one; a batch's lines do not count against
+-- MAX_ACTIVE_JOBS_PER_KEY (what they may take of the workers is the scheduler's to share), only against
+-- the storage quota. A large batch comes in several calls, a chunk of lines each.
+-- KEYS: owner index of the jobs, queue list ('' = no broker message)
+-- ARGV: ttl, max queue depth (0 = unlimited), queued-event data, service tier, scheduling principal, its
+--       weight, then for each job: id, notify channel, broker message, n, and n field/value items of its hash
+local index, queue = KEYS[1], KEYS[2]
+local ttl, max_depth, queued_data = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local tier, principal, weight = ARGV[4], ARGV[5], ARGV[6]
 
 local jobs = {}
-local i = 5
+local i = 7
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 3])
   jobs[#jobs + 1] = {id = ARGV[i], channel = ARGV[i + 1], message = ARGV[i + 2], first = i + 4, last = i + 3 + n}
@@ -18,19 +19,9 @@ while i <= #ARGV do
 end
 local count = #jobs
 
-if max_active > 0 then
-  if redis.call('SCARD', active) + count > max_active then
-    for _, member in ipairs(redis.call('SMEMBERS', active)) do
-      local status = redis.call('HGET', job_key(member), 'status')
-      if not status or ended[status] then redis.call('SREM', active, member) end
-    end
-  end
-  local held = redis.call('SCARD', active)
-  if held + count > max_active then return {'quota', tostring(held)} end
-end
-
 if queue ~= '' and max_depth > 0 then
   local depth = redis.call('LLEN', queue)
+  for _, waiting in ipairs(redis.call('HVALS', sched_key(queue, 'waiting'))) do depth = depth + tonumber(waiting) end
   if depth + count > max_depth then return {'full', tostring(depth)} end
 end
 
@@ -43,12 +34,11 @@ for _, spec in ipairs(jobs) do
   emit(job, job .. ':events', spec.channel, ttl, 'queued', queued_data)
   redis.call('ZADD', index, t, spec.id)
   if queue ~= '' then
-    redis.call('LPUSH', queue, spec.message)
-    redis.call('ZADD', QUEUED, t, spec.id)
+    redis.call('HSET', job, 'message', spec.message)
+    sched_enqueue(queue, tier, principal, weight, spec.id)
   end
-  if max_active > 0 then redis.call('SADD', active, spec.id) end
 end
+if queue ~= '' then sched_admit(queue, t) end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
 redis.call('EXPIRE', index, ttl)
-if max_active > 0 then redis.call('EXPIRE', active, ttl) end
 return {'created', tostring(count), stamp(t)}

@@ -17,4 +17,7 @@ if err ~= '' then
   emit(job, stream, channel, ttl, 'error', err)
 end
 emit(job, stream, channel, ttl, 'done', cjson.encode({status = final}))
+local queue = redis.call('HGET', job, 'queue')
+sched_observe(queue, t - (tonumber(redis.call('HGET', job, 'running_at') or '') or t))
+sched_admit(queue, t)  -- its slot is free for the next waiting job
 return final

@@ -1,4 +1,5 @@
-"""The Celery app: JSON only, late acks, prefetch 1, one queue per model kind, routed by task name."""
+"""The Celery app: JSON only, late acks, prefetch 1, one queue per model kind, each task routed by its row of
+`tasks/registry.py`."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from config import Settings
-from contract.jobs import QUEUES
-from jobstore.broker import is_redis_url
-from jobstore.redis_transport import TRANSPORT as REDIS_TRANSPORT
-
-# Task names carry their queue: `speechq.<queue>.<name>`.
-TASK_ROUTES = {f"speechq.{queue}.*": {"queue": queue, "routing_key": queue} for queue in QUEUES}
+from tasks.envelope import is_redis_url
+from tasks.redis_transport import TRANSPORT as REDIS_TRANSPORT
+from tasks.registry import QUEUES, ROUTES
 
 
 def transport_options(settings: Settings) -> dict[str, object]:
@@ -49,7 +47,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
-        task_routes=TASK_ROUTES,
+        task_routes=ROUTES,
         task_default_queue="llm",
         worker_send_task_events=True,  # Flower sees every task's state
         task_send_sent_event=True,
