@@ -43,6 +43,7 @@ MAX_ERRORS = 100  # of a failed batch's line errors, the first this many are kep
 FINALIZE_LEASE_SECONDS = 300.0  # writing a batch's files takes well under a second per thousand lines
 CANCEL_SETTLE_SECONDS = 2.0  # how long a cancel waits for a finalizing under way elsewhere to end
 MAX_FINALIZE_ATTEMPTS = 5  # tries at writing a batch's files before it ends `failed`
+SETTLE_INLINE_LINES = 5_000  # a cancel answers `cancelled` with the files written up to this many lines
 
 
 class BatchService:
@@ -128,7 +129,8 @@ class BatchService:
     async def cancel(self, batch_id: str, owner: str) -> dict[str, Any] | None:
         """Cancel a batch in progress: its queued jobs end at once and leave the queue, running ones are asked
         to stop. Answers once the batch has ended if its jobs already have (or once a finalizing under way
-        has); None when there is no such batch."""
+        has); a batch of more than SETTLE_INLINE_LINES answers `cancelling`, as OpenAI's does, and the sweeper
+        writes its files (seconds, for 50,000 lines). None when there is no such batch."""
         for _ in range(10):  # each retry follows a sweep that changed the batch between our read and write
             read = await self.batches.get_batch(batch_id, owner)
             if read is None or read.status not in ("validating", "in_progress"):
@@ -137,8 +139,10 @@ class BatchService:
                 read, {**read.record, "status": "cancelling", "cancelling_at": int(time.time())}
             )
             if moved is not None:
-                await self._cancel_jobs(moved, await self.batches.job_ids(batch_id))
-                await self.advance(batch_id)
+                job_ids = await self.batches.job_ids(batch_id)
+                await self._cancel_jobs(moved, job_ids)
+                if len(job_ids) <= SETTLE_INLINE_LINES:  # a large one's files are the sweeper's to write
+                    await self.advance(batch_id)
                 break
         return await self._settled(batch_id, owner)
 

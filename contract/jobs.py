@@ -78,7 +78,6 @@ class JobRecord:
     progress: dict[str, Any] | None = None
     request_id: str | None = None
     service_tier: ServiceTier = ServiceTier.default
-    waiting: bool = False  # still in the scheduler, not yet admitted to the broker
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -97,7 +96,6 @@ class JobRecord:
             progress=_json_or_none(raw.get("progress")),
             request_id=raw.get("request_id") or None,
             service_tier=ServiceTier(raw.get("tier") or ServiceTier.default),
-            waiting=raw.get("waiting") == "1",
         )
 
 

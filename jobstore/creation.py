@@ -15,7 +15,7 @@ from celery import Celery
 
 from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from jobstore import keys
-from tasks.envelope import redis_message
+from tasks.envelope import MessageMaker
 from tasks.registry import task_for
 
 
@@ -126,9 +126,11 @@ class CreatePlan:
         tier: ServiceTier = ServiceTier.default,
         principal: str | None = None,
         weight: float = 1.0,
+        maker: MessageMaker | None = None,
     ) -> CreatePlan:
         """`tier`, `principal` (the API key the scheduler shares slots between; default: `owner`) and its
-        `weight` place the job in the scheduler (`tasks/scheduler.py`)."""
+        `weight` place the job in the scheduler (`tasks/scheduler.py`); `maker` builds the broker message of
+        many jobs of one task quickly (a batch's lines)."""
         job_id = new_job_id()
         spec = task_for(kind)
         task_name, queue = spec.name, spec.queue
@@ -151,8 +153,9 @@ class CreatePlan:
         if parent is not None:
             fields["parent"] = parent
         fields.update(extra_fields or {})
-        headers = {"request_id": request_id} if request_id else None
-        message = redis_message(celery, task_name, queue, job_id, {"job_id": job_id}, headers) if direct else ""
+        if direct and maker is None:
+            maker = MessageMaker(celery, task_name, queue, {"request_id": request_id} if request_id else None)
+        message = maker.make(job_id) if maker is not None else ""
         return cls(
             job_id=job_id,
             task_name=task_name,
@@ -174,7 +177,7 @@ class CreatePlan:
                 job_id,
                 ttl,
                 max_queue_depth,
-                fingerprint(kind, request, input_file),
+                fingerprint(kind, request, input_file) if idempotency_key else "",
                 keys.notify(job_id),
                 message,
                 json.dumps({"queue": queue, "service_tier": tier.value}),

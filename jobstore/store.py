@@ -28,7 +28,8 @@ from jobstore.creation import (
 )
 from jobstore.storage import Charge, StorageAccount
 from jobstore.waiting import place
-from tasks.envelope import is_redis_url
+from tasks.envelope import MessageMaker, is_redis_url
+from tasks.registry import task_for
 
 log = logging.getLogger(__name__)
 CREATE_CHUNK = 500  # a batch's lines created per script call: Redis is never held for long
@@ -130,6 +131,8 @@ class JobStore:
         if not requests:
             return []
         charge = await self._charge(allowance, requests)
+        spec = task_for(kind)
+        maker = MessageMaker(self.celery, spec.name, spec.queue, {"request_id": request_id} if request_id else None)
         plans = [
             self._plan(
                 kind,
@@ -142,12 +145,17 @@ class JobStore:
                 tier=tier,
                 principal=principal,
                 weight=weight,
+                maker=maker if self._direct else None,
             )
             for request, file in requests
         ]
         queue = plans[0].queue
+        # The fields every line shares go once; each line sends its own (its id, request, input size).
+        common = {
+            name: value for name, value in plans[0].fields.items() if all(p.fields.get(name) == value for p in plans)
+        }
         head: list[Any] = [self.ttl, self.max_queue_depth, json.dumps({"queue": queue, "service_tier": tier.value})]
-        head += [tier.value, principal, weight]
+        head += [tier.value, principal, weight, 2 * len(common), *[item for pair in common.items() for item in pair]]
         created: list[CreatePlan] = []
         try:
             for first in range(0, len(plans), CREATE_CHUNK):
@@ -159,8 +167,10 @@ class JobStore:
                     await pipe.execute()
                 args = list(head)
                 for plan in chunk:
-                    pairs = [item for pair in plan.fields.items() for item in pair]
-                    args += [plan.job_id, keys.notify(plan.job_id), plan.message, len(pairs), *pairs]
+                    pairs = [
+                        item for name, value in plan.fields.items() if name not in common for item in (name, value)
+                    ]
+                    args += [plan.job_id, plan.message, len(pairs), *pairs]
                 reply = await self._scripts["create_many"](
                     keys=[keys.owner_index(owner), queue if self._direct else ""], args=args
                 )
@@ -202,6 +212,7 @@ class JobStore:
         tier: ServiceTier = ServiceTier.default,
         principal: str | None = None,
         weight: float = 1.0,
+        maker: MessageMaker | None = None,
     ) -> CreatePlan:
         return CreatePlan.build(
             self.celery,
@@ -221,6 +232,7 @@ class JobStore:
             tier=tier,
             principal=principal,
             weight=weight,
+            maker=maker,
         )
 
     async def _charge(

@@ -168,3 +168,15 @@ def test_a_bad_policy_stops_start_up_naming_it(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "API_KEY_POLICIES" in out.stderr and "default_tier 'default' is not among its tiers" in out.stderr
+
+
+def test_a_batch_of_more_than_50000_lines_fails_naming_the_limit(stack: PrivateStack) -> None:
+    body = {"model": "gemma-3-270m", "prompt": "a", "max_tokens": 1}
+    line = {"method": "POST", "url": "/v1/completions", "body": body}
+    content = "\n".join(json.dumps({"custom_id": f"c{n}", **line}) for n in range(50_001)).encode()
+    with http(stack, KEY_A) as a:
+        file_id = a.post("/v1/files", files={"file": ("big.jsonl", content)}, data={"purpose": "batch"}).json()["id"]
+        batch = a.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions"}).json()
+    assert batch["status"] == "failed"
+    first = batch["errors"]["data"][0]
+    assert first["code"] == "too_many_requests" and "a batch takes at most 50000" in first["message"]

@@ -20,6 +20,15 @@ local function emit(job, stream, channel, ttl, etype, data)
   return id
 end
 
+-- A new job's first event: nothing came before it, and no reader can be waiting on a job nobody has heard
+-- of yet (a reader reads the stream before it waits), so nothing is published.
+local function emit_first(job, stream, ttl, etype, data)
+  local id = redis.call('XADD', stream, '*', 'type', etype, 'data', data)
+  redis.call('EXPIRE', stream, ttl)
+  redis.call('HSET', job, 'last_event_id', id)
+  return id
+end
+
 local function set_status(job, status, t)
   redis.call('HSET', job, 'status', status, status .. '_at', stamp(t), 'updated_at', stamp(t))
 end

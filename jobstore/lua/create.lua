@@ -8,7 +8,7 @@
 --       service tier, scheduling principal, its weight, then field/value pairs of the job hash
 local job, stream, index, queue, idem, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, ttl, max_depth = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local fingerprint, channel, message, queued_data = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local fingerprint, message, queued_data = ARGV[4], ARGV[6], ARGV[7]  -- ARGV[5]: the channel, unused at birth
 local max_active = tonumber(ARGV[8])
 local tier, principal, weight = ARGV[9], ARGV[10], ARGV[11]
 
@@ -40,15 +40,20 @@ end
 local t = now()
 local fields = {}
 for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+if queue ~= '' then  -- it waits in the scheduler with its message
+  fields[#fields + 1] = 'message'
+  fields[#fields + 1] = message
+  fields[#fields + 1] = 'waiting'
+  fields[#fields + 1] = '1'
+end
 redis.call('HSET', job, 'created_at', stamp(t), 'updated_at', stamp(t), 'queued_at', stamp(t), unpack(fields))
 redis.call('EXPIRE', job, ttl)
-emit(job, stream, channel, ttl, 'queued', queued_data)
+emit_first(job, stream, ttl, 'queued', queued_data)
 redis.call('ZADD', index, t, id)
 redis.call('ZREMRANGEBYSCORE', index, '-inf', t - ttl)
 redis.call('EXPIRE', index, ttl)
 if queue ~= '' then
-  redis.call('HSET', job, 'message', message)
-  sched_enqueue(queue, tier, principal, weight, id)
+  sched_enqueue(queue, tier, principal, weight, {id})
   sched_admit(queue, t)
 end
 if idem ~= '' then redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', ttl) end

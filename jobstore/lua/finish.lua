@@ -18,6 +18,8 @@ if err ~= '' then
 end
 emit(job, stream, channel, ttl, 'done', cjson.encode({status = final}))
 local queue = redis.call('HGET', job, 'queue')
-sched_observe(queue, t - (tonumber(redis.call('HGET', job, 'running_at') or '') or t))
+if final == 'succeeded' then  -- a run cut short (cancelled, failed) says nothing of how long jobs take
+  sched_observe(queue, t - (tonumber(redis.call('HGET', job, 'running_at') or '') or t))
+end
 sched_admit(queue, t)  -- its slot is free for the next waiting job
 return final

@@ -8,10 +8,12 @@
 local ENDED = {succeeded = true, failed = true, cancelled = true, expired = true}
 local MAX_SKIPS = 20000  -- cancelled jobs dropped per admission, so a cancelled 50,000-line batch never stalls Redis
 
-local function sched_enqueue(queue, tier, principal, weight, id)
+-- Jobs `ids` (their records already marked `waiting`) join the end of their principal's line at `tier`.
+local function sched_enqueue(queue, tier, principal, weight, ids)
   local vt = sched_key(queue, 'vt')
   local flows = sched_key(queue, tier .. ':flows')
-  redis.call('RPUSH', sched_key(queue, tier .. ':p:' .. principal), id)
+  local list = sched_key(queue, tier .. ':p:' .. principal)
+  for first = 1, #ids, 1000 do redis.call('RPUSH', list, unpack(ids, first, math.min(first + 999, #ids))) end
   redis.call('HSET', sched_key(queue, tier .. ':weights'), principal, weight)
   -- A principal (or tier) that had nothing waiting joins at the pass last served, or at its own pass if that
   -- is later (it was served ahead while it had work): it is neither owed the turns it did not use, nor sent
@@ -25,16 +27,28 @@ local function sched_enqueue(queue, tier, principal, weight, id)
     local last = tonumber(redis.call('HGET', sched_key(queue, 'last'), tier) or '0')
     redis.call('ZADD', tiers, math.max(last, tonumber(redis.call('HGET', vt, 'tiers') or '0')), TIER_MEMBER[tier])
   end
-  redis.call('HINCRBY', sched_key(queue, 'waiting'), tier, 1)
-  redis.call('HSET', job_key(id), 'waiting', '1')
+  redis.call('HINCRBY', sched_key(queue, 'waiting'), tier, #ids)
 end
 
 -- A waiting job leaves the scheduler's count (cancelled); its id is dropped from its list when reached.
-local function sched_forget(job)
-  if redis.call('HGET', job, 'waiting') ~= '1' then return end
+-- `counts` (optional) gathers the decrements by queue and tier, for the caller to apply at once.
+local function sched_forget(job, counts)
+  local waiting, queue, tier = unpack(redis.call('HMGET', job, 'waiting', 'queue', 'tier'))
+  if waiting ~= '1' then return end
   redis.call('HDEL', job, 'waiting', 'message')
-  local queue, tier = redis.call('HGET', job, 'queue'), redis.call('HGET', job, 'tier') or 'default'
-  redis.call('HINCRBY', sched_key(queue, 'waiting'), tier, -1)
+  local key = sched_key(queue, 'waiting') .. ' ' .. (tier or 'default')
+  if counts then
+    counts[key] = (counts[key] or 0) + 1
+  else
+    redis.call('HINCRBY', sched_key(queue, 'waiting'), tier or 'default', -1)
+  end
+end
+
+local function sched_forgotten(counts)
+  for key, count in pairs(counts) do
+    local hash, tier = string.match(key, '^(%S+) (%S+)$')
+    redis.call('HINCRBY', hash, tier, -count)
+  end
 end
 
 -- Slots of the live workers serving the queue (their adverts expire with their heartbeat).
