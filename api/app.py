@@ -74,7 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=store,
             files=file_store,
             batches=batch_store,
-            batch_service=batch_service,
             hub=hub,
             keys=KeyRing(settings),
             limiter=RateLimiter(redis, settings),

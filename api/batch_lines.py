@@ -20,8 +20,11 @@ from api.errors import (
     RequestTooLarge,
     Unprocessable,
     batch_error,
+    failure_of,
     validated,
 )
+from api.intake.jobs import with_operator_defaults
+from api.intake.transcription import transcribe_request
 from api.openai.payloads import chat_payload, completion_payload
 from api.openai.protocol import (
     ChatCompletionRequest,
@@ -29,12 +32,10 @@ from api.openai.protocol import (
     CompletionRequestOpenAI,
     CompletionResponse,
 )
-from api.submit import failure_of
-from api.transcription_request import transcribe_request
 from api.uploads import AudioBudget, check_audio
 from config import Settings
 from contract.errors import internal_error_message
-from contract.generation import GenerationResult, with_defaults
+from contract.generation import GenerationResult
 from contract.jobs import JobKind, JobRecord, JobStatus, RequestedTier
 from contract.results import result_of
 from contract.transcription import TranscriptionResult
@@ -146,14 +147,13 @@ class LinePlanner:
         if body.get("stream"):
             raise Unprocessable("body.stream: a batch answers whole responses, not streams", param="body.stream")
         kind = ENDPOINTS[endpoint]
-        defaults = self.settings.generation_defaults
         if kind == JobKind.chat:
             chat = validated(ChatCompletionRequest, body, "body")
-            payload = with_defaults(chat_payload(chat), defaults).model_dump(mode="json")
+            payload = with_operator_defaults(chat_payload(chat), self.settings).model_dump(mode="json")
             return Planned(custom_id=custom_id, kind=kind, model=chat.model, payload=payload)
         if kind == JobKind.completion:
             completion = validated(CompletionRequestOpenAI, body, "body")
-            payload = with_defaults(completion_payload(completion), defaults).model_dump(mode="json")
+            payload = with_operator_defaults(completion_payload(completion), self.settings).model_dump(mode="json")
             return Planned(custom_id=custom_id, kind=kind, model=completion.model, payload=payload)
         return await self._plan_transcription(custom_id, body)
 

@@ -27,11 +27,11 @@ from redis.exceptions import RedisError
 
 from api.batch_lines import ENDPOINTS, BatchCreate, LinePlanner, Planned, queue_of, refund, result_line
 from api.errors import NotFound
-from api.submit import allowance, storage_quota
 from config import Settings
 from contract.jobs import JobRecord, JobStatus, ServiceTier
 from jobstore import keys
 from jobstore.batches import OPEN_STATUSES, BatchStore, StoredBatch
+from jobstore.creation import Allowance, storage_quota
 from jobstore.files import FileStore, new_id
 from jobstore.store import JobStore
 from tasks.scheduler import resolve_tier
@@ -83,7 +83,7 @@ class BatchService:
                 tier=resolve_tier(body.service_tier, policy, route_default=ServiceTier.flex),
                 weight=policy.weight,
                 request_id=request_id,
-                allowance=allowance(self.settings, owner),
+                allowance=Allowance.of(self.settings, owner),
             )
         except BaseException:
             await refund(plans)

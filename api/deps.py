@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from api.auth import ANONYMOUS, Principal
+from api.batch_service import BatchService
 from api.errors import (
     ApiError,
     BadRequest,
@@ -54,6 +55,14 @@ async def get_store(state: StateDep) -> JobStore:
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
+async def get_batch_service(state: StateDep) -> BatchService:
+    """The batch service over this process's stores (a few references: made per request)."""
+    return BatchService(state.store, state.files, state.batches, state.settings)
+
+
+BatchServiceDep = Annotated[BatchService, Depends(get_batch_service)]
+
+
 async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
     """The caller, after its key (or, without one, its IP) has passed the rate limit.
 
@@ -88,8 +97,8 @@ async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
     return principal
 
 
-# The Gemma 3 Speech API's routes: they answer as the original did (SPEC §7), a wrong key included.
-SEED_ROUTES = frozenset(
+# The Gemma 3 Speech API's routes: they answer as the original did (README: Migrating), a wrong key included.
+LEGACY_ROUTES = frozenset(
     {
         "/v1/generate",
         "/v1/generate_stream",
@@ -125,8 +134,8 @@ class AccessGate:
         try:
             principal = await authenticate(conn, app_state(conn))
         except InvalidApiKey as exc:
-            seed = scope["path"] in SEED_ROUTES  # the original answered a wrong key 403, a missing one 401
-            refusal = api_error_response(Forbidden("Invalid API key") if seed else exc)
+            legacy = scope["path"] in LEGACY_ROUTES  # the original answered a wrong key 403, a missing one 401
+            refusal = api_error_response(Forbidden("Invalid API key") if legacy else exc)
         except Exception as exc:  # noqa: BLE001 - Redis away or full, or a bug: the envelope, not a plain 500
             refusal = api_error_response(as_api_error(exc))
         else:
@@ -171,8 +180,8 @@ async def websocket_principal(websocket: WebSocket) -> tuple[AppState, Principal
     except TooManyRequests as exc:
         await refuse(websocket, 4429, exc.message)
     except InvalidApiKey:
-        seed = websocket.scope["path"] in SEED_ROUTES
-        await refuse(websocket, 4403 if seed else 4401, "Invalid API key" if seed else "invalid API key")
+        legacy = websocket.scope["path"] in LEGACY_ROUTES
+        await refuse(websocket, 4403 if legacy else 4401, "Invalid API key" if legacy else "invalid API key")
     except Unauthorized:
         await refuse(websocket, 4401, "Missing API key")
     except Exception as exc:  # noqa: BLE001 - Redis away, or a bug: the client hears why before the close
@@ -204,7 +213,7 @@ WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Aw
 
 
 async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> None:
-    """The seed API's WebSockets: check the key, accept, then answer JSON requests one after another on
+    """The original API's WebSockets: check the key, accept, then answer JSON requests one after another on
     the same connection, as the original's loops did. A refused or failed request gets its
     `websocket_error` message and the connection stays open for the next; any other failure (Redis or
     the broker away, a bug) gets its message too, then closes the connection (1011)."""

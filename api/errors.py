@@ -3,7 +3,7 @@
     ApiError (500 internal_error)
     ├── BadRequest (400)
     ├── Unauthorized (401 invalid_api_key)
-    │   └── InvalidApiKey (401, or 403 on the seed routes)
+    │   └── InvalidApiKey (401, or 403 on the original API's routes)
     ├── Forbidden (403 invalid_api_key)
     ├── NotFound (404 not_found)
     │   └── ModelNotFound (404 model_not_found)
@@ -56,6 +56,7 @@ from api.request_id import request_id_header, request_id_of
 from api.validation import clipped, public_errors, unregistered_model_param, validation_summary
 from config.logs import current_request_id, log_context
 from contract.errors import Category, JobError, failure_from, internal_error_message
+from contract.jobs import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -82,7 +83,7 @@ class Unauthorized(ApiError):
 
 
 class InvalidApiKey(Unauthorized):
-    """A key was sent and is not one of API_KEYS (401; 403 on the seed routes, as the original answered)."""
+    """A key was sent and is not one of API_KEYS (401; 403 on the original API's routes, as the original answered)."""
 
 
 class Forbidden(ApiError):
@@ -197,6 +198,24 @@ class JobFailure(ApiError):
         return cls(failure_from(error))
 
 
+def failure_of(job: JobRecord) -> ApiError | None:
+    """What the API answers for a job that did not succeed (None for one that did): a failure as its
+    `JobFailure`, a cancelled job 409, an expired one 504."""
+    if job.status == JobStatus.succeeded:
+        return None
+    if job.status in (JobStatus.cancelled, JobStatus.cancelling):
+        return Conflict(f"job {job.id} was cancelled")
+    if job.status == JobStatus.expired:
+        return GatewayTimeout(f"job {job.id} expired in the queue before a worker took it")
+    return JobFailure.recorded(job.error)
+
+
+def raise_for_failure(job: JobRecord) -> None:
+    failure = failure_of(job)
+    if failure is not None:
+        raise failure
+
+
 MODEL_NOT_FOUND_MESSAGE = "The model does not exist or is not served here; GET /v1/models lists the models"
 
 
@@ -281,7 +300,7 @@ class WebSocketError:
 
 def websocket_error(exc: BaseException) -> WebSocketError:
     """Every WebSocket route's error: `{"event": "error", "status": "error", "detail", "code", "error"}`
-    (`event` is what the seed speech routes' clients read, `status` the seed generation route's, `error`
+    (`event` is what the original speech routes' clients read, `status` the original generation route's, `error`
     OpenAI's object), and the close code for a route that closes on it."""
     error = as_api_error(exc)
     message = {"event": "error", "status": "error", **error_body(error), "code": error.code}

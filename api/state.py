@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from celery import Celery
 from redis.asyncio import Redis
@@ -17,9 +16,6 @@ from jobstore.event_log import EventHub
 from jobstore.files import FileStore
 from jobstore.store import JobStore
 
-if TYPE_CHECKING:  # the service imports `api.submit` (quotas, job failures), which imports this module
-    from api.batch_service import BatchService
-
 
 @dataclass(slots=True)
 class AppState:
@@ -29,7 +25,6 @@ class AppState:
     store: JobStore
     files: FileStore
     batches: BatchStore
-    batch_service: BatchService
     hub: EventHub
     keys: KeyRing
     limiter: RateLimiter

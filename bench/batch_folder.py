@@ -52,9 +52,9 @@ def in_process(folder: Path) -> float:
 
     from contract.catalog import CATALOG
     from media.audio import decode
-    from workers.weights import resolve_stt
+    from workers.weights import locate
 
-    path = resolve_stt(CATALOG["whisper-tiny.en"], ROOT / "var" / "models")
+    path = locate(CATALOG["whisper-tiny.en"], ROOT / "var" / "models")
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
     started = time.perf_counter()
     for source in sorted(folder.rglob("*.wav")):
@@ -67,13 +67,13 @@ def in_process(folder: Path) -> float:
 def openai_whisper_cli(folder: Path, out: Path) -> float | None:
     from contract.catalog import CATALOG
     from workers.openai_whisper import find_checkpoint
-    from workers.weights import resolve_stt
+    from workers.weights import locate
 
     whisper = Path(sys.executable).with_name("whisper")
     if not whisper.exists() or shutil.which("ffmpeg") is None:  # the whisper CLI decodes with ffmpeg
         return None
     models = ROOT / "var" / "models"
-    checkpoint = find_checkpoint("whisper-tiny.en", resolve_stt(CATALOG["whisper-tiny.en"], models), models)
+    checkpoint = find_checkpoint("whisper-tiny.en", locate(CATALOG["whisper-tiny.en"], models), models)
     files = [str(p) for p in sorted(folder.rglob("*.wav"))]
     argv = [str(whisper), *files, "--model", str(checkpoint), "--language", "en", "--fp16", "False"]
     argv += ["--device", "cpu", "--threads", "2", "--output_format", "txt", "--output_dir", str(out)]

@@ -120,9 +120,9 @@ def main() -> None:
 
     from contract.catalog import CATALOG
     from workers.llm_native import NativeContext, NativeModel
-    from workers.weights import resolve_llm
+    from workers.weights import locate
 
-    model = NativeModel(resolve_llm(CATALOG["gemma-3-270m"], Path("var/models")), n_gpu_layers=0)
+    model = NativeModel(locate(CATALOG["gemma-3-270m"], Path("var/models")), n_gpu_layers=0)
     context = NativeContext(
         model, n_ctx_seq=2048, n_seq=max(levels), n_batch=512, n_threads=THREADS, n_threads_batch=THREADS
     )

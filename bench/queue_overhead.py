@@ -39,9 +39,9 @@ def in_process_latencies(samples: int) -> list[float]:
 
     from config import Settings
     from contract.catalog import CATALOG
-    from workers.weights import resolve_llm
+    from workers.weights import locate
 
-    path = resolve_llm(CATALOG["gemma-3-270m"], Settings().models_dir)
+    path = locate(CATALOG["gemma-3-270m"], Settings().models_dir)
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, verbose=False)
     out = []
     for _ in range(samples):

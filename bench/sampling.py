@@ -68,9 +68,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from contract.catalog import CATALOG
-    from workers.weights import resolve_llm
+    from workers.weights import locate
 
-    path = resolve_llm(CATALOG["gemma-3-270m"], Path("var/models"))
+    path = locate(CATALOG["gemma-3-270m"], Path("var/models"))
     engine = LlmEngine("gemma-3-270m", path, n_ctx=2048, n_threads=2, n_gpu_layers=0, n_batch=512, parallel=1)
     per_token(engine, GREEDY, 8)  # warm-up
     greedy, defaults = [], []

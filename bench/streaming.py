@@ -73,10 +73,10 @@ def main() -> None:
     from llama_cpp import Llama
 
     from contract.catalog import CATALOG
-    from workers.weights import resolve_llm
+    from workers.weights import locate
 
     # llama-cpp-python's high-level API: what speechq's engine was before continuous batching.
-    path = resolve_llm(CATALOG["gemma-3-270m"], Path("var/models"))
+    path = locate(CATALOG["gemma-3-270m"], Path("var/models"))
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
     local: list[tuple[float, float, int]] = []
     queued: list[tuple[float, float, int]] = []

@@ -38,9 +38,9 @@ def in_process(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[str, 
 
     from contract.catalog import CATALOG
     from media.audio import decode
-    from workers.weights import resolve_stt
+    from workers.weights import locate
 
-    path = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))
+    path = locate(CATALOG["whisper-tiny.en"], Path("var/models"))
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
     times: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(rounds):
@@ -63,10 +63,10 @@ def openai_whisper(files: dict[str, tuple[bytes, float]], rounds: int) -> dict[s
     from contract.catalog import CATALOG
     from media.audio import decode
     from workers.openai_whisper import find_checkpoint
-    from workers.weights import resolve_stt
+    from workers.weights import locate
 
     torch.set_num_threads(2)
-    path = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))
+    path = locate(CATALOG["whisper-tiny.en"], Path("var/models"))
     model = whisper.load_model(str(find_checkpoint("whisper-tiny.en", path, Path("var/models"))), device="cpu")
     times: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(rounds):

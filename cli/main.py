@@ -300,7 +300,7 @@ def models_prepare(
     engine is an optional extra that is not installed (Piper) is listed as skipped, not failed."""
     from contract.catalog import ModelRole, UnknownModel, use_registry
     from contract.errors import ModelUnavailable
-    from workers.weights import fetch, resolve_llm, resolve_stt
+    from workers.weights import fetch, locate
 
     settings = settings_or_exit()
     registry = registry_or_exit(settings)
@@ -314,10 +314,8 @@ def models_prepare(
             where: object
             if entry.source:
                 where = fetch(entry, settings.models_dir)
-            elif entry.role == ModelRole.stt:
-                where = resolve_stt(entry, settings.models_dir)
-            elif entry.role == ModelRole.llm:
-                where = resolve_llm(entry, settings.models_dir)
+            elif entry.role in (ModelRole.stt, ModelRole.llm):
+                where = locate(entry, settings.models_dir)
             elif entry.any_voice:
                 where = f"remote, {settings.openaudio_api_base}{settings.openaudio_tts_path}"
             else:

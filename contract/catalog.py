@@ -45,7 +45,16 @@ class CatalogEntry:
     source: str = ""  # an operator's entry: a local path or hf://owner/repo/file; built-ins: their package
     sha256: str | None = None  # an operator's entry: the file's digest, checked by `speechq models prepare`
     options: Mapping[str, int] = field(default_factory=dict)  # an operator's LLM: n_ctx, n_gpu_layers, n_batch
+    # The engine that runs it (a row of `workers/engines.py`); a speech-to-text entry runs on the one
+    # LOCAL_WHISPER_ENGINE names. Unset: its role's usual engine (`DEFAULT_ENGINE`).
+    engine: str = ""
 
+    @property
+    def engine_name(self) -> str:
+        return self.engine or DEFAULT_ENGINE[self.role]
+
+
+DEFAULT_ENGINE = {ModelRole.llm: "llama.cpp", ModelRole.stt: "faster-whisper", ModelRole.tts: "hibari"}
 
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
@@ -99,6 +108,7 @@ CATALOG: dict[str, CatalogEntry] = {
             license="GPL-3.0-or-later (piper-tts), MIT (voice)",
             voices=("joe",),
             sample_rate=22_050,
+            engine="piper",
         ),
         CatalogEntry(
             name="openaudio-s1-mini",
@@ -109,6 +119,7 @@ CATALOG: dict[str, CatalogEntry] = {
             voices=("default",),
             sample_rate=44_100,
             any_voice=True,
+            engine="openaudio",
         ),
     )
 }

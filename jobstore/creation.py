@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from config import Settings
 from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from jobstore import keys
 from tasks.envelope import MessageMaker
@@ -69,6 +70,18 @@ class Allowance:
     owner: str  # the API key's id, whoever owns the jobs (a batch's lines, say)
     storage_quota: int | None = None
     max_request_bytes: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings, key: str) -> Allowance:
+        """What API key `key` may store with a job: MAX_JOB_REQUEST_KB, STORAGE_QUOTA_MB_PER_KEY."""
+        return cls(
+            owner=key, storage_quota=storage_quota(settings), max_request_bytes=settings.max_job_request_kb * 1024
+        )
+
+
+def storage_quota(settings: Settings) -> int | None:
+    """STORAGE_QUOTA_MB_PER_KEY in bytes, or None when it is off (nothing is counted)."""
+    return int(settings.storage_quota_mb_per_key * 1024 * 1024) or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,11 @@ class Event:
     def terminal(self) -> bool:
         return self.type == EventType.done
 
+    @classmethod
+    def from_entry(cls, event_id: str, fields: dict[str, str]) -> Event:
+        """An entry of a job's stream (`XRANGE`/`XREAD`): the one place its fields are read."""
+        return cls(id=event_id, type=fields["type"], data=json.loads(fields["data"]))
+
 
 def parse_event_id(value: str | None) -> str | None:
     """A valid stream id (`<ms>-<seq>`) or None; anything else is rejected by the caller."""
@@ -159,7 +164,7 @@ async def read_events(
                 )
                 for event_id, fields in entries:
                     last = event_id
-                    event = Event(id=event_id, type=fields["type"], data=json.loads(fields["data"]))
+                    event = Event.from_entry(event_id, fields)
                     yield event
                     if event.terminal:
                         return

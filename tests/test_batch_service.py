@@ -213,7 +213,8 @@ def test_reading_a_batch_changes_nothing(private_redis: str) -> None:
             assert await r.llen("llm") == queued_before, "no job was cancelled"
             assert {await r.hget(keys.job(job_id), "status") for job_id in overdue_jobs} == {"queued"}
 
-            await app.state.speechq.batch_service.sweep()  # what the sweeper does every interval
+            state = app.state.speechq  # what the sweeper does every interval:
+            await BatchService(state.store, state.files, state.batches, state.settings).sweep()
             swept = (await http.get(f"/v1/batches/{done['id']}")).json()
             assert swept["status"] == "completed" and swept["error_file_id"] and swept["output_file_id"]
             assert (await http.get(f"/v1/batches/{overdue['id']}")).json()["status"] == "cancelling"

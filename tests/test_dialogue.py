@@ -62,7 +62,7 @@ def test_a_spoken_question_is_answered_aloud(client: httpx.Client) -> None:
 
 
 def test_pipelined_events_in_order_and_a_follow_up_sees_the_first_turn(client: httpx.Client, stack: Stack) -> None:
-    # `pipelined=true`: speechq's order on the seed route, the reply's deltas and audio as they come.
+    # `pipelined=true`: speechq's order on the original API's route, the reply's deltas and audio as they come.
     conversation = f"conv-{uuid.uuid4().hex[:8]}"
     fields = form(generation_config=CHAT, conversation_id=conversation, stream_audio="true", pipelined="true")
     with client.stream("POST", "/v1/dialogue", files={"file": ("q.wav", question())}, data=fields) as response:
@@ -174,7 +174,7 @@ def test_a_failing_stage_fails_the_dialogue_with_an_error_event(client: httpx.Cl
     ],
 )
 def test_bad_configuration_is_a_422_naming_the_field(client: httpx.Client, fields: dict[str, Any], param: str) -> None:
-    # The job route is speechq's own and keeps its strictness (the seed route reads the form as the original).
+    # The job route is speechq's own and keeps its strictness (the original API's route reads the form as the original).
     data = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
     response = client.post("/v1/jobs/dialogue", files={"file": ("q.wav", question())}, data=data)
     assert response.status_code == 422, response.text

@@ -1,4 +1,4 @@
-"""The seed API's generation endpoints, now answered through the queue."""
+"""The original API's generation endpoints, now answered through the queue."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def test_idempotency_key_replays_and_rejects_a_different_body(client: httpx.Clie
         ({"prompt": 7}, "prompt"),
         ({"max_tokens": 5}, "prompt"),
         ({"prompt": "hi", "model": 7}, "model"),
-        ({"prompt": "hi", "surprise": 1}, "surprise"),  # speechq's own route only: the seed's ignores it
+        ({"prompt": "hi", "surprise": 1}, "surprise"),  # speechq's own route only: the original's ignores it
     ],
 )
 def test_bad_input_answers_422_naming_the_field(client: httpx.Client, body: dict[str, object], field: str) -> None:

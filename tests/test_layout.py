@@ -100,3 +100,72 @@ def test_imports_run_one_way_between_the_packages() -> None:
         if imported - MAY_IMPORT[package] - {package}
     ]
     assert not wrong, wrong
+
+
+def route_modules() -> set[str]:
+    """The modules that define a router (`router = APIRouter(...)`): what `api/app.py` collects."""
+    found = set()
+    for source in (ROOT / "api").rglob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                called = node.value.func
+                if isinstance(called, ast.Name) and called.id == "APIRouter":
+                    found.add(module_name(source))
+    return found
+
+
+def module_name(source: Path) -> str:
+    return ".".join(source.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imports_of(source: Path) -> set[str]:
+    """Every module `source` imports, at any depth, `if TYPE_CHECKING:` included: a circle drawn for the type
+    checker alone is still a circle a reader has to walk."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Our modules, each with the modules of ours it imports."""
+    sources = {
+        module_name(source): source for package in shipped_packages() for source in (ROOT / package).rglob("*.py")
+    }
+    return {name: imports_of(source) & set(sources) - {name} for name, source in sources.items()}
+
+
+def test_no_route_module_imports_another() -> None:
+    """Routes call services (`api/intake/`); only the app factory collects the routers."""
+    routes = route_modules()
+    assert {"api.routes.jobs", "api.openai.serving"} <= routes
+    wrong = [
+        f"{module} imports {sorted(imported & routes)}"
+        for module, imported in import_graph().items()
+        if module != "api.app" and imported & routes
+    ]
+    assert not wrong, wrong
+
+
+def test_no_package_has_an_import_circle() -> None:
+    graph = import_graph()
+    circles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for imported in sorted(graph[module]):
+            if imported in path:
+                circles.append([*path[path.index(imported) :], imported])
+            elif imported.split(".")[0] == module.split(".")[0] and imported not in done:
+                visit(imported, [*path, imported])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not circles, circles[:5]

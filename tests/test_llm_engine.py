@@ -15,10 +15,10 @@ from contract.catalog import CATALOG
 from contract.errors import ContextOverflow
 from contract.generation import ChatMessage, GenerationParams
 from workers.llm import GEMMA_START_OF_TURN, Generation, LlmEngine, Prompt
-from workers.weights import resolve_llm
+from workers.weights import locate
 
 ROOT = Path(__file__).resolve().parents[1]
-GEMMA = resolve_llm(CATALOG["gemma-3-270m"], ROOT / "var" / "models")
+GEMMA = locate(CATALOG["gemma-3-270m"], ROOT / "var" / "models")
 STORY = Prompt("Once upon a time, in a small village by the sea,", (), add_bos=True)
 
 

@@ -348,7 +348,7 @@ def test_models_prepare_fetches_an_hf_entry_and_checks_its_digest(tmp_path: Path
 
     from contract.catalog import CatalogEntry
     from tests.stack import ROOT, SPEECHQ
-    from workers.weights import resolve_llm
+    from workers.weights import locate
 
     weights = b"GGUF" + bytes(range(256)) * 8
     digest = hashlib.sha256(weights).hexdigest()
@@ -416,4 +416,4 @@ def test_models_prepare_fetches_an_hf_entry_and_checks_its_digest(tmp_path: Path
         license="",
         source="hf://acme/tiny/weights/model.gguf",
     )
-    assert resolve_llm(entry, models) == prepared and asked == []  # the worker's side: no request at all
+    assert locate(entry, models) == prepared and asked == []  # the worker's side: no request at all

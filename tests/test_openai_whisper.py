@@ -14,10 +14,10 @@ import whisper  # the openai-whisper extra; `make test` installs it
 from contract.catalog import CATALOG
 from tests.audio import SENTENCES, spoken, wer
 from tests.stack import private_stack
-from workers.weights import resolve_stt
+from workers.weights import locate
 from workers.whisper_checkpoint import read_ctranslate2, to_openai_whisper
 
-TINY = resolve_stt(CATALOG["whisper-tiny.en"], Path("var/models"))
+TINY = locate(CATALOG["whisper-tiny.en"], Path("var/models"))
 
 
 def test_the_converted_state_dict_matches_openai_whispers_model_exactly() -> None:

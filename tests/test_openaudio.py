@@ -29,7 +29,7 @@ from tests.stack import private_stack
 
 API_KEY = "sk-openaudio-test"
 RATE = 44_100
-# fish_speech/utils/schema.py ServeTTSRequest, as SPEC §7 lists it: name -> check.
+# fish_speech/utils/schema.py ServeTTSRequest, as the README's OpenAudio section describes it: name -> check.
 FIELDS: dict[str, Any] = {
     "text": lambda v: isinstance(v, str) and v.strip() != "",
     "chunk_length": lambda v: isinstance(v, int) and 100 <= v <= 300,

@@ -46,7 +46,7 @@ def test_jobs_flow_through_rabbitmq(rabbit_stack: str) -> None:
             assert events[-1].json() == {"status": "succeeded"}, job_id
         assert wer(SENTENCES["fox"], client.get(f"/v1/jobs/{ids[1]}/result").json()["text"]) <= 0.15
         assert client.get(f"/v1/jobs/{ids[2]}/result").headers["content-type"] == "audio/wav"
-        # The blocking seed endpoint and the OpenAI one go through the same broker.
+        # The original blocking endpoint and the OpenAI one go through the same broker.
         assert client.post("/v1/generate", json={"prompt": "Hi", "max_tokens": 4}).status_code == 200
         cancel = client.post("/v1/jobs/generate", json={"prompt": "Count slowly to a thousand.", "max_tokens": 1500})
         assert client.delete(f"/v1/jobs/{cancel.json()['id']}").status_code == 202

@@ -1,6 +1,6 @@
 """Every job kind's result and event data, as served, against the models in `contract/`: one small real
 job per kind through the real API and worker, read back on every route that returns it (the job routes,
-the OpenAI route, the seed route). Each payload must validate and dump back to exactly what was sent, so
+the OpenAI route, the original API's route). Each payload must validate and dump back to exactly what was sent, so
 a key added, dropped or renamed on the wire fails here."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from openai.types.audio import TranscriptionVerbose
 from pydantic import BaseModel, TypeAdapter
 from websockets.sync.client import connect
 
+from api.legacy.dialogue import LegacyDialogue
+from api.legacy.speech import LegacySynthesis, LegacyTranscript
 from api.openai.protocol import ChatCompletionResponse, CompletionResponse
 from api.routes.generation import GenerateResponse
 from api.schemas import DialogueResultPublic
-from api.seed_dialogue import SeedDialogue
-from api.seed_speech import SeedSynthesis, SeedTranscript
 from contract.dialogue import (
     AssistantDelta,
     AssistantFinal,
@@ -156,7 +156,7 @@ def test_transcription_result_and_segments_on_every_route(client: httpx.Client, 
     seed = client.post("/v1/speech-to-text", files=upload)
     assert seed.status_code == 200, seed.text
     job = job_result(client, seed.headers["X-Job-ID"], TranscriptionResult)
-    assert exactly(SeedTranscript, seed.json()) == SeedTranscript.of(job)
+    assert exactly(LegacyTranscript, seed.json()) == LegacyTranscript.of(job)
 
 
 def test_synthesis_result_says_response_format_on_every_route(client: httpx.Client) -> None:
@@ -172,7 +172,7 @@ def test_synthesis_result_says_response_format_on_every_route(client: httpx.Clie
     seed = client.post("/v1/text-to-speech", json={"text": "Hi there.", "response_format": "flac"})
     assert seed.status_code == 200, seed.text
     job = job_result(client, seed.headers["X-Job-ID"], SynthesisResult)
-    answer = exactly(SeedSynthesis, seed.json())
+    answer = exactly(LegacySynthesis, seed.json())
     assert (answer.response_format, answer.media_type, answer.sample_rate) == (
         job.response_format,
         job.media_type,
@@ -220,6 +220,6 @@ def test_dialogue_result_and_events_on_every_route(client: httpx.Client, one_sec
     seed = client.post("/v1/dialogue", files=upload, data=fields, timeout=120)
     assert seed.status_code == 200, seed.text
     job = job_result(client, seed.headers["X-Job-ID"], DialogueResult)
-    answer = exactly(SeedDialogue, seed.json())
+    answer = exactly(LegacyDialogue, seed.json())
     assert (answer.response_text, answer.transcript.text) == (job.response_text, job.transcript)
     assert (answer.response_format, answer.sample_rate) == (job.response_format, job.sample_rate)

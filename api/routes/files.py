@@ -10,7 +10,8 @@ from fastapi.responses import Response
 from api.batch_schemas import FileDeleted, FilePublic, FilesPublic
 from api.deps import PrincipalDep, StateDep
 from api.errors import NotFound, Unprocessable
-from api.submit import refusals, storage_quota
+from api.intake.jobs import refusals
+from jobstore.creation import storage_quota
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 

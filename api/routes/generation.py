@@ -1,5 +1,5 @@
-"""The seed API's generation endpoints, now backed by the queue: the original's paths, request fields,
-answers and stream framing (SPEC §7), so its clients keep working unchanged."""
+"""The original API's generation endpoints, now backed by the queue: the original's paths, request fields,
+answers and stream framing (README: Migrating), so its clients keep working unchanged."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep, receive_request, websocket_principal
 from api.errors import Conflict, JobFailure, WebSocketError, error_body, validated, websocket_error
-from api.seed_generation import SeedGenerationRequest
+from api.intake.jobs import follow, submit, wait_for
+from api.legacy.generation import LegacyGenerationRequest
 from api.state import AppState
-from api.submit import follow, submit, wait_for
 from contract.events import event_data
 from contract.generation import GenerationResult
 from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.results import result_of
 
-router = APIRouter(prefix="/v1", tags=["generation (seed API)"])
+router = APIRouter(prefix="/v1", tags=["generation (original API)"])
 
 
 class GenerateResponse(BaseModel):
@@ -31,11 +31,11 @@ class GenerateResponse(BaseModel):
 
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(
-    body: SeedGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+    body: LegacyGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
 ) -> GenerateResponse:
     job, _ = await submit(state, JobKind.generate, body.job_request(), principal, request_id=rid)
     final = await wait_for(state, job)
-    response.headers["X-Job-ID"] = job.id  # speechq's addition, as on the other seed routes
+    response.headers["X-Job-ID"] = job.id  # speechq's addition, as on the other original API's routes
     return GenerateResponse(generated_text=result_of(final, GenerationResult).text)
 
 
@@ -57,7 +57,7 @@ async def _text_so_far(state: AppState, job: JobRecord) -> AsyncIterator[dict[st
 
 @router.post("/generate_stream")
 async def generate_stream(
-    body: SeedGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
+    body: LegacyGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
 ) -> StreamingResponse:
     """One JSON object per line, as the original sent them (`Content-Type: application/json`)."""
     job, _ = await submit(state, JobKind.generate, body.job_request(), principal, request_id=rid)
@@ -79,7 +79,7 @@ async def generate_ws(websocket: WebSocket) -> None:
     await websocket.accept()
     while True:
         try:
-            request = validated(SeedGenerationRequest, await receive_request(websocket)).job_request()
+            request = validated(LegacyGenerationRequest, await receive_request(websocket)).job_request()
             job, _ = await submit(state, JobKind.generate, request, principal)
             failure = await _stream_tokens(websocket, state, job)
         except WebSocketDisconnect:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, WebSocket, status
+from fastapi import APIRouter, Header, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -14,8 +14,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, refuse, websocket_principal
 from api.errors import Conflict, JobNotSucceeded, NotFound, Unprocessable, websocket_error
-from api.schemas import DialogueResultPublic, JobCreated, JobPublic, JobsPublic, job_created, job_public
-from api.submit import follow, stored_audio, submit
+from api.intake.jobs import accepted, follow, stored_audio
+from api.schemas import DialogueResultPublic, JobCreated, JobPublic, JobsPublic, job_public
 from api.validation import quoted
 from contract.dialogue import DialogueResult
 from contract.generation import ChatRequest, CompletionRequest, GenerateRequest, GenerationResult
@@ -28,15 +28,6 @@ from jobstore.store import JobStore
 from jobstore.waiting import place
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-async def accepted(
-    state: StateDep, kind: JobKind, payload: Any, principal: Principal, request_id: str, idem: str | None
-) -> JSONResponse:
-    job, replayed = await submit(state, kind, payload, principal, request_id=request_id, idempotency_key=idem)
-    body = job_created(job).model_dump(mode="json")
-    headers = {"Location": f"/v1/jobs/{job.id}", "Idempotent-Replayed": str(replayed).lower()}
-    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED, headers=headers)
 
 
 @router.post("/generate", status_code=202, response_model=JobCreated)

@@ -1,4 +1,4 @@
-"""The Gemma 3 Speech API's generation request (SPEC §7): its `GenerationRequest` as leniently as it took it,
+"""The Gemma 3 Speech API's generation request (README: Migrating): its `GenerationRequest` as leniently as it took it,
 turned into speechq's strict `generate` job request. Shared by `/v1/generate*` and `/v1/dialogue`'s
 `generation_config`."""
 
@@ -14,7 +14,7 @@ from contract.generation import GenerateRequest
 _TOP_K_ALL = 1_000_000
 
 
-class SeedGenerationRequest(BaseModel):
+class LegacyGenerationRequest(BaseModel):
     """The original's `GenerationRequest`: its fields and bounds, unknown fields ignored, `stop: null`
     allowed; `model` (a registered name) is speechq's addition. Only the fields sent are applied."""
 

@@ -1,4 +1,5 @@
-"""Submitting a job and waiting for it: shared by the job routes, the seed routes and the OpenAI routes."""
+"""A new job and its answer: submitting (tier, quotas, refusals as API errors), answering 202, following its
+events and waiting for it. Shared by every route that creates a job."""
 
 from __future__ import annotations
 
@@ -6,28 +7,29 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from api.auth import Principal
 from api.errors import (
-    ApiError,
-    Conflict,
     GatewayTimeout,
-    JobFailure,
     NotFound,
     QueueFullError,
     QuotaExceeded,
     RequestTooLarge,
     StorageQuotaExceeded,
     Unprocessable,
+    raise_for_failure,
 )
+from api.schemas import job_created
 from api.state import AppState
 from config import Settings
+from contract.dialogue import DialogueRequest
 from contract.generation import GenerationParams, with_defaults
-from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
+from contract.jobs import JobKind, JobRecord, ServiceTier
 from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
 from jobstore.event_log import Event, read_events
 from jobstore.storage import OverStorageQuota
@@ -59,8 +61,7 @@ async def submit(
     left out, whichever route it came by. Its `service_tier` is resolved against the key's policy
     (`API_KEY_POLICIES`) and the job waits in the scheduler at that tier as the key's.
     """
-    if isinstance(payload, GenerationParams):
-        payload = with_defaults(payload, state.settings.generation_defaults)
+    payload = with_operator_defaults(payload, state.settings)
     policy = state.settings.key_policy(principal.id)
     requested = payload.get("service_tier") if isinstance(payload, dict) else getattr(payload, "service_tier", None)
     tier = resolve_tier(requested, policy, route_default=ROUTE_TIER.get(kind))
@@ -73,7 +74,7 @@ async def submit(
             idempotency_key=idempotency_key,
             input_file=input_file,
             max_active=max_active,
-            allowance=allowance(state.settings, principal.id),
+            allowance=Allowance.of(state.settings, principal.id),
             tier=tier,
             principal=principal.id,
             weight=policy.weight,
@@ -83,18 +84,19 @@ async def submit(
     return created.job, created.replayed
 
 
-def allowance(settings: Settings, key: str) -> Allowance:
-    """What API key `key` may store with a job: MAX_JOB_REQUEST_KB, STORAGE_QUOTA_MB_PER_KEY (0: not counted)."""
-    return Allowance(
-        owner=key,
-        storage_quota=storage_quota(settings),
-        max_request_bytes=settings.max_job_request_kb * 1024,
-    )
+P = TypeVar("P", bound=BaseModel | dict[str, Any])
 
 
-def storage_quota(settings: Settings) -> int | None:
-    """STORAGE_QUOTA_MB_PER_KEY in bytes, or None when it is off (nothing is counted)."""
-    return int(settings.storage_quota_mb_per_key * 1024 * 1024) or None
+def with_operator_defaults(payload: P, settings: Settings) -> P:
+    """The operator's generation defaults (LLM_MAX_TOKENS, LLM_TEMPERATURE, …) for what a request left out,
+    whichever route it came by: a generation's own fields, a dialogue's generation config. The one place
+    they are applied (`submit`, and the batch planner for its lines)."""
+    defaults = settings.generation_defaults
+    if isinstance(payload, GenerationParams):
+        return with_defaults(payload, defaults)
+    if isinstance(payload, DialogueRequest):
+        return payload.model_copy(update={"generation_config": with_defaults(payload.generation_config, defaults)})
+    return payload
 
 
 @contextmanager
@@ -164,19 +166,16 @@ async def stored_audio(store: JobStore, job: JobRecord) -> bytes:
     return audio
 
 
-def failure_of(job: JobRecord) -> ApiError | None:
-    """What the API answers for a job that did not succeed (None for one that did): a failure as its
-    `JobFailure`, a cancelled job 409, an expired one 504."""
-    if job.status == JobStatus.succeeded:
-        return None
-    if job.status in (JobStatus.cancelled, JobStatus.cancelling):
-        return Conflict(f"job {job.id} was cancelled")
-    if job.status == JobStatus.expired:
-        return GatewayTimeout(f"job {job.id} expired in the queue before a worker took it")
-    return JobFailure.recorded(job.error)
+async def accepted(
+    state: AppState, kind: JobKind, payload: Any, principal: Principal, request_id: str, idem: str | None
+) -> JSONResponse:
+    """Submit and answer the new job (`created`)."""
+    job, replayed = await submit(state, kind, payload, principal, request_id=request_id, idempotency_key=idem)
+    return created(job, replayed)
 
 
-def raise_for_failure(job: JobRecord) -> None:
-    failure = failure_of(job)
-    if failure is not None:
-        raise failure
+def created(job: JobRecord, replayed: bool) -> JSONResponse:
+    """The one answer for a new job, whatever route made it: 202, its public shape, `Location`, `X-Job-ID`,
+    and `Idempotent-Replayed` (true when an Idempotency-Key returned an existing job)."""
+    headers = {"Location": f"/v1/jobs/{job.id}", "X-Job-ID": job.id, "Idempotent-Replayed": str(replayed).lower()}
+    return JSONResponse(job_created(job).model_dump(mode="json"), status_code=202, headers=headers)

@@ -1,4 +1,4 @@
-"""`POST /v1/dialogue` answers as the original Gemma 3 Speech API did (gemma-3-api/app at 78b0199, SPEC §7).
+"""`POST /v1/dialogue` answers as the original Gemma 3 Speech API did (gemma-3-api/app at 78b0199; README: Migrating).
 
 The models below re-declare the original's response schemas (app/schemas/speech.py); the stream checks
 follow its `dialogue_stream` loop: `metadata`, `transcript`, one `assistant_text`, `audio_chunk`…, `done`,
@@ -21,7 +21,7 @@ import pytest
 from pydantic import BaseModel, Field, PositiveInt
 from redis import Redis
 
-from api.seed_dialogue import seed_generation
+from api.legacy.dialogue import legacy_generation
 from jobstore import keys
 from tests.audio import decode_audio, encode, spoken
 from tests.conftest import MISSING_MODEL, Stack
@@ -203,12 +203,12 @@ def test_generation_overrides_outside_the_original_bounds_are_its_400(
 
 def test_generation_overrides_within_the_original_bounds_are_taken() -> None:
     # The original's GenerationRequest accepted these; each reaches the sampler as close as it allows.
-    params = seed_generation({"temperature": 5, "top_p": 0, "stop": ["", "END"], "seed": 2**40, "tfs_z": 2, "x": 1})
+    params = legacy_generation({"temperature": 5, "top_p": 0, "stop": ["", "END"], "seed": 2**40, "tfs_z": 2, "x": 1})
     assert params.model_fields_set == {"temperature", "top_p", "stop", "seed"}, "only the fields sent are applied"
     assert (params.temperature, params.top_p, params.stop, params.seed) == (5, 0, ["END"], 2**40 % 2**32)
-    assert seed_generation({"prompt": "ignored", "stop": None, "max_tokens": "12"}).model_dump(exclude_unset=True) == {
-        "max_tokens": 12
-    }
+    assert legacy_generation({"prompt": "ignored", "stop": None, "max_tokens": "12"}).model_dump(
+        exclude_unset=True
+    ) == {"max_tokens": 12}
 
 
 @pytest.mark.parametrize("empty", ["null", ""])

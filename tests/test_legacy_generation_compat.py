@@ -1,5 +1,5 @@
 """Clients of the original Gemma 3 Speech API keep working: its generation routes, errors, auth, models
-and metrics, checked against models of the original's own schemas and loops (SPEC §7)."""
+and metrics, checked against models of the original's own schemas and loops (README: Migrating)."""
 
 from __future__ import annotations
 

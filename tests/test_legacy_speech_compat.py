@@ -1,5 +1,5 @@
 """Clients of the original Gemma 3 Speech API keep working: its speech-to-text and text-to-speech routes,
-over HTTP and WebSocket, checked against models of the original's own schemas and client loops (SPEC §7).
+over HTTP and WebSocket, checked against models of the original's own schemas and client loops (README: Migrating).
 
 The models below restate `app/schemas/speech.py` of the original (78b0199) in strict mode, so an answer
 that renames, retypes or drops one of its keys fails; speechq may add keys. Requests are built the way

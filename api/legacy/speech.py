@@ -1,5 +1,5 @@
-"""The Gemma 3 Speech API's speech schemas (SPEC §7): its requests as leniently as it took them, each
-turned into speechq's strict job request, and its answers, which the seed routes send unchanged (speechq
+"""The Gemma 3 Speech API's speech schemas (README: Migrating): its requests as leniently as it took them, each
+turned into speechq's strict job request, and its answers, which the original API's routes send unchanged (speechq
 only adds keys)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from contract.transcription import Segment, TranscribeRequest, TranscriptionResu
 
 # --- speech to text ---------------------------------------------------------------------------------
 
-# What a seed transcription takes: the original's options, and speechq's `model`, `task` and `vad_filter`.
+# What a transcription on the original API takes: its options, and speechq's `model`, `task` and `vad_filter`.
 # `response_format` and `content_type` are accepted and set aside: the answer is always the JSON
 # transcript (as the original's), and the audio's container is sniffed.
 TRANSCRIPTION_FIELDS = ("language", "prompt", "temperature", "model", "task", "vad_filter")
@@ -33,7 +33,7 @@ class EmptyUpload(BadRequest):
     code = "empty_file"
 
 
-def seed_transcription(fields: dict[str, Any], filename: object = None) -> TranscribeRequest:
+def legacy_transcription(fields: dict[str, Any], filename: object = None) -> TranscribeRequest:
     """The original's transcription options as a job request: nulls and empty strings are defaults, a
     long prompt keeps its end; what no engine can do (a language code that is not one, a temperature
     outside 0–1) is a 422 naming the field."""
@@ -44,7 +44,7 @@ def seed_transcription(fields: dict[str, Any], filename: object = None) -> Trans
     return validated(TranscribeRequest, options)
 
 
-async def seed_websocket_audio(message: dict[str, Any], settings: Settings, budget: AudioBudget) -> bytes:
+async def legacy_websocket_audio(message: dict[str, Any], settings: Settings, budget: AudioBudget) -> bytes:
     """A WebSocket request's `audio_base64`, decoded as the original did (characters outside the base64
     alphabet, such as the line breaks of MIME base64, are skipped), then capped and probed like an upload."""
     encoded = message.get("audio_base64")
@@ -63,28 +63,28 @@ async def seed_websocket_audio(message: dict[str, Any], settings: Settings, budg
     return audio
 
 
-class SeedSegment(BaseModel):
+class LegacySegment(BaseModel):
     id: int | None = None
     start: float | None = None
     end: float | None = None
     text: str
 
     @classmethod
-    def of(cls, segment: Segment) -> SeedSegment:
+    def of(cls, segment: Segment) -> LegacySegment:
         return cls(id=segment.id, start=segment.start, end=segment.end, text=segment.text)
 
 
-class SeedTranscript(BaseModel):
+class LegacyTranscript(BaseModel):
     """`{text, language, segments}`: the answer of `POST /v1/speech-to-text` and the `data` of the
     WebSocket's `transcript` event, whatever `response_format` was asked for (and a dialogue's transcript)."""
 
     text: str
     language: str | None = None
-    segments: list[SeedSegment] = Field(default_factory=list)
+    segments: list[LegacySegment] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, heard: TranscriptionResult | HeardTranscript) -> SeedTranscript:
-        segments = [SeedSegment.of(segment) for segment in heard.segments]
+    def of(cls, heard: TranscriptionResult | HeardTranscript) -> LegacyTranscript:
+        segments = [LegacySegment.of(segment) for segment in heard.segments]
         return cls(text=heard.text, language=heard.language, segments=segments)
 
 
@@ -94,7 +94,7 @@ class SeedTranscript(BaseModel):
 FORMAT_ALIASES = {"ogg": "opus"}
 
 
-class SeedSpeechRequest(BaseModel):
+class LegacySpeechRequest(BaseModel):
     """The original's `SpeechSynthesisRequest`, taken as leniently as it was: `text` (or `input`),
     `response_format` (or `format`, `ogg` included), `sample_rate`, `reference_id`, `normalize`,
     `references` (base64 strings; speechq's `{audio, text}` objects too), `top_p`, `stream`. A null is
@@ -166,10 +166,10 @@ def nearest_rate(fmt: str, rate: int) -> int:
     return rate if allowed is None or rate in allowed else min(allowed, key=lambda r: (abs(r - rate), -r))
 
 
-SPEECHQ_FIELDS = frozenset(SynthesizeRequest.model_fields) - frozenset(SeedSpeechRequest.model_fields)
+SPEECHQ_FIELDS = frozenset(SynthesizeRequest.model_fields) - frozenset(LegacySpeechRequest.model_fields)
 
 
-class SeedAudioFormat(BaseModel):
+class LegacyAudioFormat(BaseModel):
     """What the audio is, in the keys (and order) of the original's stream `metadata` event."""
 
     response_format: str
@@ -182,7 +182,7 @@ class SeedAudioFormat(BaseModel):
     job_id: str
 
     @classmethod
-    def of(cls, request: SynthesizeRequest, response_format: str, job_id: str) -> SeedAudioFormat:
+    def of(cls, request: SynthesizeRequest, response_format: str, job_id: str) -> LegacyAudioFormat:
         assert request.sample_rate is not None, "a resolved request has its rate"
         return cls(
             response_format=response_format,
@@ -203,8 +203,8 @@ class SeedAudioFormat(BaseModel):
         return headers
 
 
-class SeedAudioChunk(BaseModel):
-    """An `audio_chunk` as the seed routes send it: `{audio_base64, index, text, format, sample_rate}` (the
+class LegacyAudioChunk(BaseModel):
+    """An `audio_chunk` as the original API's routes send it: `{audio_base64, index, text, format, sample_rate}` (the
     text-to-speech WebSocket's, as the original's, has only the first three: `spoken_only`)."""
 
     audio_base64: str
@@ -214,7 +214,7 @@ class SeedAudioChunk(BaseModel):
     sample_rate: int
 
     @classmethod
-    def of(cls, chunk: AudioChunk, response_format: str | None = None) -> SeedAudioChunk:
+    def of(cls, chunk: AudioChunk, response_format: str | None = None) -> LegacyAudioChunk:
         """`chunk`, its format named `response_format` when the answer uses the original's alias (`ogg`)."""
         return cls(
             audio_base64=chunk.audio,
@@ -229,7 +229,7 @@ class SeedAudioChunk(BaseModel):
         return self.model_dump(mode="json", include={"audio_base64", "index", "text"})
 
 
-class SeedSynthesis(BaseModel):
+class LegacySynthesis(BaseModel):
     """`POST /v1/text-to-speech`'s answer (and the `data` of the WebSocket's `synthesis` event), in the
     original's keys and order, then speechq's."""
 
@@ -245,7 +245,7 @@ class SeedSynthesis(BaseModel):
     job_id: str
 
     @classmethod
-    def of(cls, result: SynthesisResult, audio: bytes, response_format: str, job_id: str) -> SeedSynthesis:
+    def of(cls, result: SynthesisResult, audio: bytes, response_format: str, job_id: str) -> LegacySynthesis:
         return cls(
             audio_base64=base64.b64encode(audio).decode(),
             response_format=response_format,

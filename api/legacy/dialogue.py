@@ -1,4 +1,4 @@
-"""The Gemma 3 Speech API's `POST /v1/dialogue` (SPEC §7): its form read as leniently as the original read
+"""The Gemma 3 Speech API's `POST /v1/dialogue` (README: Migrating): its form read as leniently as the original read
 it, its answer, and its stream order built from a dialogue job's events."""
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from api.errors import (
     JobFailure,
     Unprocessable,
     error_body,
+    raise_for_failure,
     validated,
 )
-from api.seed_generation import SeedGenerationRequest
-from api.seed_speech import FORMAT_ALIASES, SeedAudioChunk, SeedSpeechRequest, SeedTranscript
+from api.intake.jobs import follow
+from api.legacy.generation import LegacyGenerationRequest
+from api.legacy.speech import FORMAT_ALIASES, LegacyAudioChunk, LegacySpeechRequest, LegacyTranscript
 from api.state import AppState
-from api.submit import follow, raise_for_failure
 from api.validation import validation_summary
 from contract.dialogue import AssistantFinal, DialogueMetadata, DialogueResult, HeardTranscript
 from contract.errors import UpstreamError
@@ -53,13 +54,13 @@ def config_object(raw: Any, name: str) -> dict[str, Any]:
     return value
 
 
-def seed_generation(overrides: dict[str, Any]) -> GenerationParams:
+def legacy_generation(overrides: dict[str, Any]) -> GenerationParams:
     """generation_config as the original took it: `prompt` and nulls dropped, unknown keys ignored, its
     GenerationRequest's types and bounds (as `/v1/generate` takes them), only the fields sent applied;
     anything else is its 400. A `model` must be registered (404 `model_not_found`)."""
     sent = {key: value for key, value in overrides.items() if value is not None and key != "prompt"}
     try:
-        request = SeedGenerationRequest.model_validate({**sent, "prompt": ""}).job_request()
+        request = LegacyGenerationRequest.model_validate({**sent, "prompt": ""}).job_request()
     except ValidationError as exc:
         field = validation_summary(list(exc.errors()))[1]
         raise BadRequest(INVALID_GENERATION, param=_generation_param(field)) from None
@@ -72,14 +73,14 @@ def _generation_param(field: str | None) -> str:
     return f"generation_config.{field}" if field else "generation_config"
 
 
-def seed_synthesis(overrides: dict[str, Any]) -> tuple[SynthesizeRequest, str | None]:
+def legacy_synthesis(overrides: dict[str, Any]) -> tuple[SynthesizeRequest, str | None]:
     """synthesis_config as the original took it: `text` and `stream` dropped, the rest read as
     `/v1/text-to-speech` reads it (nulls are defaults, unknown keys ignored, `references` as base64
     strings, `ogg`). Returns the request (its text a placeholder) and the format name to answer with
     when it is the original's alias (`ogg`) rather than speechq's. A bad value is a 422 naming it."""
     kept = {key: value for key, value in overrides.items() if key not in NOT_SYNTHESIS}
     with _within("synthesis_config"):
-        body = validated(SeedSpeechRequest, {**kept, "text": "a"})
+        body = validated(LegacySpeechRequest, {**kept, "text": "a"})
         request = body.job_request()
     return request, body.asked_format if body.asked_format in FORMAT_ALIASES else None
 
@@ -96,10 +97,10 @@ def _within(config: str) -> Iterator[None]:
         raise
 
 
-class SeedDialogue(BaseModel):
+class LegacyDialogue(BaseModel):
     """The original's `SpeechDialogueResponse`, then speechq's additions."""
 
-    transcript: SeedTranscript
+    transcript: LegacyTranscript
     response_text: str
     audio_base64: str
     response_format: str
@@ -111,11 +112,11 @@ class SeedDialogue(BaseModel):
     job_id: str
 
     @classmethod
-    def of(cls, job: JobRecord, audio: bytes, response_format: str | None) -> SeedDialogue:
+    def of(cls, job: JobRecord, audio: bytes, response_format: str | None) -> LegacyDialogue:
         result = result_of(job, DialogueResult)
         heard = HeardTranscript(text=result.transcript, language=result.language, segments=result.segments)
         return cls(
-            transcript=SeedTranscript.of(heard),
+            transcript=LegacyTranscript.of(heard),
             response_text=result.response_text,
             audio_base64=base64.b64encode(audio).decode(),
             response_format=response_format or result.response_format,
@@ -150,7 +151,7 @@ async def stream_lines(
         if event.type == EventType.metadata:
             yield {"event": "metadata", "data": metadata(event_data(EventType.metadata, event.data), response_format)}
         elif event.type == EventType.transcript:
-            heard = SeedTranscript.of(event_data(EventType.transcript, event.data))
+            heard = LegacyTranscript.of(event_data(EventType.transcript, event.data))
             yield {"event": "transcript", "data": heard.model_dump()}
         elif event.type == EventType.assistant_text:
             text = event_data(EventType.assistant_text, event.data)
@@ -163,7 +164,7 @@ async def stream_lines(
                     yield line
                 held.clear()
         elif event.type == EventType.audio_chunk:
-            chunk = SeedAudioChunk.of(event_data(EventType.audio_chunk, event.data), response_format)
+            chunk = LegacyAudioChunk.of(event_data(EventType.audio_chunk, event.data), response_format)
             line = {"event": "audio_chunk", "data": chunk.model_dump()}
             if answered:
                 yield line
