@@ -17,10 +17,12 @@ from api.errors import (
     BatchCancelled,
     BatchExpired,
     GatewayTimeout,
+    InvalidJsonLine,
     RequestTooLarge,
     Unprocessable,
     batch_error,
     failure_of,
+    load_json,
     validated,
 )
 from api.intake.jobs import with_operator_defaults
@@ -108,14 +110,12 @@ class LinePlanner:
             if not text.strip():
                 continue
             try:
-                plan = await self._plan_line(endpoint, json.loads(text), seen)
+                plan = await self._plan_line(endpoint, load_json(text, bad=InvalidJsonLine), seen)
                 if limit and len(json.dumps(plan.payload)) > limit:
                     raise RequestTooLarge(
                         f"the request is over the {limit // 1024} KB a job may store (MAX_JOB_REQUEST_KB)"
                     )
                 plans.append(plan)
-            except json.JSONDecodeError as exc:
-                errors.append(validation_error("invalid_json_line", f"line {number}: {exc.msg}", line=number))
             except ApiError as exc:
                 errors.append(validation_error(exc.code, f"line {number}: {exc.message}", exc.param, line=number))
         if not plans and not errors:

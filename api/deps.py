@@ -3,7 +3,6 @@ them that checks the API key and the rate limit before a request's body is read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ from api.errors import (
     Unprocessable,
     api_error_response,
     as_api_error,
+    load_json,
     websocket_error,
 )
 from api.state import AppState
@@ -199,11 +199,7 @@ async def close_with_error(websocket: WebSocket, exc: BaseException) -> None:
 
 async def receive_request(websocket: WebSocket) -> dict[str, Any]:
     """The next message, which must be a JSON object (400 if it is not JSON, 422 if not an object)."""
-    text = await websocket.receive_text()
-    try:
-        message = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
+    message = load_json(await websocket.receive_text(), bad=BadRequest)
     if not isinstance(message, dict):
         raise Unprocessable("the message must be a JSON object")
     return message

@@ -37,6 +37,12 @@ class ApiMetrics:
         self.jobs_created = Counter(
             "app_jobs_created_total", "Jobs accepted, by kind", ("kind",), registry=self.registry
         )
+        self.jobs_abandoned = Counter(
+            "app_jobs_abandoned_total",
+            "Jobs cancelled because the client waiting for them went away (blocking and streaming routes), by kind",
+            ("kind",),
+            registry=self.registry,
+        )
         self.rejections = Counter(
             "app_rate_limit_rejections_total",
             "Requests refused by a limit: key / ip (rate), quota (active jobs), queue (depth)",

@@ -4,6 +4,7 @@ quotes at most `QUOTE_LIMIT` characters of what the client sent, FastAPI's error
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,12 +16,30 @@ MESSAGE_LIMIT = 400
 
 def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
     """`value` as an error message may show it: its first `limit` characters, and how long it was."""
-    text = value if isinstance(value, str) else repr(value)
+    text = encodable(value if isinstance(value, str) else repr(value))
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def clipped(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    message = encodable(message)
     return message if len(message) <= limit else message[:limit] + "…"
+
+
+def encodable(text: str) -> str:
+    """`text` with what UTF-8 cannot carry (a lone surrogate, `\\ud800` in JSON) written as an escape: an
+    error that quotes a client's bad text must itself be sendable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def plain(value: object) -> object:
+    """A value an error may echo as JSON: a non-finite number (NaN, ±Infinity) as its name, text encodable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return encodable(value) if isinstance(value, str) else value
 
 
 def public_errors(errors: list[Any]) -> list[dict[str, Any]]:
@@ -42,16 +61,16 @@ def _input_and_context(error: Any) -> dict[str, Any]:
     shown: dict[str, Any] = {}
     value = error.get("input")
     if value is None or isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= QUOTE_LIMIT):
-        shown["input"] = value
+        shown["input"] = plain(value)
     context = error.get("ctx")
     if isinstance(context, dict):
-        plain = {
-            k: v
+        small = {
+            k: plain(v)
             for k, v in context.items()
             if isinstance(v, bool | int | float) or isinstance(v, str) and len(v) <= QUOTE_LIMIT
         }
-        if plain:
-            shown["ctx"] = plain
+        if small:
+            shown["ctx"] = small
     return shown
 
 

@@ -21,7 +21,7 @@ class DialogueRequest(BaseModel):
     voice and rate), so every sentence is spoken the same way.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     instructions: str | None = Field(None, max_length=8_000)
     generation_config: GenerationParams = Field(default_factory=GenerationParams)

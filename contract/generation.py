@@ -14,13 +14,13 @@ MAX_STOP_CHARS = 256  # each stop sequence; the text stream holds this much back
 
 
 class GenerationParams(BaseModel):
-    """Sampling knobs shared by every generation request; names and defaults are the seed API's."""
+    """Sampling knobs shared by every generation request; names and defaults are the original API's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_tokens: int = Field(512, ge=1, le=4096)
     # The original API's bounds: llama.cpp samples sensibly across them (top-p 0 keeps the top token).
-    temperature: float = Field(0.7, ge=0.0)
+    temperature: float = Field(0.7, ge=0.0, le=100.0)
     top_p: float = Field(0.95, ge=0.0, le=1.0)
     top_k: int = Field(40, ge=0, le=1_000_000)
     repeat_penalty: float = Field(1.1, gt=0.0, le=10.0)
@@ -32,8 +32,8 @@ class GenerationParams(BaseModel):
         default_factory=list, max_length=16
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    min_p: float = Field(0.05, ge=0.0)
-    typical_p: float = Field(1.0, ge=0.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    typical_p: float = Field(1.0, ge=0.0, le=1.0)
     model: str | None = Field(None, min_length=1, max_length=128)
     service_tier: RequestedTier | None = None
     """OpenAI's: how soon the job starts when workers are busy (`tasks/scheduler.py`); unset: the route's default."""

@@ -48,7 +48,7 @@ class SpeechOptions(BaseModel):
     """How text is spoken: all of a `synthesize` request but its text. A dialogue holds them (resolved by
     the API to one engine, voice and rate) to speak each sentence of its answer the same way."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     model: str | None = Field(None, min_length=1, max_length=128)
     voice: str | None = Field(None, min_length=1, max_length=128)

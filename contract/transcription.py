@@ -16,7 +16,7 @@ TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 class TranscribeRequest(BaseModel):
     """`transcribe`: the audio travels beside the job (its input key); these are the options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = Field(None, min_length=1, max_length=128)
     language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")

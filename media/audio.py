@@ -5,7 +5,8 @@ PyAV reads the file by its content, never by its name. Both steps refuse with an
 
     EmptyAudio        empty_file               nothing was uploaded
     UnsupportedAudio  unsupported_media_type   not audio, or a container outside ALLOWED_FORMATS
-    InvalidAudio      invalid_audio            a corrupt, truncated or lying file; a sample rate under 8 kHz;
+    InvalidAudio      invalid_audio            a corrupt, truncated or lying file; a sample rate outside
+                                               8–384 kHz, more than 32 channels;
                                                more seconds than a file of its size can hold (`plausible_seconds`)
     AudioTooLong      audio_too_long           longer than MAX_AUDIO_SECONDS
 """
@@ -35,6 +36,8 @@ TRUNCATION_TOLERANCE = 0.9
 # declared rate lets a few bytes stand for minutes of audio that resampling to 16 kHz then multiplies
 # (at 1 Hz, 1.2 KB is 600 s).
 MIN_INPUT_SAMPLE_RATE = MIN_SAMPLE_RATE
+MAX_INPUT_SAMPLE_RATE = 384_000  # the highest rate recorders and FFmpeg's decoders use
+MAX_INPUT_CHANNELS = 32
 # The most audio a file may hold: a floor, plus so many seconds per KB. Real compressed speech stays well
 # under 2.5 s/KB: Opus at its 6 kbps minimum is ~1.3 s/KB, AMR-NB at 4.75 kbps ~1.7, MP3 at 8 kbps ~1.0,
 # 8 kHz PCM 0.06. Silence compressed by FLAC (~5 s/KB) or a header that lies goes past it; the floor
@@ -98,6 +101,15 @@ def plausible_seconds(size: int) -> float:
 def _check_sample_rate(rate: int) -> None:
     if rate < MIN_INPUT_SAMPLE_RATE:
         raise InvalidAudio(f"the audio's sample rate is {rate} Hz; speech needs at least {MIN_INPUT_SAMPLE_RATE} Hz")
+    if rate > MAX_INPUT_SAMPLE_RATE:
+        raise InvalidAudio(
+            f"the audio's header claims {rate} Hz; no recording is above {MAX_INPUT_SAMPLE_RATE} Hz, so it lies"
+        )
+
+
+def _check_channels(channels: int) -> None:
+    if not 1 <= channels <= MAX_INPUT_CHANNELS:
+        raise InvalidAudio(f"the audio's header claims {channels} channels; at most {MAX_INPUT_CHANNELS} are taken")
 
 
 def _check_length(seconds: float, size: int, max_seconds: float, *, decoded: bool = False) -> None:
@@ -138,6 +150,7 @@ def probe(data: bytes, *, max_seconds: float) -> AudioInfo:
         if not stream.codec_context or not stream.codec_context.sample_rate:
             raise InvalidAudio("the audio stream declares no sample rate")
         _check_sample_rate(stream.codec_context.sample_rate)
+        _check_channels(stream.codec_context.channels)
         duration = container.duration / av.time_base if container.duration else None
         if duration is None:
             duration = _packet_seconds(container, stream, stop=max(max_seconds, plausible_seconds(len(data))))

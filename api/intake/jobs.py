@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import anyio
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from api.auth import Principal
 from api.errors import (
+    ClientGone,
     GatewayTimeout,
     NotFound,
     QueueFullError,
@@ -29,7 +32,7 @@ from api.state import AppState
 from config import Settings
 from contract.dialogue import DialogueRequest
 from contract.generation import GenerationParams, with_defaults
-from contract.jobs import JobKind, JobRecord, ServiceTier
+from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
 from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
 from jobstore.event_log import Event, read_events
 from jobstore.storage import OverStorageQuota
@@ -38,6 +41,7 @@ from tasks.scheduler import resolve_tier
 
 log = logging.getLogger(__name__)
 PLACE_SECONDS = 1.0  # how often a followed queued job's place in line is looked at
+DISCONNECT_SECONDS = 0.25  # how often a blocking route looks whether its client is still there
 
 # A request that names no tier gets its route's, else its key's default: a person waits on every stage of
 # a dialogue.
@@ -140,13 +144,17 @@ async def announce_place(store: JobStore, job_id: str) -> None:
         log.debug("could not announce the place of job %s: %s", job_id, exc)
 
 
-async def wait_for(state: AppState, job: JobRecord) -> JobRecord:
+async def wait_for(state: AppState, job: JobRecord, *, client: Request | None = None) -> JobRecord:
     """Block until the job ends (up to JOB_WAIT_TIMEOUT_SECONDS); return it, or raise the API error its failure
-    maps to."""
+    maps to. With the `client`'s request, a client that goes away cancels the job (within DISCONNECT_SECONDS)
+    and the wait ends at once: nobody is left to answer, and the job would only hold a slot."""
     try:
         async with asyncio.timeout(state.settings.job_wait_timeout_seconds):
-            async for _ in follow(state, job.id):
-                pass
+            if client is None:
+                async for _ in follow(state, job.id):
+                    pass
+            else:
+                await _until_done_or_gone(state, job, client)
     except TimeoutError:
         raise GatewayTimeout(
             f"job {job.id} did not finish in time; it is still {job.status}: poll /v1/jobs/{job.id}"
@@ -156,6 +164,53 @@ async def wait_for(state: AppState, job: JobRecord) -> JobRecord:
         raise GatewayTimeout(f"job {job.id} expired before it finished")
     raise_for_failure(final)
     return final
+
+
+async def _until_done_or_gone(state: AppState, job: JobRecord, client: Request) -> None:
+    async def ended() -> None:
+        async for _ in follow(state, job.id):
+            pass
+
+    waiter = asyncio.create_task(ended(), name=f"speechq-wait-{job.id}")
+    try:
+        while not waiter.done():
+            if await client.is_disconnected():
+                await abandon(state, job)
+                raise ClientGone(f"the client went away; job {job.id} was cancelled")
+            await asyncio.wait({waiter}, timeout=DISCONNECT_SECONDS)
+        waiter.result()
+    finally:
+        waiter.cancel()
+
+
+async def abandon(state: AppState, job: JobRecord) -> None:
+    """Cancel a job whose client went away (if it has not ended), and count it. Shielded: it runs while the
+    request's own task is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        try:
+            status = await state.store.cancel(job.id, owner=job.owner)
+        except RedisError as exc:  # the job runs on; nothing else is lost
+            log.warning("could not cancel job %s, whose client went away: %s", job.id, exc)
+            return
+        if status in (JobStatus.cancelled, JobStatus.cancelling):
+            state.metrics.jobs_abandoned.labels(job.kind.value).inc()
+            log.info("job %s cancelled: its client went away", job.id)
+
+
+T = TypeVar("T")
+
+
+async def cancelled_if_abandoned(state: AppState, job: JobRecord, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`stream` (a streaming route's body, which ends once the job has), cancelling the job if the client
+    goes away before the end: the server then stops the body's task, and this notices."""
+    finished = False
+    try:
+        async for item in stream:
+            yield item
+        finished = True
+    finally:
+        if not finished:
+            await abandon(state, job)
 
 
 async def stored_audio(store: JobStore, job: JobRecord) -> bytes:

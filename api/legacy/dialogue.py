@@ -19,6 +19,7 @@ from api.errors import (
     JobFailure,
     Unprocessable,
     error_body,
+    load_json,
     raise_for_failure,
     validated,
 )
@@ -49,6 +50,7 @@ def config_object(raw: Any, name: str) -> dict[str, Any]:
         value = json.loads(raw)
     except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer too long to read
         raise BadRequest(f"Invalid JSON for '{name}'", param=name) from None
+    value = load_json(raw, name)  # parsed as the original did it; nesting and NaN as every route refuses them
     if not isinstance(value, dict):
         raise BadRequest(f"Field '{name}' must be a JSON object", param=name)
     return value

@@ -18,19 +18,21 @@ class LegacyGenerationRequest(BaseModel):
     """The original's `GenerationRequest`: its fields and bounds, unknown fields ignored, `stop: null`
     allowed; `model` (a registered name) is speechq's addition. Only the fields sent are applied."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     prompt: str = Field(max_length=200_000)
     max_tokens: int = Field(512, ge=1, le=4096)
-    temperature: float = Field(0.7, ge=0.0)
+    temperature: float = Field(0.7, ge=0.0, le=100.0)
     top_p: float = Field(0.95, ge=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
-    repeat_penalty: float = Field(1.1, ge=0.0)
+    repeat_penalty: float = Field(1.1, ge=0.0, le=100.0)
     stop: list[str] | None = None
     seed: int | None = Field(None, ge=0)
-    min_p: float = Field(0.05, ge=0.0)
-    tfs_z: float = Field(1.0, ge=0.0)  # accepted, as the original did; llama.cpp no longer has tail-free sampling
-    typical_p: float = Field(1.0, ge=0.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    tfs_z: float = Field(
+        1.0, ge=0.0, le=100.0
+    )  # accepted, as the original did; llama.cpp no longer has tail-free sampling
+    typical_p: float = Field(1.0, ge=0.0, le=1.0)
     model: str | None = None
 
     def job_request(self) -> GenerateRequest:

@@ -101,7 +101,7 @@ class LegacySpeechRequest(BaseModel):
     the default and a field speechq does not know is ignored; speechq's own synthesis fields (`voice`,
     `model`, `speed`, `seed`, …) are applied as on `/v1/jobs/synthesize`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     text: str | None = None
     input: str | None = None

@@ -46,7 +46,9 @@ class OpenAIMessage(BaseModel):
 class SamplingFields(BaseModel):
     """Fields common to both endpoints; unset ones fall back to speechq's defaults."""
 
-    model_config = ConfigDict(extra="ignore")  # the client sends fields we do not use (user, logit_bias, …)
+    model_config = ConfigDict(
+        extra="ignore", allow_inf_nan=False
+    )  # the client sends fields we do not use (user, logit_bias, …)
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=4096)

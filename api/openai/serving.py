@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import JobFailure, error_body
-from api.intake.jobs import follow, submit, wait_for
+from api.intake.jobs import cancelled_if_abandoned, follow, submit, wait_for
 from api.openai.payloads import chat_payload, completion_payload
 from api.openai.protocol import (
     ChatChunkChoice,
@@ -40,7 +40,12 @@ Chunk = Callable[[str | None, str | None], StreamChunk]  # (text delta, finish_r
 # Declared for the JSON answer; with `stream` the route answers server-sent events instead.
 @router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+    body: ChatCompletionRequest,
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    request: Request,
+    response: Response,
 ) -> ChatCompletionResponse | EventSourceResponse:
     job, _ = await submit(state, JobKind.chat, chat_payload(body), principal, request_id=rid)
     completion_id, created = f"chatcmpl-{job.id}", now()
@@ -56,14 +61,19 @@ async def chat_completions(
         first = chunk("", None)
         first.choices[0].delta.role = "assistant"
         return _stream(state, job, chunk, include_usage, first)
-    result = result_of(await wait_for(state, job), GenerationResult)
+    result = result_of(await wait_for(state, job, client=request), GenerationResult)
     response.headers["X-Job-ID"] = job.id
     return ChatCompletionResponse.of(job.id, body.model, created, result, job.service_tier)
 
 
 @router.post("/completions", response_model=CompletionResponse)
 async def completions(
-    body: CompletionRequestOpenAI, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+    body: CompletionRequestOpenAI,
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    request: Request,
+    response: Response,
 ) -> CompletionResponse | EventSourceResponse:
     job, _ = await submit(state, JobKind.completion, completion_payload(body), principal, request_id=rid)
     completion_id, created = f"cmpl-{job.id}", now()
@@ -75,7 +85,7 @@ async def completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _stream(state, job, chunk, include_usage, None)
-    result = result_of(await wait_for(state, job), GenerationResult)
+    result = result_of(await wait_for(state, job, client=request), GenerationResult)
     response.headers["X-Job-ID"] = job.id
     return CompletionResponse.of(job.id, body.model, created, result, job.service_tier)
 
@@ -103,4 +113,4 @@ def _stream(
                     yield ServerSentEvent(data=usage.model_dump_json())
         yield ServerSentEvent(data="[DONE]")
 
-    return EventSourceResponse(events(), ping=15, headers={"X-Job-ID": job.id})
+    return EventSourceResponse(cancelled_if_abandoned(state, job, events()), ping=15, headers={"X-Job-ID": job.id})

@@ -29,7 +29,7 @@ class VoiceId(BaseModel):
 
 
 class SpeechRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=128)
     input: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS)

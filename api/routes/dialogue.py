@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
-from api.errors import JobFailure, Unprocessable, validated, websocket_error
+from api.errors import JobFailure, Unprocessable, load_json, validated, websocket_error
 from api.intake.jobs import created, follow, stored_audio, wait_for
 from api.intake.synthesis import remote_defaults
 from api.intake.transcription import AudioFile, sent_fields, submit_charged
@@ -76,10 +76,7 @@ def _object(value: Any, name: str) -> dict[str, Any]:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise Unprocessable(f"{name}: not valid JSON ({exc.msg})", param=name) from None
+        value = load_json(value, name)
     if not isinstance(value, dict):
         raise Unprocessable(f"{name}: must be a JSON object", param=name)
     return value

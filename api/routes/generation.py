@@ -7,14 +7,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Response, WebSocket
+from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep, receive_request, websocket_principal
 from api.errors import Conflict, JobFailure, WebSocketError, error_body, validated, websocket_error
-from api.intake.jobs import follow, submit, wait_for
+from api.intake.jobs import cancelled_if_abandoned, follow, submit, wait_for
 from api.legacy.generation import LegacyGenerationRequest
 from api.state import AppState
 from contract.events import event_data
@@ -31,10 +31,15 @@ class GenerateResponse(BaseModel):
 
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(
-    body: LegacyGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+    body: LegacyGenerationRequest,
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    request: Request,
+    response: Response,
 ) -> GenerateResponse:
     job, _ = await submit(state, JobKind.generate, body.job_request(), principal, request_id=rid)
-    final = await wait_for(state, job)
+    final = await wait_for(state, job, client=request)
     response.headers["X-Job-ID"] = job.id  # speechq's addition, as on the other original API's routes
     return GenerateResponse(generated_text=result_of(final, GenerationResult).text)
 
@@ -66,7 +71,8 @@ async def generate_stream(
         async for line in _text_so_far(state, job):
             yield (json.dumps(line) + "\n").encode()
 
-    return StreamingResponse(lines(), media_type="application/json", headers={"X-Job-ID": job.id})
+    body_stream = cancelled_if_abandoned(state, job, lines())
+    return StreamingResponse(body_stream, media_type="application/json", headers={"X-Job-ID": job.id})
 
 
 @router.websocket("/generate_ws")

@@ -1,0 +1,167 @@
+"""Hostile input gets a 4xx that names the field, never a 500 (issue 28): text UTF-8 cannot carry, numbers
+JSON should not carry (NaN, ±Infinity) or that are past any sane bound, JSON nested past any sane depth."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+from websockets.sync.client import connect
+
+from tests.audio import spoken
+from tests.conftest import Stack
+from tests.records import job_hash, owner_jobs
+from tests.stack import wait_until
+
+HEADERS = {"content-type": "application/json"}
+
+
+def refused(response: httpx.Response, param: str) -> None:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    error = response.json()["error"]
+    assert error["param"] == param or param in error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "param"),
+    [
+        ("/v1/jobs/generate", b'{"prompt": "\\ud800", "max_tokens": 4}', "prompt"),
+        ("/v1/jobs/chat", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', "messages.0.content"),
+        ("/v1/generate", b'{"prompt": "\\ud800", "max_tokens": 4}', "prompt"),
+        ("/v1/audio/speech", b'{"model": "tts-1", "input": "\\ud800", "voice": "alloy"}', "input"),
+    ],
+)
+def test_a_lone_surrogate_is_a_4xx_naming_the_field(client: httpx.Client, path: str, raw: bytes, param: str) -> None:
+    refused(client.post(path, content=raw, headers=HEADERS), param)
+
+
+def test_text_that_is_not_utf8_is_a_4xx(client: httpx.Client) -> None:
+    response = client.post("/v1/jobs/generate", content=b'{"prompt": "\xed\xa0\x80"}', headers=HEADERS)
+    assert 400 <= response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value", "extra"),
+    [
+        ("/v1/jobs/generate", "temperature", "NaN", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "temperature", "-Infinity", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "temperature", "Infinity", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "temperature", "1e999", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "temperature", "1e308", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "top_p", "NaN", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "repeat_penalty", "NaN", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "min_p", "Infinity", {"prompt": "hi"}),
+        ("/v1/jobs/generate", "typical_p", "Infinity", {"prompt": "hi"}),
+        ("/v1/completions", "temperature", "NaN", {"model": "gemma-3-270m", "prompt": "hi"}),
+        ("/v1/chat/completions", "temperature", "-Infinity", {"model": "gemma-3-270m", "messages": []}),
+        ("/v1/jobs/synthesize", "speed", "NaN", {"text": "hi"}),
+        ("/v1/audio/speech", "speed", "Infinity", {"model": "tts-1", "input": "hi", "voice": "alloy"}),
+    ],
+)
+def test_a_number_past_any_bound_is_a_4xx_naming_it(
+    client: httpx.Client, stack: Stack, path: str, field: str, value: str, extra: dict[str, object]
+) -> None:
+    body = json.dumps(extra)[:-1] + f', "{field}": {value}}}'
+    refused(client.post(path, content=body.encode(), headers=HEADERS), field)
+    assert "Traceback" not in stack.api.log()[-20_000:]
+
+
+DEEP = "[" * 10_000 + "]" * 10_000
+DEEP_OBJECT = '{"a": ' * 10_000 + "1" + "}" * 10_000
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/dialogue", "/v1/dialogue"])
+@pytest.mark.parametrize("field", ["generation_config", "synthesis_config"])
+def test_json_nested_10000_deep_in_a_form_field_is_a_4xx(
+    client: httpx.Client, stack: Stack, path: str, field: str
+) -> None:
+    response = client.post(path, files={"file": ("a.wav", spoken("fox"), "audio/wav")}, data={field: DEEP_OBJECT})
+    refused(response, field)
+    assert "Traceback" not in stack.api.log()[-20_000:]
+
+
+def test_json_nested_10000_deep_in_a_batch_line_fails_that_line(client: httpx.Client) -> None:
+    content = (DEEP_OBJECT + "\n").encode()
+    file_id = client.post("/v1/files", files={"file": ("b.jsonl", content)}, data={"purpose": "batch"}).json()["id"]
+    batch = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions"}).json()
+    assert batch["status"] == "failed"
+    assert "nested deeper than 32 levels" in batch["errors"]["data"][0]["message"]
+
+
+@pytest.mark.parametrize("message", [DEEP, DEEP_OBJECT, '{"prompt": "hi", "temperature": NaN}'])
+def test_a_websocket_message_nested_too_deep_or_not_a_number_gets_an_error(
+    client: httpx.Client, stack: Stack, message: str
+) -> None:
+    url = str(client.base_url.copy_with(scheme="ws").join("/v1/generate_ws"))
+    with connect(url) as ws:
+        ws.send(message)
+        answer = json.loads(ws.recv())
+        assert answer["status"] == "error" and ("nested deeper" in answer["detail"] or "NaN" in answer["detail"])
+    assert "Traceback" not in stack.api.log()[-20_000:]
+
+
+def lying_wav(rate: int, data: int = 4096) -> bytes:
+    header = struct.pack("<IHHIIHH", 16, 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
+    return (
+        b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + header + b"data" + struct.pack("<I", data) + bytes(data)
+    )
+
+
+def test_a_wav_claiming_2147483647_hz_is_refused_by_the_api(client: httpx.Client) -> None:
+    response = client.post("/v1/jobs/transcribe", files={"file": ("lie.wav", lying_wav(2_147_483_647), "audio/wav")})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_audio" and "2147483647 Hz" in error["message"]
+
+
+# --- a request nobody waits for stops its job ---------------------------------------------------------
+
+
+def newest_job_with(stack: Stack, marker: str) -> dict[str, str]:
+    with redis.Redis.from_url(stack.redis_url, decode_responses=True) as r:
+        for job_id in reversed(owner_jobs(r, "anonymous")[-50:]):
+            record = job_hash(r, job_id)
+            if marker in record.get("request", ""):
+                return record
+    raise AssertionError(f"no job with {marker!r}")
+
+
+def cancelled_soon(stack: Stack, marker: str, gone_at: float) -> None:
+    def ended() -> dict[str, str] | None:
+        record = newest_job_with(stack, marker)
+        return record if record["status"] in ("cancelled", "cancelling") else None
+
+    wait_until(ended, timeout=3.0, interval=0.1, what="the abandoned job cancelled")
+    assert time.monotonic() - gone_at <= 3.5
+    wait_until(lambda: newest_job_with(stack, marker)["status"] == "cancelled", timeout=10, what="it to stop")
+
+
+def test_a_completion_abandoned_after_2s_is_cancelled_within_3s(stack: Stack) -> None:
+    marker = f"abandoned-{uuid.uuid4().hex[:8]}"
+    body = {"model": "gemma-3-270m", "prompt": f"{marker} Once upon a time", "max_tokens": 400, "temperature": 0.9}
+    with httpx.Client(base_url=stack.url, timeout=2.0) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/completions", json=body)
+    cancelled_soon(stack, marker, time.monotonic())
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "gemma-3-270m", "stream": True, "max_tokens": 400}),
+        ("/v1/generate_stream", {"max_tokens": 400}),
+    ],
+)
+def test_a_stream_closed_early_cancels_its_job(stack: Stack, path: str, body: dict[str, object]) -> None:
+    marker = f"closed-{uuid.uuid4().hex[:8]}"
+    text = f"{marker} Tell me a very long story."
+    request = {**body, "messages": [{"role": "user", "content": text}]} if "chat" in path else {**body, "prompt": text}
+    with httpx.Client(base_url=stack.url, timeout=60) as client, client.stream("POST", path, json=request) as response:
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)  # the generation is under way
+    cancelled_soon(stack, marker, time.monotonic())
