@@ -123,9 +123,11 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """Every error the API answers, in OpenAI's envelope (`api.errors.envelope`)."""
+    """Every error the API answers, in OpenAI's envelope (`api.errors.envelope`), and beside it the message
+    again as `detail`, which the original API's clients read."""
 
     error: ErrorDetail
+    detail: str
 
 
 class FieldError(BaseModel):
@@ -134,10 +136,12 @@ class FieldError(BaseModel):
     type: str
 
 
-class ValidationErrorEnvelope(ErrorEnvelope):
-    """A 422 also keeps FastAPI's list of the fields that failed."""
+class ValidationErrorEnvelope(BaseModel):
+    """A 422: `detail` is FastAPI's list of the fields that failed when the body did not validate, else the
+    message (as on every other error)."""
 
-    detail: list[FieldError] = []
+    error: ErrorDetail
+    detail: list[FieldError] | str
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -32,8 +32,8 @@ class GenerationParams(BaseModel):
         default_factory=list, max_length=16
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    typical_p: float = Field(1.0, ge=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, le=100.0)
+    typical_p: float = Field(1.0, ge=0.0, le=100.0)
     model: str | None = Field(None, min_length=1, max_length=128)
     service_tier: RequestedTier | None = None
     """OpenAI's: how soon the job starts when workers are busy (`tasks/scheduler.py`); unset: the route's default."""

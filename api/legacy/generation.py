@@ -28,11 +28,11 @@ class LegacyGenerationRequest(BaseModel):
     repeat_penalty: float = Field(1.1, ge=0.0, le=100.0)
     stop: list[str] | None = None
     seed: int | None = Field(None, ge=0)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, le=100.0)
     tfs_z: float = Field(
         1.0, ge=0.0, le=100.0
     )  # accepted, as the original did; llama.cpp no longer has tail-free sampling
-    typical_p: float = Field(1.0, ge=0.0, le=1.0)
+    typical_p: float = Field(1.0, ge=0.0, le=100.0)
     model: str | None = None
 
     def job_request(self) -> GenerateRequest:

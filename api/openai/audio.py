@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.auth import Principal
@@ -19,12 +19,14 @@ from contract.transcription import TranscriptionResult
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
 
 
-async def _serve(state: AppState, principal: Principal, rid: str, file: AudioFile, options: dict[str, Any]) -> Response:
+async def _serve(
+    state: AppState, principal: Principal, rid: str, http: Request, file: AudioFile, options: dict[str, Any]
+) -> Response:
     model = options.get("model")
     if model is None:
         raise Unprocessable("model: Field required", param="model")
     job, request, _ = await submit_upload(state, principal, file, options, request_id=rid)
-    final = await wait_for(state, job)
+    final = await wait_for(state, job, client=http)
     response = formatted(result_of(final, TranscriptionResult), request.response_format)
     response.headers["X-Job-ID"] = job.id
     return response
@@ -32,15 +34,15 @@ async def _serve(state: AppState, principal: Principal, rid: str, file: AudioFil
 
 @router.post("/transcriptions", response_model=None)
 async def transcriptions(
-    state: StateDep, principal: PrincipalDep, rid: RequestIdDep, file: AudioFile, options: OptionsDep
+    state: StateDep, principal: PrincipalDep, rid: RequestIdDep, http: Request, file: AudioFile, options: OptionsDep
 ) -> Response:
-    return await _serve(state, principal, rid, file, {**options, "task": "transcribe"})
+    return await _serve(state, principal, rid, http, file, {**options, "task": "transcribe"})
 
 
 @router.post("/translations", response_model=None)
 async def translations(
-    state: StateDep, principal: PrincipalDep, rid: RequestIdDep, file: AudioFile, options: OptionsDep
+    state: StateDep, principal: PrincipalDep, rid: RequestIdDep, http: Request, file: AudioFile, options: OptionsDep
 ) -> Response:
     # Translation is always into English: a source-language hint or word timestamps do not apply.
     options = {k: v for k, v in options.items() if k not in ("language", "timestamp_granularities")}
-    return await _serve(state, principal, rid, file, {**options, "task": "translate"})
+    return await _serve(state, principal, rid, http, file, {**options, "task": "translate"})

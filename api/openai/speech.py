@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
 from api.errors import validated
+from api.intake.jobs import cancelled_if_abandoned
 from api.intake.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from api.openai.protocol import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
 from contract.catalog import ModelRole
@@ -66,10 +67,14 @@ async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, 
             done = SpeechAudioDone(usage=SpeechUsage(input_tokens=words, output_tokens=0, total_tokens=words))
             yield ServerSentEvent(data=done.model_dump_json(), event=done.type)
 
-        return EventSourceResponse(events(), headers={"X-Job-ID": job.id, "Cache-Control": "no-store"})
+        stream = cancelled_if_abandoned(state, job, events())
+        return EventSourceResponse(stream, headers={"X-Job-ID": job.id, "Cache-Control": "no-store"})
 
     async def audio() -> AsyncIterator[bytes]:
         async for chunk in chunks:
             yield chunk.decoded()
 
-    return StreamingResponse(audio(), media_type=MEDIA_TYPES[body.response_format], headers=audio_headers(request, job))
+    body_stream = cancelled_if_abandoned(state, job, audio())
+    return StreamingResponse(
+        body_stream, media_type=MEDIA_TYPES[body.response_format], headers=audio_headers(request, job)
+    )

@@ -13,13 +13,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, WebSocket
+from fastapi import APIRouter, Depends, Form, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import JobFailure, Unprocessable, load_json, validated, websocket_error
-from api.intake.jobs import created, follow, stored_audio, wait_for
+from api.intake.jobs import cancelled_if_abandoned, created, follow, stored_audio, wait_for
 from api.intake.synthesis import remote_defaults
 from api.intake.transcription import AudioFile, sent_fields, submit_charged
 from api.legacy.dialogue import (
@@ -173,6 +173,7 @@ async def dialogue(
     state: StateDep,
     principal: PrincipalDep,
     rid: RequestIdDep,
+    http: Request,
     file: AudioFile,
     options: OptionsDep,
     stream_audio: Annotated[bool, Form(description="answer with one JSON event per line")] = False,
@@ -205,9 +206,9 @@ async def dialogue(
                 yield (json.dumps(line) + "\n").encode()
 
         media_type = "application/x-ndjson" if pipelined else "application/json"
-        return StreamingResponse(body(), media_type=media_type, headers=headers)
+        return StreamingResponse(cancelled_if_abandoned(state, job, body()), media_type=media_type, headers=headers)
     with as_the_original():
-        final = await wait_for(state, job)
+        final = await wait_for(state, job, client=http)
     answer = LegacyDialogue.of(final, await stored_audio(state.store, final), response_format)
     return JSONResponse(answer.model_dump(mode="json"), headers=headers)
 

@@ -60,7 +60,17 @@ async def _text_so_far(state: AppState, job: JobRecord) -> AsyncIterator[dict[st
                 yield error_body(Conflict(f"the generation was {ended}"))
 
 
-@router.post("/generate_stream")
+@router.post(
+    "/generate_stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A stream of JSON objects, one per line, as the original sent them: "
+            '`{"generated_text": <the text so far>}` for each piece, a failure as the error envelope',
+            "content": {"application/json": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 async def generate_stream(
     body: LegacyGenerationRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep
 ) -> StreamingResponse:

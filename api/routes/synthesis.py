@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import Unprocessable, validated
-from api.intake.jobs import accepted, stored_audio, wait_for
+from api.intake.jobs import accepted, cancelled_if_abandoned, stored_audio, wait_for
 from api.intake.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from api.legacy.speech import LegacyAudioChunk, LegacyAudioFormat, LegacySpeechRequest, LegacySynthesis
 from api.schemas import JobCreated
@@ -33,7 +33,12 @@ async def create_synthesis_job(
 
 @router.post("/v1/text-to-speech", response_model=LegacySynthesis)
 async def text_to_speech(
-    body: LegacySpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep, response: Response
+    body: LegacySpeechRequest,
+    state: StateDep,
+    principal: PrincipalDep,
+    rid: RequestIdDep,
+    http: Request,
+    response: Response,
 ) -> Response | LegacySynthesis:
     """The original endpoint: `{audio_base64, response_format, media_type, sample_rate, reference_id}`, or with
     `stream` the raw audio bytes as they are synthesized (headers `x-audio-format`, `x-sample-rate`, and
@@ -50,8 +55,9 @@ async def text_to_speech(
 
         described = LegacyAudioFormat.of(request, answered_format, job.id)
         headers = {**audio_headers(request, job), **described.headers()}
-        return StreamingResponse(audio(), media_type=described.media_type, headers=headers)
-    final = await wait_for(state, job)
+        stream = cancelled_if_abandoned(state, job, audio())
+        return StreamingResponse(stream, media_type=described.media_type, headers=headers)
+    final = await wait_for(state, job, client=http)
     response.headers["X-Job-ID"] = job.id
     return await legacy_synthesis(state, final, answered_format)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import Principal
@@ -42,6 +42,7 @@ async def speech_to_text(
     rid: RequestIdDep,
     file: AudioFile,
     options: OptionsDep,
+    http: Request,
     response: Response,
 ) -> LegacyTranscript:
     """The original endpoint: blocks until the transcript is ready and answers `{text, language, segments}`,
@@ -50,7 +51,7 @@ async def speech_to_text(
         raise EmptyUpload("Uploaded audio file was empty", param="file")
     request = legacy_transcription(options, file.filename)
     job, _ = await submit_file(state, principal, file, request, request_id=rid)
-    final = await wait_for(state, job)
+    final = await wait_for(state, job, client=http)
     response.headers["X-Job-ID"] = job.id
     return LegacyTranscript.of(result_of(final, TranscriptionResult))
 
