@@ -145,14 +145,25 @@ class ValidationErrorEnvelope(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorEnvelope,
+        "description": "A body that is not JSON (or not UTF-8), or a bad request the "
+        "original API answered 400 (`bad_request`, `context_length_exceeded`, `invalid_audio`…)",
+    },
     401: {"model": ErrorEnvelope, "description": "Missing or invalid API key (`invalid_api_key`)"},
+    403: {"model": ErrorEnvelope, "description": "A wrong key on the original API's routes, as it answered"},
     404: {"model": ErrorEnvelope, "description": "No such job, file, batch or model, or another key's"},
+    409: {"model": ErrorEnvelope, "description": "The job is not in a state for this (cancelled, not finished)"},
+    413: {"model": ErrorEnvelope, "description": "An upload, a request or the key's storage over its limit"},
+    415: {"model": ErrorEnvelope, "description": "An upload that is not audio of an accepted kind"},
     422: {"model": ValidationErrorEnvelope, "description": "A bad field, named in `error.param`"},
     429: {"model": ErrorEnvelope, "description": "Rate limit or active-job quota exceeded; see `Retry-After`"},
     503: {
         "model": ErrorEnvelope,
         "description": "Redis or the broker unreachable, or the queue full; see `Retry-After`",
     },
+    504: {"model": ErrorEnvelope, "description": "A blocking route's job did not finish in time, or expired queued"},
+    507: {"model": ErrorEnvelope, "description": "The job store (Redis) is full; see `Retry-After`"},
 }
 
 

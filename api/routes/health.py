@@ -43,7 +43,11 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus' text format"}},
+)
 async def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus text format; queue depth and live workers per queue are read from Redis now."""
     if state.settings.metrics_require_key:

@@ -117,7 +117,11 @@ async def get_result(job_id: str, store: StoreDep, principal: PrincipalDep) -> R
     return result
 
 
-@router.get("/{job_id}/audio")
+@router.get(
+    "/{job_id}/audio",
+    response_class=Response,
+    responses={200: {"content": {"audio/*": {}}, "description": "the audio, with its media type"}},
+)
 async def get_audio(job_id: str, store: StoreDep, principal: PrincipalDep) -> Response:
     """The audio a synthesis or a dialogue produced, with its media type."""
     job = await _owned(store, job_id, principal)
@@ -144,7 +148,11 @@ def _resume_point(header: str | None, query: str | None) -> str | None:
         raise Unprocessable(f"not an event id: {quoted(given)!r}", param="Last-Event-ID") from exc
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events, as server-sent events"}},
+)
 async def job_events(
     job_id: str,
     state: StateDep,
