@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
+from api.client_json import load_json
 from api.errors import (
     ApiError,
     BatchCancelled,
@@ -22,7 +23,6 @@ from api.errors import (
     Unprocessable,
     batch_error,
     failure_of,
-    load_json,
     validated,
 )
 from api.intake.jobs import with_operator_defaults

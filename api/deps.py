@@ -14,6 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.auth import ANONYMOUS, Principal
 from api.batch_service import BatchService
+from api.client_json import load_json
 from api.errors import (
     ApiError,
     BadRequest,
@@ -24,7 +25,6 @@ from api.errors import (
     Unprocessable,
     api_error_response,
     as_api_error,
-    load_json,
     websocket_error,
 )
 from api.state import AppState

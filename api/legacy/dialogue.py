@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from api.client_json import load_json
 from api.errors import (
     ApiError,
     BadRequest,
@@ -19,7 +19,6 @@ from api.errors import (
     JobFailure,
     Unprocessable,
     error_body,
-    load_json,
     raise_for_failure,
     validated,
 )
@@ -46,11 +45,8 @@ def config_object(raw: Any, name: str) -> dict[str, Any]:
     `{}`; anything else must be a JSON object, or it is a 400 with the original's detail."""
     if raw is None or raw in ("", "null"):
         return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer too long to read
-        raise BadRequest(f"Invalid JSON for '{name}'", param=name) from None
-    value = load_json(raw, name)  # parsed as the original did it; nesting and NaN as every route refuses them
+    # Bad JSON is the original's 400 and its detail; NaN and nesting past any sane depth, every route's 422.
+    value = load_json(raw, name, bad=lambda _: BadRequest(f"Invalid JSON for '{name}'", param=name))
     if not isinstance(value, dict):
         raise BadRequest(f"Field '{name}' must be a JSON object", param=name)
     return value

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, Form, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal
+from api.client_json import load_json
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
-from api.errors import JobFailure, Unprocessable, load_json, validated, websocket_error
+from api.errors import JobFailure, Unprocessable, validated, websocket_error
 from api.intake.jobs import cancelled_if_abandoned, created, follow, stored_audio, wait_for
 from api.intake.synthesis import remote_defaults
 from api.intake.transcription import AudioFile, sent_fields, submit_charged

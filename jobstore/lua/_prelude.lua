@@ -11,11 +11,13 @@ end
 -- Append an event to the job's stream, keep the stream's TTL in step with the job, and publish it to
 -- live readers as "<previous id> <id> <type> <data>": a reader whose last id is the previous one can
 -- take the event straight from the notification; any other reader reads the stream.
-local function emit(job, stream, channel, ttl, etype, data)
-  local previous = redis.call('HGET', job, 'last_event_id') or '0-0'
+-- `previous` (optional): the job's last event id, when the caller has read it already; `fields` (optional):
+-- more field/value pairs of the job's hash to write with the new id, in the same command.
+local function emit(job, stream, channel, ttl, etype, data, previous, fields)
+  previous = previous or redis.call('HGET', job, 'last_event_id') or '0-0'
   local id = redis.call('XADD', stream, '*', 'type', etype, 'data', data)
   redis.call('EXPIRE', stream, ttl)
-  redis.call('HSET', job, 'last_event_id', id)
+  redis.call('HSET', job, 'last_event_id', id, unpack(fields or {}))
   redis.call('PUBLISH', channel, previous .. ' ' .. id .. ' ' .. etype .. ' ' .. data)
   return id
 end

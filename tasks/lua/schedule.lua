@@ -31,9 +31,10 @@ local function sched_enqueue(queue, tier, principal, weight, ids)
 end
 
 -- A waiting job leaves the scheduler's count (cancelled); its id is dropped from its list when reached.
--- `counts` (optional) gathers the decrements by queue and tier, for the caller to apply at once.
-local function sched_forget(job, counts)
-  local waiting, queue, tier = unpack(redis.call('HMGET', job, 'waiting', 'queue', 'tier'))
+-- `counts` (optional) gathers the decrements by queue and tier, for the caller to apply at once (with
+-- `sched_forgotten`); `read` (optional) is the job's {waiting, queue, tier} when the caller has them.
+local function sched_forget(job, counts, read)
+  local waiting, queue, tier = unpack(read or redis.call('HMGET', job, 'waiting', 'queue', 'tier'), 1, 3)
   if waiting ~= '1' then return end
   redis.call('HDEL', job, 'waiting', 'message')
   local key = sched_key(queue, 'waiting') .. ' ' .. (tier or 'default')
