@@ -3,7 +3,7 @@ them that checks the API key and the rate limit before a request's body is read.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, WebSocket
@@ -14,19 +14,17 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.auth import ANONYMOUS, Principal
 from api.batch_service import BatchService
-from api.client_json import load_json
 from api.errors import (
     ApiError,
-    BadRequest,
     Forbidden,
     InvalidApiKey,
     TooManyRequests,
     Unauthorized,
-    Unprocessable,
     api_error_response,
     as_api_error,
     websocket_error,
 )
+from api.inbox import Inbox
 from api.state import AppState
 from config.logs import bind
 from contract.errors import JobError
@@ -197,36 +195,31 @@ async def close_with_error(websocket: WebSocket, exc: BaseException) -> None:
     await websocket.close(code=failure.close_code, reason=failure.reason)
 
 
-async def receive_request(websocket: WebSocket) -> dict[str, Any]:
-    """The next message, which must be a JSON object (400 if it is not JSON, 422 if not an object)."""
-    message = load_json(await websocket.receive_text(), bad=BadRequest)
-    if not isinstance(message, dict):
-        raise Unprocessable("the message must be a JSON object")
-    return message
-
-
-WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Awaitable[None]]
+WebSocketHandler = Callable[[WebSocket, AppState, Principal, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 async def serve_websocket(websocket: WebSocket, handle: WebSocketHandler) -> None:
     """The original API's WebSockets: check the key, accept, then answer JSON requests one after another on
-    the same connection, as the original's loops did. A refused or failed request gets its
+    the same connection, as the original's loops did, except that a client that leaves mid-answer is noticed
+    at once (`Inbox`), and the handler cancelled with it. A refused or failed request gets its
     `websocket_error` message and the connection stays open for the next; any other failure (Redis or
     the broker away, a bug) gets its message too, then closes the connection (1011)."""
     state, principal = await websocket_principal(websocket)
     if principal is None:
         return
     await websocket.accept()
-    while True:
-        try:
-            await handle(websocket, state, principal, await receive_request(websocket))
-        except WebSocketDisconnect:
-            return
-        except (ApiError, JobError) as exc:  # refused, or failed: the next request may do better
-            await websocket.send_json(websocket_error(exc).message)
-        except Exception as exc:  # noqa: BLE001 - Redis or the broker away, or a bug: say why, then close
-            await close_with_error(websocket, exc)
-            return
+    async with Inbox(websocket) as inbox:
+        while True:
+            try:
+                request = await inbox.next_request()
+                await inbox.while_connected(handle(websocket, state, principal, request))
+            except WebSocketDisconnect:
+                return
+            except (ApiError, JobError) as exc:  # refused, or failed: the next request may do better
+                await websocket.send_json(websocket_error(exc).message)
+            except Exception as exc:  # noqa: BLE001 - Redis or the broker away, or a bug: say why, then close
+                await close_with_error(websocket, exc)
+                return
 
 
 async def refuse(websocket: WebSocket, code: int, reason: str) -> None:

@@ -3,22 +3,48 @@ JSON should not carry (NaN, ±Infinity) or that are past any sane bound, JSON ne
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 import redis
 from websockets.sync.client import connect
 
-from tests.audio import spoken
+from tests.audio import SENTENCES, as_wav, speak, spoken
 from tests.conftest import Stack
 from tests.records import job_hash, owner_jobs
 from tests.stack import wait_until
 
 HEADERS = {"content-type": "application/json"}
+
+
+@pytest.fixture(autouse=True)
+def nothing_logged_at_error(stack: Stack) -> Iterator[None]:
+    """Hostile input is the client's mistake, answered and logged as such: nothing the API or the worker logs
+    while these tests run is at ERROR or a traceback."""
+    processes = (stack.api, stack.worker)
+    before = [len(process.log()) for process in processes]
+    yield
+    for process, start in zip(processes, before, strict=True):
+        logged = process.log()[start:]
+        errors = [line for line in logged.splitlines() if at_error(line)]
+        assert not errors, f"{process.name} logged: {errors[:5]}"
+
+
+def at_error(line: str) -> bool:
+    """A JSON log line at ERROR or above, or a traceback printed outside the log (a Celery task that is
+    ignored, as a cancelled job's is, logs its traceback at INFO: that is no error)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "Traceback" in line
+    return isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL")
 
 
 def refused(response: httpx.Response, param: str) -> None:
@@ -164,4 +190,43 @@ def test_a_stream_closed_early_cancels_its_job(stack: Stack, path: str, body: di
         lines = response.iter_lines()
         for _ in range(3):
             next(lines)  # the generation is under way
+    cancelled_soon(stack, marker, time.monotonic())
+
+
+def long_speech(seconds: float = 60.0) -> bytes:
+    pcm, rate = speak(" ".join(SENTENCES.values()))
+    return as_wav(np.tile(pcm, int(seconds * rate / pcm.size) + 1), rate)
+
+
+def running(stack: Stack, marker: str) -> bool:
+    return newest_job_with(stack, marker)["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/generate_ws", "/v1/speech-to-text/ws", "/v1/text-to-speech/ws", "/v1/dialogue/ws"]
+)
+def test_a_websocket_closed_mid_answer_cancels_its_job(stack: Stack, path: str) -> None:
+    """The WebSockets read while they answer: a client that closes mid-answer cancels the job within 3 s,
+    even when the server has nothing to send it until the job ends (a transcription)."""
+    marker = f"ws-{uuid.uuid4().hex[:8]}"
+    story = f"{marker} Tell me a very long story."
+    messages: dict[str, dict[str, object]] = {
+        "/v1/generate_ws": {"prompt": story, "max_tokens": 400},
+        "/v1/speech-to-text/ws": {"audio_base64": base64.b64encode(long_speech()).decode(), "prompt": marker},
+        "/v1/text-to-speech/ws": {"text": f"{marker}. " + " ".join(SENTENCES.values()) * 12},
+        "/v1/dialogue/ws": {
+            "audio_base64": base64.b64encode(spoken("weather")).decode(),
+            "instructions": f"{marker} Answer at great length.",
+            "generation_config": {"max_tokens": 1500, "stop": ["@@"]},
+        },
+    }
+    message = messages[path]
+    # What shows the answer under way: a few tokens, the first audio, the transcript; a transcription
+    # sends nothing until it ends, so its job's status is the sign.
+    wanted = {"/v1/generate_ws": 3, "/v1/speech-to-text/ws": 0, "/v1/text-to-speech/ws": 2, "/v1/dialogue/ws": 2}
+    with connect(stack.url.replace("http://", "ws://") + path) as ws:
+        ws.send(json.dumps(message))
+        for _ in range(wanted[path]):
+            json.loads(ws.recv(timeout=60))
+        wait_until(lambda: running(stack, marker), timeout=60, interval=0.05, what="the job running")
     cancelled_soon(stack, marker, time.monotonic())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
+from starlette.websockets import WebSocketDisconnect
 
 from api.auth import Principal
 from api.errors import (
@@ -198,6 +199,17 @@ async def abandon(state: AppState, job: JobRecord) -> None:
 
 
 T = TypeVar("T")
+
+
+@asynccontextmanager
+async def cancelled_if_left(state: AppState, job: JobRecord) -> AsyncIterator[None]:
+    """Cancel `job` if the block is left because its client went away: the request's task was cancelled (by
+    the server, or by `Inbox.while_connected` for a WebSocket), or a send found the WebSocket closed."""
+    try:
+        yield
+    except (asyncio.CancelledError, WebSocketDisconnect):
+        await abandon(state, job)
+        raise
 
 
 async def cancelled_if_abandoned(state: AppState, job: JobRecord, stream: AsyncIterator[T]) -> AsyncIterator[T]:

@@ -20,7 +20,7 @@ from api.auth import Principal
 from api.client_json import load_json
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import JobFailure, Unprocessable, validated, websocket_error
-from api.intake.jobs import cancelled_if_abandoned, created, follow, stored_audio, wait_for
+from api.intake.jobs import cancelled_if_abandoned, cancelled_if_left, created, follow, stored_audio, wait_for
 from api.intake.synthesis import remote_defaults
 from api.intake.transcription import AudioFile, sent_fields, submit_charged
 from api.legacy.dialogue import (
@@ -227,5 +227,6 @@ async def _dialogue_over_websocket(
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await websocket_audio(message, state.settings, budget=budget)
     job, _ = await submit_charged(state, request, principal, audio, budget)
-    async for event in client_events(state, job):
-        await websocket.send_json(event)
+    async with cancelled_if_left(state, job):
+        async for event in client_events(state, job):
+            await websocket.send_json(event)

@@ -12,13 +12,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from api.deps import PrincipalDep, RequestIdDep, StateDep, receive_request, websocket_principal
+from api.auth import Principal
+from api.deps import PrincipalDep, RequestIdDep, StateDep, websocket_principal
 from api.errors import Conflict, JobFailure, WebSocketError, error_body, validated, websocket_error
-from api.intake.jobs import cancelled_if_abandoned, follow, submit, wait_for
+from api.inbox import Inbox
+from api.intake.jobs import cancelled_if_abandoned, cancelled_if_left, follow, submit, wait_for
 from api.legacy.generation import LegacyGenerationRequest
 from api.state import AppState
 from contract.events import event_data
-from contract.generation import GenerationResult
+from contract.generation import GenerateRequest, GenerationResult
 from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.results import result_of
 
@@ -93,20 +95,28 @@ async def generate_ws(websocket: WebSocket) -> None:
     if principal is None:
         return
     await websocket.accept()
-    while True:
-        try:
-            request = validated(LegacyGenerationRequest, await receive_request(websocket)).job_request()
-            job, _ = await submit(state, JobKind.generate, request, principal)
-            failure = await _stream_tokens(websocket, state, job)
-        except WebSocketDisconnect:
-            return
-        except Exception as exc:  # noqa: BLE001 - a bad request, Redis or the broker away, a bug: say why
-            failure = websocket_error(exc)
-        if failure is not None:
-            await websocket.send_json(failure.message)
-            # The original closed the connection after any failed request, and always with 1011.
-            await websocket.close(code=1011, reason=failure.reason)
-            return
+    async with Inbox(websocket) as inbox:
+        while True:
+            try:
+                request = validated(LegacyGenerationRequest, await inbox.next_request()).job_request()
+                failure = await inbox.while_connected(_generate(websocket, state, principal, request))
+            except WebSocketDisconnect:
+                return
+            except Exception as exc:  # noqa: BLE001 - a bad request, Redis or the broker away, a bug: say why
+                failure = websocket_error(exc)
+            if failure is not None:
+                await websocket.send_json(failure.message)
+                # The original closed the connection after any failed request, and always with 1011.
+                await websocket.close(code=1011, reason=failure.reason)
+                return
+
+
+async def _generate(
+    websocket: WebSocket, state: AppState, principal: Principal, request: GenerateRequest
+) -> WebSocketError | None:
+    job, _ = await submit(state, JobKind.generate, request, principal)
+    async with cancelled_if_left(state, job):
+        return await _stream_tokens(websocket, state, job)
 
 
 async def _stream_tokens(websocket: WebSocket, state: AppState, job: JobRecord) -> WebSocketError | None:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import Unprocessable, validated
-from api.intake.jobs import accepted, cancelled_if_abandoned, stored_audio, wait_for
+from api.intake.jobs import accepted, cancelled_if_abandoned, cancelled_if_left, stored_audio, wait_for
 from api.intake.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from api.legacy.speech import LegacyAudioChunk, LegacyAudioFormat, LegacySpeechRequest, LegacySynthesis
 from api.schemas import JobCreated
@@ -88,15 +88,17 @@ async def _synthesize_over_websocket(
     answered_format = body.answered_format(request)
     job = await submit_synthesis(state, request, principal, None)
     if not streaming:
-        final = await wait_for(state, job)
+        async with cancelled_if_left(state, job):
+            final = await wait_for(state, job)
         synthesis = await legacy_synthesis(state, final, answered_format)
         # The original left `reference_id` out of this event when there was none.
         await websocket.send_json({"event": "synthesis", "data": synthesis.model_dump(mode="json", exclude_none=True)})
         return
     metadata = LegacyAudioFormat.of(request, answered_format, job.id)
-    await websocket.send_json({"event": "metadata", "data": metadata.model_dump(mode="json", exclude_none=True)})
-    async for chunk in audio_chunks(state, job):
-        await websocket.send_json({"event": "audio_chunk", "data": LegacyAudioChunk.of(chunk).spoken_only()})
+    async with cancelled_if_left(state, job):
+        await websocket.send_json({"event": "metadata", "data": metadata.model_dump(mode="json", exclude_none=True)})
+        async for chunk in audio_chunks(state, job):
+            await websocket.send_json({"event": "audio_chunk", "data": LegacyAudioChunk.of(chunk).spoken_only()})
     ended = await state.store.get(job.id, owner=principal.id)
     assert ended is not None
     result = result_of(ended, SynthesisResult)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, serve_websocket
 from api.errors import Unprocessable
-from api.intake.jobs import created, wait_for
+from api.intake.jobs import cancelled_if_left, created, wait_for
 from api.intake.transcription import AudioFile, OptionsDep, submit_charged, submit_file, submit_upload
 from api.legacy.speech import EmptyUpload, LegacyTranscript, legacy_transcription, legacy_websocket_audio
 from api.schemas import JobCreated
@@ -73,6 +73,7 @@ async def _transcribe_over_websocket(
     budget = AudioBudget(state.redis, state.settings, principal.id)
     audio = await legacy_websocket_audio(message, state.settings, budget)
     job, _ = await submit_charged(state, request, principal, audio, budget)
-    final = await wait_for(state, job)
+    async with cancelled_if_left(state, job):
+        final = await wait_for(state, job)
     transcript = LegacyTranscript.of(result_of(final, TranscriptionResult))
     await websocket.send_json({"event": "transcript", "data": transcript.model_dump(mode="json")})
