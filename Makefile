@@ -19,7 +19,7 @@ PIP_INSTALL  = $(BIN)/pip install --quiet --constraint $(LOCK) $(if $(TORCH_INDE
 TORCH_SPEC      ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 # What the default configuration runs (`make run`), and what the tests need besides (`make test`).
-RUN_EXTRAS  := llm,stt,tts,flower
+RUN_EXTRAS  := llm,stt,tts,flower,realtime
 TEST_EXTRAS := $(RUN_EXTRAS),piper,openai-whisper,dev
 INSTALLED      := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test

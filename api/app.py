@@ -21,7 +21,7 @@ from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
 from api.openai import speech as openai_speech
 from api.request_id import RequestIdMiddleware
-from api.routes import batches, dialogue, files, generation, health, jobs, models, synthesis, transcription
+from api.routes import batches, dialogue, files, generation, health, jobs, models, realtime, synthesis, transcription
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from config import Settings, get_settings
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, generation, transcription, synthesis, dialogue, files, batches, models):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(health.router)
+    app.include_router(realtime.router)
     app.include_router(openai_serving.router, responses=ERROR_RESPONSES)
     app.include_router(openai_audio.router, responses=ERROR_RESPONSES)
     app.include_router(openai_speech.router, responses=ERROR_RESPONSES)
@@ -158,6 +159,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorEnvelope, "description": "An upload that is not audio of an accepted kind"},
     422: {"model": ValidationErrorEnvelope, "description": "A bad field, named in `error.param`"},
     429: {"model": ErrorEnvelope, "description": "Rate limit or active-job quota exceeded; see `Retry-After`"},
+    502: {"model": ErrorEnvelope, "description": "A remote engine (OpenAudio, OpenAI) failed (`upstream_error`)"},
     503: {
         "model": ErrorEnvelope,
         "description": "Redis or the broker unreachable, or the queue full; see `Retry-After`",

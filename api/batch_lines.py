@@ -60,7 +60,8 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(min_length=1, max_length=64)
-    endpoint: str
+    # The route names the endpoints in its own 422; the schema lists them for clients and fuzzers.
+    endpoint: str = Field(json_schema_extra={"enum": list(ENDPOINTS)})
     completion_window: Literal["24h"] = "24h"
     metadata: dict[str, str] | None = Field(None, max_length=16)
     service_tier: RequestedTier | None = None  # speechq's: the lines' tier (default flex)

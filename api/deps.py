@@ -61,12 +61,13 @@ async def get_batch_service(state: StateDep) -> BatchService:
 BatchServiceDep = Annotated[BatchService, Depends(get_batch_service)]
 
 
-async def authenticate(conn: HTTPConnection, state: AppState) -> Principal:
-    """The caller, after its key (or, without one, its IP) has passed the rate limit.
+async def authenticate(conn: HTTPConnection, state: AppState, presented: str | None = None) -> Principal:
+    """The caller, after its key (or, without one, its IP) has passed the rate limit. The key is the one
+    `presented` (a WebSocket's other ways of sending it), else the one in the headers.
 
     Callers without a valid key are limited by IP too, so guessing keys is as slow as the limit.
     """
-    presented = state.keys.presented(conn.headers)
+    presented = presented or state.keys.presented(conn.headers)
     # uvicorn's parser drops a header value's leading whitespace but keeps the trailing: strip both, so a
     # key pasted with a stray space is refused or accepted the same whichever side the space is on.
     principal = state.keys.authenticate(presented.strip() if presented else None)

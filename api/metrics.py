@@ -43,6 +43,21 @@ class ApiMetrics:
             ("kind",),
             registry=self.registry,
         )
+        self.realtime_sessions = Gauge(
+            "app_realtime_sessions", "Realtime sessions open on this API process", registry=self.registry
+        )
+        self.realtime_turns = Counter(
+            "app_realtime_turns_total",
+            "Realtime responses, by how they ended: completed, cancelled (barge-in or the client), failed",
+            ("status",),
+            registry=self.registry,
+        )
+        self.realtime_first_audio = Histogram(
+            "app_realtime_first_audio_seconds",
+            "Realtime turns: from the end of the user's speech (server VAD) to the answer's first audio",
+            buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=self.registry,
+        )
         self.rejections = Counter(
             "app_rate_limit_rejections_total",
             "Requests refused by a limit: key / ip (rate), quota (active jobs), queue (depth)",

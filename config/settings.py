@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     """How often open batches are brought up to date with their jobs (counts, expiry, output files): every
     API process runs a sweeper, the first to ask in an interval sweeps it. A batch's GET may lag this much."""
 
+    # --- realtime sessions (WS /v1/realtime) --------------------------------------------------------
+    max_realtime_sessions_per_key: int = Field(4, ge=0)
+    """Realtime sessions one API key (or, without keys, everyone) may hold open at once; 0: no limit."""
+    realtime_idle_timeout_seconds: float = Field(600.0, gt=0)
+    """A realtime session with no client event and no response under way for this long is closed."""
+    realtime_max_audio_seconds: float = Field(3_600.0, gt=0)
+    """Audio one realtime session may append in all (OpenAI's 15 MiB per event is checked too)."""
+
     # --- LLM --------------------------------------------------------------------------------------
     models_file: Path | None = None
     """The operator's models (YAML), served beside the built-in catalogue: `name: {role, source, ...}`
@@ -117,6 +125,10 @@ class Settings(BaseSettings):
     """Models of each role a worker keeps loaded; beyond it the least recently used idle one is unloaded."""
     llm_model: str = "gemma-3-270m"
     """The default LLM: a registry name, or an absolute path to a .gguf file (registered under that name)."""
+    dialogue_model: str = Field("smollm2-135m-instruct", min_length=1, max_length=128)
+    """The LLM that answers a spoken conversation (dialogue jobs, `/v1/dialogue` and its WebSocket, realtime
+    sessions) whose request names no model: a registered LLM name, checked at start-up like LLM_MODEL. An
+    instruct model, because a base model (the default LLM_MODEL) continues text rather than replying to it."""
     llm_models_dir: Path | None = None
     """Where assembled or downloaded GGUF files go; default `<data_dir>/models`."""
     llm_n_ctx: int = Field(4096, ge=128)

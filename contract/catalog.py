@@ -213,8 +213,8 @@ class Registry:
         """The catalogue, the operator's models file, and the defaults the settings name.
 
         LLM_MODEL and LOCAL_WHISPER_MODEL may be an absolute path (the operator's choice): it is served
-        under the file's stem, and clients name it so. OpenAI's names (`whisper-1`, `tts-1`, ...) stand
-        for the defaults.
+        under the file's stem, and clients name it so. DIALOGUE_MODEL must name a registered LLM. OpenAI's
+        names (`whisper-1`, `tts-1`, ...) stand for the defaults.
         """
         entries = dict(CATALOG)
         aliases: dict[str, str] = {}
@@ -238,6 +238,9 @@ class Registry:
             if entry is None or entry.role != role:
                 raise ModelsFileError(f"{setting}={value!r} is not a registered {role.value} model")
             defaults[role] = name
+        dialogue = entries.get(aliases.get(settings.dialogue_model, settings.dialogue_model))
+        if dialogue is None or dialogue.role != ModelRole.llm:
+            raise ModelsFileError(f"DIALOGUE_MODEL={settings.dialogue_model!r} is not a registered llm model")
         aliases.update(dict.fromkeys(OPENAI_WHISPER_ALIASES, defaults[ModelRole.stt]))
         aliases.update(dict.fromkeys(OPENAI_TTS_MODELS, defaults[ModelRole.tts]))
         clash = sorted(set(aliases) & set(entries))

@@ -50,9 +50,14 @@ def parse_event_id(value: str | None) -> str | None:
     if value is None or value == "":
         return None
     ms, _, seq = value.partition("-")
-    if not ms.isdigit() or (seq and not seq.isdigit()):
-        raise ValueError(f"not an event id: {value!r}")
+    if not _part(ms) or (seq and not _part(seq)):
+        raise ValueError(f"not an event id: {value[:40]!r}")
     return f"{ms}-{seq or 0}"
+
+
+def _part(text: str) -> bool:
+    """ASCII digits for a number Redis takes in a stream id (`isdigit` alone would pass "²")."""
+    return text.isascii() and text.isdigit() and int(text) < 2**64
 
 
 def _order(event_id: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,26 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 SPEECHQ = [sys.executable, "-m", "cli.main"]
 T = TypeVar("T")
+
+
+def at_error(line: str) -> bool:
+    """A JSON log line at ERROR or above, or a traceback printed outside the log (a Celery task that is
+    ignored, as a cancelled or failed job's is, logs its traceback inside an INFO line: that is no error)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "Traceback" in line
+    return isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL")
+
+
+@contextmanager
+def nothing_logged_at_error(*processes: Process) -> Iterator[None]:
+    """Fail if, during the block, any of `processes` logs at ERROR (see `at_error`)."""
+    before = [len(process.log()) for process in processes]
+    yield
+    for process, start in zip(processes, before, strict=True):
+        errors = [line for line in process.log()[start:].splitlines() if at_error(line)]
+        assert not errors, f"{process.name} logged: {errors[:5]}"
 
 
 def free_port() -> int:

@@ -145,14 +145,21 @@ def closure(requirements: list[str]) -> set[str]:
 
 
 def test_the_api_image_installs_no_model_library() -> None:
+    """The API image runs no model: it installs Flower and the realtime extra, whose only model is the
+    Silero VAD (onnxruntime; faster-whisper is there for the ONNX file it ships, which the API finds without
+    importing it, so CTranslate2 is never loaded in the API: tests/test_layering.py)."""
     installs = [line for line in (ROOT / "Dockerfile.api").read_text().splitlines() if "pip install" in line]
-    assert installs and all('".[flower]"' in line for line in installs)
+    assert installs and all('".[flower,realtime]"' in line for line in installs)
     meta = distribution("speechq").metadata
     base = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
     flower = [r.split(";")[0] for r in meta.get_all("Requires-Dist") or [] if 'extra == "flower"' in r]
     pulled = closure(base + flower)
     assert "fastapi" in pulled and "flower" in pulled and "celery" in pulled
     assert not pulled & MODEL_LIBRARIES, pulled & MODEL_LIBRARIES
+    realtime = {
+        r.split(";")[0].split(">")[0] for r in meta.get_all("Requires-Dist") or [] if 'extra == "realtime"' in r
+    }
+    assert realtime == {"numpy", "onnxruntime", "faster-whisper"}, realtime
 
 
 @pytest.fixture

@@ -330,7 +330,9 @@ def test_errors_never_echo_more_than_a_hundred_characters_of_input(hardened: str
         resume = client.get(f"/v1/jobs/{queued}/events", params={"after": "z" * 5000})
     for response, char, status in ((field, "k", 422), (job, "j", 404), (resume, "z", 422)):
         assert response.status_code == status, response.text[:300]
-        assert longest_run(response.text, char) == 100, (char, response.text[:300])
+        # An event id is checked against its pattern, which the answer names instead of the value.
+        longest = longest_run(response.text, char)
+        assert longest == 100 or (char == "z" and longest == 0), (char, response.text[:300])
         assert len(response.json()["error"]["message"]) <= 401
     # The field name is cut, not dropped: the error still says which field it was and how long.
     assert field.json()["error"]["param"].startswith("k" * 100 + "… (5000 characters)")

@@ -19,32 +19,17 @@ from websockets.sync.client import connect
 from tests.audio import SENTENCES, as_wav, speak, spoken
 from tests.conftest import Stack
 from tests.records import job_hash, owner_jobs
-from tests.stack import wait_until
+from tests.stack import nothing_logged_at_error, wait_until
 
 HEADERS = {"content-type": "application/json"}
 
 
 @pytest.fixture(autouse=True)
-def nothing_logged_at_error(stack: Stack) -> Iterator[None]:
+def quiet_logs(stack: Stack) -> Iterator[None]:
     """Hostile input is the client's mistake, answered and logged as such: nothing the API or the worker logs
     while these tests run is at ERROR or a traceback."""
-    processes = (stack.api, stack.worker)
-    before = [len(process.log()) for process in processes]
-    yield
-    for process, start in zip(processes, before, strict=True):
-        logged = process.log()[start:]
-        errors = [line for line in logged.splitlines() if at_error(line)]
-        assert not errors, f"{process.name} logged: {errors[:5]}"
-
-
-def at_error(line: str) -> bool:
-    """A JSON log line at ERROR or above, or a traceback printed outside the log (a Celery task that is
-    ignored, as a cancelled job's is, logs its traceback at INFO: that is no error)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return "Traceback" in line
-    return isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL")
+    with nothing_logged_at_error(stack.api, stack.worker):
+        yield
 
 
 def refused(response: httpx.Response, param: str) -> None:
@@ -212,7 +197,10 @@ def test_a_websocket_closed_mid_answer_cancels_its_job(stack: Stack, path: str) 
     story = f"{marker} Tell me a very long story."
     messages: dict[str, dict[str, object]] = {
         "/v1/generate_ws": {"prompt": story, "max_tokens": 400},
-        "/v1/speech-to-text/ws": {"audio_base64": base64.b64encode(long_speech()).decode(), "prompt": marker},
+        "/v1/speech-to-text/ws": {
+            "audio_base64": base64.b64encode(long_speech()).decode(),
+            "filename": f"{marker}.wav",
+        },
         "/v1/text-to-speech/ws": {"text": f"{marker}. " + " ".join(SENTENCES.values()) * 12},
         "/v1/dialogue/ws": {
             "audio_base64": base64.b64encode(spoken("weather")).decode(),

@@ -13,7 +13,8 @@ from redis import Redis
 
 from cli.embedded_redis import EmbeddedRedis
 from config import Settings, SettingsError, load_settings
-from tests.stack import ROOT, SPEECHQ, start_up, wait_until
+from contract.catalog import ModelRole, Registry
+from tests.stack import ROOT, SPEECHQ, free_port, start_up, wait_until
 
 
 def test_defaults() -> None:
@@ -53,6 +54,27 @@ def test_the_cli_refuses_to_start_with_a_bad_value(tmp_path: Path) -> None:
     done = subprocess.run([*SPEECHQ, "api"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "API_PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unknown_dialogue_model_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(_env_file=None)
+    assert settings.dialogue_model == "smollm2-135m-instruct"
+    assert Registry.load(settings).lookup(settings.dialogue_model, ModelRole.llm).chat_template  # an instruct model
+    for value in ("no-such-model", "whisper-base"):  # not registered; registered, but not a language model
+        monkeypatch.setenv("DIALOGUE_MODEL", value)
+        with pytest.raises(SettingsError, match=f"^DIALOGUE_MODEL='{value}' is not a registered llm model$"):
+            Registry.load(load_settings())
+
+
+def test_the_cli_refuses_to_start_with_an_unknown_dialogue_model(tmp_path: Path, redis_url: str) -> None:
+    env = {**os.environ, "DIALOGUE_MODEL": "no-such-model", "REDIS_URL": redis_url, "DATA_DIR": str(tmp_path)}
+    message = "DIALOGUE_MODEL='no-such-model' is not a registered llm model"
+    listed = subprocess.run([*SPEECHQ, "models", "list"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 2 and listed.stderr.strip() == f"speechq: {message}"
+    api = subprocess.run(
+        [*SPEECHQ, "api", "--port", str(free_port())], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert api.returncode != 0 and message in api.stdout + api.stderr
 
 
 def test_embedded_valkey_is_durable_across_a_restart(tmp_path: Path) -> None:

@@ -5,10 +5,15 @@ The dialogue job runs on a `dialogue` worker, which loads no model: it queues a 
 as the answer has finished it, so the first sentence is spoken while the model still writes the next.
 Stage events are relayed into the dialogue's own log (one job id, one event log); the sentences' audio
 (raw PCM from the stages) is encoded here into one stream of the format asked for, in sentence order.
+
+What the model says is never the client's fault: a sentence the voice cannot say (emoji, punctuation, a
+script it does not read) is left unspoken, and an answer with nothing speakable in it (an empty one too)
+still succeeds, with its text and `SILENCE_SECONDS` of silence as its audio.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -28,13 +33,19 @@ from contract.dialogue import (
 from contract.errors import EngineError, InvalidJobInput
 from contract.events import event_data
 from contract.generation import ChatMessage, ChatRequest, GenerationResult
-from contract.jobs import EventType, JobKind, JobRecord
+from contract.jobs import EventType, JobKind, JobRecord, JobStatus
 from contract.speech import MEDIA_TYPES, complete_sentences, speakable
 from contract.synthesis import SynthesisResult
 from contract.transcription import TranscribeRequest, TranscriptionResult
 from workers.audio_out import AudioEncoder, ChunkSender
 from workers.context import JobContext
 from workers.stages import Stage, StageRunner
+
+log = logging.getLogger(__name__)
+# The audio of an answer with nothing to speak: every format's encoder emits at least one whole frame of
+# it, so the stream and the stored file stay a valid, playable file of the format asked for (an encoder
+# given no samples at all writes no bytes for mp3, opus or aac).
+SILENCE_SECONDS = 0.2
 
 
 class Dialogue:
@@ -85,6 +96,9 @@ class Dialogue:
         )
         self.run.emit(EventType.transcript, heard)
         answer = self._answer_and_speak(transcript)
+        if self.encoder.samples == 0:  # nothing in the answer could be spoken
+            silence = np.zeros(round(SILENCE_SECONDS * self.rate), np.float32)
+            self.chunks.send(self.encoder.encode(silence, self.rate), None)
         tail, whole = self.encoder.close()
         self.chunks.send(tail, None)
         self.stages.write_output(self.job.id, whole)
@@ -161,11 +175,18 @@ class Dialogue:
                     self.chunks.send(self.encoder.encode(pcm, self.rate), stage.text)
                 elif kind == EventType.done:
                     self.open.remove(stage)
-                    self.stages.ended(stage, event_data(EventType.done, data).status, SynthesisResult)
+                    self._spoken(stage, event_data(EventType.done, data).status)
                     speaking.popleft()
-        if answer is None or not answer.text.strip():
-            raise EngineError("the model's answer was empty; there is nothing to speak")
+        assert answer is not None, "the loop ends once the generation stage has ended"
         return answer
+
+    def _spoken(self, stage: Stage, status: JobStatus) -> None:
+        """A synthesis stage's end. One refused as `invalid_input` could say nothing of its sentence (the
+        API checked the voice; the text is the model's): that sentence is silent, and the dialogue goes on."""
+        try:
+            self.stages.ended(stage, status, SynthesisResult)
+        except InvalidJobInput as exc:
+            log.info("dialogue %s: a sentence of the answer is not spoken: %s", self.job.id, exc.message)
 
     def _speak(self, sentence: str) -> Stage:
         stage = self._start("synthesis", JobKind.synthesize, self.request.speech(sentence).model_dump(mode="json"))

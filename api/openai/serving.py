@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -38,7 +39,10 @@ Chunk = Callable[[str | None, str | None], StreamChunk]  # (text delta, finish_r
 
 
 # Declared for the JSON answer; with `stream` the route answers server-sent events instead.
-@router.post("/chat/completions", response_model=ChatCompletionResponse)
+STREAMED: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}  # events: no schema
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=STREAMED)
 async def chat_completions(
     body: ChatCompletionRequest,
     state: StateDep,
@@ -66,7 +70,7 @@ async def chat_completions(
     return ChatCompletionResponse.of(job.id, body.model, created, result, job.service_tier)
 
 
-@router.post("/completions", response_model=CompletionResponse)
+@router.post("/completions", response_model=CompletionResponse, responses=STREAMED)
 async def completions(
     body: CompletionRequestOpenAI,
     state: StateDep,

@@ -3,8 +3,9 @@ synthesized (`stream_format: audio`), or as `speech.audio.delta` / `speech.audio
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import PrincipalDep, RequestIdDep, StateDep
-from api.errors import validated
+from api.errors import ApiError, error_body, validated
 from api.intake.jobs import cancelled_if_abandoned
 from api.intake.synthesis import audio_chunks, audio_headers, resolved, started, submit_synthesis
 from api.openai.protocol import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
@@ -23,6 +24,15 @@ from contract.speech import MEDIA_TYPES, AudioFormat
 from contract.synthesis import MAX_SPEECH_CHARS, SynthesizeRequest
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
+
+SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The audio as it is synthesized, in the `response_format`'s media type (`stream_format: "
+        "audio`), or `speech.audio.delta` server-sent events, then `speech.audio.done` (`stream_format: sse`)",
+        "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}
+        | {"text/event-stream": {}},  # events, not one document: no schema (as /v1/jobs/{id}/events)
+    }
+}
 
 
 class VoiceId(BaseModel):
@@ -47,7 +57,7 @@ class SpeechRequest(BaseModel):
         return registered(value, ModelRole.tts) if isinstance(value, str) else value
 
 
-@router.post("/speech", response_model=None)
+@router.post("/speech", response_class=StreamingResponse, responses=SPEECH_RESPONSES)
 async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> Response:
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
     fields = {"text": body.input, "model": body.model, "voice": voice, "speed": body.speed}
@@ -59,9 +69,13 @@ async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, 
     if body.stream_format == "sse":
 
         async def events() -> AsyncIterator[ServerSentEvent]:
-            async for chunk in chunks:
-                delta = SpeechAudioDelta(audio=chunk.audio)
-                yield ServerSentEvent(data=delta.model_dump_json(), event=delta.type)
+            try:
+                async for chunk in chunks:
+                    delta = SpeechAudioDelta(audio=chunk.audio)
+                    yield ServerSentEvent(data=delta.model_dump_json(), event=delta.type)
+            except ApiError as failure:  # the job failed after its first audio: the envelope, as chat streams send it
+                yield ServerSentEvent(data=json.dumps(error_body(failure)))
+                return
             # Local engines have no tokenizer: input tokens are counted as words, output tokens not at all.
             words = len(body.input.split())
             done = SpeechAudioDone(usage=SpeechUsage(input_tokens=words, output_tokens=0, total_tokens=words))

@@ -102,18 +102,21 @@ def dialogue_request(state: AppState, fields: dict[str, Any], filename: str) -> 
 def _assembled(
     state: AppState, fields: dict[str, Any], generation: GenerationParams, speech: SynthesizeRequest, filename: str
 ) -> DialogueRequest:
-    """The job's request: the generation as sent (the operator's defaults come with the submission), the
-    speech (its text a placeholder) resolved to an engine, a voice and a rate (what none can do is a 422
-    naming the field)."""
+    """The job's request: the generation as sent (the operator's defaults come with the submission) and
+    answered by DIALOGUE_MODEL unless it names a model, the speech (its text a placeholder) resolved to an
+    engine, a voice and a rate (what none can do is a 422 naming the field)."""
     try:
         speech = resolve_synthesis(speech, state.settings.tts_model, remote_defaults(state))
     except InvalidField as exc:
         raise Unprocessable(f"synthesis_config.{exc}", param=f"synthesis_config.{exc.param}") from None
+    config = generation.model_dump(mode="json", exclude_unset=True)
+    if generation.model is None:  # a conversation wants replies: an instruct model, not LLM_MODEL's base one
+        config["model"] = state.settings.dialogue_model
     return validated(
         DialogueRequest,
         {
             "instructions": fields.get("instructions"),
-            "generation_config": generation.model_dump(mode="json", exclude_unset=True),
+            "generation_config": config,
             "synthesis_config": speech.model_dump(mode="json", exclude={"text"}),
             "conversation_id": fields.get("conversation_id"),
             "language": fields.get("language"),

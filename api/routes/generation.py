@@ -69,7 +69,7 @@ async def _text_so_far(state: AppState, job: JobRecord) -> AsyncIterator[dict[st
         200: {
             "description": "A stream of JSON objects, one per line, as the original sent them: "
             '`{"generated_text": <the text so far>}` for each piece, a failure as the error envelope',
-            "content": {"application/json": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {"application/json": {}},  # JSON lines: no one JSON Schema describes the stream
         }
     },
 )

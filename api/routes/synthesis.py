@@ -18,6 +18,7 @@ from api.schemas import JobCreated
 from api.state import AppState
 from contract.jobs import JobKind, JobRecord
 from contract.results import result_of
+from contract.speech import MEDIA_TYPES
 from contract.synthesis import SynthesisResult, SynthesizeRequest
 
 router = APIRouter(tags=["text to speech"])
@@ -31,7 +32,13 @@ async def create_synthesis_job(
     return await accepted(state, JobKind.synthesize, resolved(state, body), principal, rid, idem)
 
 
-@router.post("/v1/text-to-speech", response_model=LegacySynthesis)
+# With `stream: true` the answer is the audio itself, as it is made.
+STREAMED_AUDIO: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}}
+}
+
+
+@router.post("/v1/text-to-speech", response_model=LegacySynthesis, responses=STREAMED_AUDIO)
 async def text_to_speech(
     body: LegacySpeechRequest,
     state: StateDep,
