@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     """Realtime sessions one API key (or, without keys, everyone) may hold open at once; 0: no limit."""
     realtime_idle_timeout_seconds: float = Field(600.0, gt=0)
     """A realtime session with no client event and no response under way for this long is closed."""
+    realtime_vad_model: Path | None = None
+    """The Silero VAD v6 ONNX file realtime sessions detect speech with; unset: the one faster-whisper ships."""
     realtime_max_audio_seconds: float = Field(3_600.0, gt=0)
     """Audio one realtime session may append in all (OpenAI's 15 MiB per event is checked too)."""
 

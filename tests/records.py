@@ -8,7 +8,8 @@ redis-py types every reply as `bytes | str` whatever the client decodes; these t
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+import time
+from typing import Any, Protocol, cast
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -18,6 +19,7 @@ from contract.jobs import JobKind, JobRecord
 from jobstore import keys
 from jobstore.store import JobStore
 from tasks.celery_app import create_celery
+from tests.stack import wait_until
 
 EventLog = list[tuple[str, dict[str, str]]]  # (event id, {"type", "data"})
 
@@ -66,3 +68,26 @@ def create_job(
             await raw.aclose()
 
     return asyncio.run(create())
+
+
+class WithRedis(Protocol):
+    redis_url: str
+
+
+def newest_job_with(stack: WithRedis, marker: str) -> dict[str, str]:
+    with Redis.from_url(stack.redis_url, decode_responses=True) as r:
+        for job_id in reversed(owner_jobs(r, "anonymous")[-50:]):
+            record = job_hash(r, job_id)
+            if marker in record.get("request", ""):
+                return record
+    raise AssertionError(f"no job with {marker!r}")
+
+
+def cancelled_soon(stack: WithRedis, marker: str, gone_at: float) -> None:
+    def ended() -> dict[str, str] | None:
+        record = newest_job_with(stack, marker)
+        return record if record["status"] in ("cancelled", "cancelling") else None
+
+    wait_until(ended, timeout=3.0, interval=0.1, what="the abandoned job cancelled")
+    assert time.monotonic() - gone_at <= 3.5
+    wait_until(lambda: newest_job_with(stack, marker)["status"] == "cancelled", timeout=10, what="it to stop")

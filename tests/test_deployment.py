@@ -145,9 +145,9 @@ def closure(requirements: list[str]) -> set[str]:
 
 
 def test_the_api_image_installs_no_model_library() -> None:
-    """The API image runs no model: it installs Flower and the realtime extra, whose only model is the
-    Silero VAD (onnxruntime; faster-whisper is there for the ONNX file it ships, which the API finds without
-    importing it, so CTranslate2 is never loaded in the API: tests/test_layering.py)."""
+    """The API image runs no model library but onnxruntime for the realtime VAD: it installs Flower and the
+    realtime extra, and takes the VAD's ONNX file out of the locked faster-whisper wheel without installing
+    it (no CTranslate2, SPEC §2)."""
     installs = [line for line in (ROOT / "Dockerfile.api").read_text().splitlines() if "pip install" in line]
     assert installs and all('".[flower,realtime]"' in line for line in installs)
     meta = distribution("speechq").metadata
@@ -159,7 +159,8 @@ def test_the_api_image_installs_no_model_library() -> None:
     realtime = {
         r.split(";")[0].split(">")[0] for r in meta.get_all("Requires-Dist") or [] if 'extra == "realtime"' in r
     }
-    assert realtime == {"numpy", "onnxruntime", "faster-whisper"}, realtime
+    assert realtime == {"numpy", "onnxruntime"}, realtime
+    assert not closure(sorted(realtime)) & (MODEL_LIBRARIES - {"onnxruntime", "numpy"})
 
 
 @pytest.fixture

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import redis
 from websockets.sync.client import connect
 
 from tests.audio import SENTENCES, as_wav, speak, spoken
 from tests.conftest import Stack
-from tests.records import job_hash, owner_jobs
+from tests.records import cancelled_soon, newest_job_with
 from tests.stack import nothing_logged_at_error, wait_until
 
 HEADERS = {"content-type": "application/json"}
@@ -131,25 +130,6 @@ def test_a_wav_claiming_2147483647_hz_is_refused_by_the_api(client: httpx.Client
 
 
 # --- a request nobody waits for stops its job ---------------------------------------------------------
-
-
-def newest_job_with(stack: Stack, marker: str) -> dict[str, str]:
-    with redis.Redis.from_url(stack.redis_url, decode_responses=True) as r:
-        for job_id in reversed(owner_jobs(r, "anonymous")[-50:]):
-            record = job_hash(r, job_id)
-            if marker in record.get("request", ""):
-                return record
-    raise AssertionError(f"no job with {marker!r}")
-
-
-def cancelled_soon(stack: Stack, marker: str, gone_at: float) -> None:
-    def ended() -> dict[str, str] | None:
-        record = newest_job_with(stack, marker)
-        return record if record["status"] in ("cancelled", "cancelling") else None
-
-    wait_until(ended, timeout=3.0, interval=0.1, what="the abandoned job cancelled")
-    assert time.monotonic() - gone_at <= 3.5
-    wait_until(lambda: newest_job_with(stack, marker)["status"] == "cancelled", timeout=10, what="it to stop")
 
 
 def test_a_completion_abandoned_after_2s_is_cancelled_within_3s(stack: Stack) -> None:

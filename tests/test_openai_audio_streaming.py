@@ -16,13 +16,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import redis
 from openai.types.audio import Transcription, TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 
 from tests.audio import SENTENCES, as_wav, decode_audio, speak, spoken, wer
 from tests.conftest import Stack
-from tests.records import job_hash, owner_jobs
-from tests.stack import nothing_logged_at_error, wait_until
+from tests.records import cancelled_soon
+from tests.stack import nothing_logged_at_error
 
 PASSAGE = (
     "The museum opens at nine in the morning. Visitors can buy tickets at the front desk. "
@@ -55,25 +54,6 @@ def sse_data(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if line.startswith("data:"):
             yield json.loads(line.removeprefix("data:").strip())
-
-
-def newest_job_with(stack: Stack, marker: str) -> dict[str, str]:
-    with redis.Redis.from_url(stack.redis_url, decode_responses=True) as r:
-        for job_id in reversed(owner_jobs(r, "anonymous")[-50:]):
-            record = job_hash(r, job_id)
-            if marker in record.get("request", ""):
-                return record
-    raise AssertionError(f"no job with {marker!r}")
-
-
-def cancelled_soon(stack: Stack, marker: str, gone_at: float) -> None:
-    def ended() -> dict[str, str] | None:
-        record = newest_job_with(stack, marker)
-        return record if record["status"] in ("cancelled", "cancelling") else None
-
-    wait_until(ended, timeout=3.0, interval=0.1, what="the abandoned job cancelled")
-    assert time.monotonic() - gone_at <= 3.5
-    wait_until(lambda: newest_job_with(stack, marker)["status"] == "cancelled", timeout=10, what="it to stop")
 
 
 def test_a_streamed_transcription_sends_a_delta_per_segment_then_the_whole_text(

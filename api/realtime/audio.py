@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import wave
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -14,17 +14,26 @@ from api.realtime import vad
 from api.realtime.formats import AudioFormat
 
 
+def g711(fmt: AudioFormat, mode: Literal["r", "w"]) -> Any:
+    """FFmpeg's G.711 coder for `fmt` ("r" to decode, "w" to encode 16-bit samples); None for raw PCM."""
+    if fmt.codec is None:
+        return None
+    codec: Any = av.CodecContext.create(fmt.codec, mode)
+    codec.sample_rate = fmt.rate
+    codec.layout = "mono"
+    if mode == "w":
+        codec.format = "s16"
+        codec.open()
+    return codec
+
+
 class Decoder:
     """Appended audio (base64 already undone) as 16-bit PCM at the format's rate, plus the same audio at
     16 kHz as floats for the VAD."""
 
     def __init__(self, fmt: AudioFormat) -> None:
         self.format = fmt
-        self._codec: Any = None
-        if fmt.codec is not None:
-            self._codec = av.CodecContext.create(fmt.codec, "r")
-            self._codec.sample_rate = fmt.rate
-            self._codec.layout = "mono"
+        self._codec = g711(fmt, "r")
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=vad.RATE)
         self._odd = b""  # half a sample left from the last append
 
@@ -55,13 +64,7 @@ class Encoder:
 
     def __init__(self, fmt: AudioFormat) -> None:
         self.format = fmt
-        self._codec: Any = None
-        if fmt.codec is not None:
-            self._codec = av.CodecContext.create(fmt.codec, "w")
-            self._codec.sample_rate = fmt.rate
-            self._codec.layout = "mono"
-            self._codec.format = "s16"
-            self._codec.open()
+        self._codec = g711(fmt, "w")
 
     def encode(self, pcm16: bytes) -> bytes:
         if self._codec is None:

@@ -21,25 +21,35 @@ CONTEXT = 64  # samples of the previous frame each step sees
 FRAME_MS = FRAME * 1000 // RATE
 
 
+def shipped_model() -> Path:
+    """The Silero VAD v6 file faster-whisper ships, found without importing faster_whisper (which would load
+    CTranslate2 into the API process)."""
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("no Silero VAD model: install faster-whisper (the `stt` extra) or set REALTIME_VAD_MODEL")
+    return Path(spec.submodule_search_locations[0]) / "assets" / "silero_vad_v6.onnx"
+
+
 @cache
-def _session() -> Any:  # onnxruntime ships no types
+def _session(path: Path | None = None) -> Any:  # onnxruntime ships no types
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = 1
     options.log_severity_level = 4
-    # Found, not imported: importing faster_whisper would load CTranslate2 into the API process.
-    spec = importlib.util.find_spec("faster_whisper")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("faster-whisper (which ships the Silero VAD model) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "assets" / "silero_vad_v6.onnx"
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"], sess_options=options)
+    model = str(path or shipped_model())
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"], sess_options=options)
 
 
-def load() -> None:
-    """Load the model now (at start-up) rather than on the first session's first chunk."""
-    _session()
+_model: Path | None = None  # REALTIME_VAD_MODEL, once `load` has been told it
+
+
+def load(path: Path | None) -> None:
+    """Load the model (REALTIME_VAD_MODEL, else faster-whisper's) before a session's first chunk needs it."""
+    global _model
+    _model = path
+    _session(path)
 
 
 class SpeechProbabilities:
@@ -63,7 +73,7 @@ class SpeechProbabilities:
         contexts = np.vstack([self._context, frames[:-1, -CONTEXT:]]) if len(frames) > 1 else self._context[None]
         self._context = frames[-1, -CONTEXT:].copy()
         batch = np.concatenate([contexts, frames], axis=1)
-        out, self._h, self._c = _session().run(None, {"input": batch, "h": self._h, "c": self._c})
+        out, self._h, self._c = _session(_model).run(None, {"input": batch, "h": self._h, "c": self._c})
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
 

@@ -48,7 +48,7 @@ async def realtime(websocket: WebSocket) -> None:
         await refuse(3000, "invalid_request_error.invalid_api_key", exc.message, "invalid_api_key")
         return
     except TooManyRequests as exc:
-        await refuse(1013, "rate_limit_exceeded", exc.message, "rate_limit_exceeded")
+        await refuse(4429, "rate_limit_exceeded", exc.message, "rate_limit_exceeded")  # as every WebSocket (SPEC §9)
         return
     except Exception as exc:  # noqa: BLE001 - Redis away: say so, close
         failure = as_api_error(exc)
@@ -57,7 +57,8 @@ async def realtime(websocket: WebSocket) -> None:
 
     try:  # imported here: the API starts without numpy and onnxruntime, which only sessions need
         from api.realtime import vad
-        from api.realtime.session import Session, conversation_model, restored
+        from api.realtime.session import Session
+        from api.realtime.settings import conversation_model, restored
     except ImportError as exc:
         message = f"realtime sessions need numpy and onnxruntime in the API (install speechq[realtime]): {exc}"
         await refuse(1011, "server_error", message, "server_error")
@@ -92,9 +93,14 @@ async def realtime(websocket: WebSocket) -> None:
         return
     if not admitted:
         message = f"this key has {limit} realtime sessions open (MAX_REALTIME_SESSIONS_PER_KEY); close one first"
-        await refuse(1013, "session_limit_reached", message, "session_limit_reached")
+        await refuse(4429, "session_limit_reached", message, "session_limit_reached")
         return
-    await asyncio.to_thread(vad.load)
+    try:
+        await asyncio.to_thread(vad.load, state.settings.realtime_vad_model)
+    except (ImportError, OSError, RuntimeError) as exc:  # no model file: an operator's mistake, said plainly
+        log.warning("realtime session refused: %s", exc)
+        await refuse(1011, "server_error", f"realtime sessions are not available here: {exc}", "server_error")
+        return
     await websocket.accept(subprotocol=subprotocol)
     state.metrics.realtime_sessions.inc()
     session = Session(websocket, state, principal, config, dialect, store, items)
