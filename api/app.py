@@ -24,6 +24,8 @@ from api.request_id import RequestIdMiddleware
 from api.routes import batches, dialogue, files, generation, health, jobs, models, realtime, synthesis, transcription
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
+from api.webhooks.delivery import WebhookDeliverer
+from api.webhooks.urls import WebhookPolicy
 from config import Settings, get_settings
 from config.settings import SettingsError
 from contract.catalog import Registry, use_registry
@@ -31,6 +33,7 @@ from jobstore.batches import BatchStore
 from jobstore.event_log import EventHub
 from jobstore.files import FileStore
 from jobstore.store import JobStore
+from jobstore.webhooks import WebhookOutbox
 from tasks.celery_app import create_celery
 
 
@@ -67,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batch_store = BatchStore(redis, ttl=settings.job_ttl_seconds)
         batch_service = BatchService(store, file_store, batch_store, settings)
         sweeper = BatchSweeper(batch_service, settings.batch_sweep_interval_seconds)
+        policy = WebhookPolicy(settings.webhook_allowed_hosts)
+        outbox = WebhookOutbox(redis)
+        deliverer = WebhookDeliverer(outbox, policy, settings, metrics)
         app.state.speechq = AppState(
             settings=settings,
             redis=redis,
@@ -78,11 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=KeyRing(settings),
             limiter=RateLimiter(redis, settings),
             metrics=metrics,
+            webhooks=policy,
+            outbox=outbox,
         )
         sweeper.start()
+        if policy.enabled:  # webhooks off: events queued before wait in the outbox (app_webhook_oldest_pending_seconds)
+            deliverer.start()
         try:
             yield
         finally:
+            await deliverer.stop()
             await sweeper.stop()
             await hub.stop()
             await redis.aclose()

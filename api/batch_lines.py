@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from redis.asyncio import Redis
 
 from api.client_json import load_json
@@ -41,6 +41,7 @@ from contract.generation import GenerationResult
 from contract.jobs import JobKind, JobRecord, JobStatus, RequestedTier
 from contract.results import result_of
 from contract.transcription import TranscriptionResult
+from contract.webhooks import WebhookFields
 from jobstore.files import FileStore
 from media.transcripts import render
 from tasks.registry import task_for
@@ -56,7 +57,7 @@ ENDPOINTS = {
 MAX_BATCH_REQUESTS = 50_000  # OpenAI's limit: lines wait in the scheduler and are admitted as slots free
 
 
-class BatchCreate(BaseModel):
+class BatchCreate(WebhookFields):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(min_length=1, max_length=64)
@@ -147,6 +148,11 @@ class LinePlanner:
             raise Unprocessable("body: a JSON object is required", param="body")
         if body.get("stream"):
             raise Unprocessable("body.stream: a batch answers whole responses, not streams", param="body.stream")
+        for name in ("webhook_url", "webhook_events"):
+            if name in body:
+                raise Unprocessable(
+                    f"body.{name}: a batch's webhook is the batch's own, not its lines'", param=f"body.{name}"
+                )
         kind = ENDPOINTS[endpoint]
         if kind == JobKind.chat:
             chat = validated(ChatCompletionRequest, body, "body")

@@ -34,6 +34,7 @@ from jobstore.batches import OPEN_STATUSES, BatchStore, StoredBatch
 from jobstore.creation import Allowance, storage_quota
 from jobstore.files import FileStore, new_id
 from jobstore.store import JobStore
+from jobstore.webhooks import Webhook
 from tasks.scheduler import resolve_tier
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,13 @@ class BatchService:
         self.settings = settings
 
     # --- create ---------------------------------------------------------------------------------
-    async def create(self, owner: str, body: BatchCreate, *, request_id: str | None) -> dict[str, Any]:
+    async def create(
+        self, owner: str, body: BatchCreate, *, request_id: str | None, webhook: Webhook | None = None
+    ) -> dict[str, Any]:
         """A batch of the input file's lines, each a job, all queued or none; `body.endpoint` is one of
-        `ENDPOINTS`. Raises `NotFound` for a missing input file and the job store's refusals (`QueueFull`,
-        `TooManyActive`, `OverStorageQuota`), which leave nothing behind."""
+        `ENDPOINTS`; `webhook` is told when it ends (a batch that fails as it is made, at once). Raises
+        `NotFound` for a missing input file and the job store's refusals (`QueueFull`, `TooManyActive`,
+        `OverStorageQuota`), which leave nothing behind."""
         content = await self.files.file_content(body.input_file_id, owner)
         if content is None:
             raise NotFound(f"No such File object: {body.input_file_id}", param="input_file_id")
@@ -69,7 +73,7 @@ class BatchService:
             await refund(plans)
             batch.update(status="failed", failed_at=batch["created_at"])
             batch["errors"] = {"object": "list", "data": errors[:MAX_ERRORS]}
-            await self.batches.put_batch(owner, batch, [], ongoing=False)
+            await self.batches.put_batch(owner, batch, [], ongoing=False, webhook=webhook)
             return batch
         # Every line's job or none (`lua/create_many.lua`): they wait in the scheduler at the batch's tier
         # (flex unless asked) and count against QUEUE_MAX_DEPTH and the storage quota.
@@ -94,7 +98,7 @@ class BatchService:
         batch["request_counts"]["waiting"] = len(jobs)
         batch.update(status="in_progress", in_progress_at=int(time.time()))
         try:
-            await self.batches.put_batch(owner, batch, requests, ongoing=True)
+            await self.batches.put_batch(owner, batch, requests, ongoing=True, webhook=webhook)
         except BaseException:
             await self._undo_create(owner, batch, jobs, plans)
             raise

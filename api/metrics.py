@@ -77,6 +77,18 @@ class ApiMetrics:
             ("queue", "tier"),
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "app_webhook_deliveries_total",
+            "Tries at delivering a webhook event, by outcome: delivered, retried (to be tried again), failed "
+            "(given up: a 4xx, a refused address, or past WEBHOOK_RETRY_HOURS)",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.webhook_oldest_pending = Gauge(
+            "app_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook event not yet delivered nor given up, 0 when none (read at scrape time)",
+            registry=self.registry,
+        )
         self.queue_workers = Gauge(
             "app_queue_workers",
             "Live workers serving each queue (read at scrape time)",

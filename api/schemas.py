@@ -56,6 +56,52 @@ class JobPublic(JobCreated):
     service_tier: ServiceTier  # the tier it was scheduled at
     queue_position: int | None = omitted_when_none()  # while queued: jobs that will start before it
     estimated_start_seconds: float | None = omitted_when_none()  # while queued, once the queue has a measured rate
+    webhook: WebhookStatus | None = omitted_when_none()  # `GET /v1/jobs/{id}` of a job that asked for one
+
+
+class WebhookStatus(BaseModel):
+    """Where a job's webhook stands: `waiting` (the job has not ended), `not_sent` (it ended in a way its
+    `events` leave out), `pending` (queued, not yet tried), `failing` (tried, to be tried again: see
+    `last_error`), `delivered`, `failed` (given up: see `last_error`), or `unknown` (its record has expired)."""
+
+    url: str
+    events: list[str]
+    state: Literal["waiting", "not_sent", "pending", "failing", "delivered", "failed", "unknown"]
+    event_id: str | None = None  # the `webhook-id` the receiver sees (and deduplicates on)
+    attempts: int = 0
+    last_status: int | None = None  # the receiver's HTTP status at the last try
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+    @classmethod
+    def of(cls, job: JobRecord, delivery: dict[str, str] | None) -> WebhookStatus | None:
+        """`job`'s webhook as it stands, given its event's delivery record (None: no event, or it expired)."""
+        if job.webhook_url is None:
+            return None
+        status = cls(url=job.webhook_url, events=list(job.webhook_events), state="waiting")
+        if not job.status.terminal:
+            return status
+        if job.webhook_event is None or delivery is None:
+            return status.model_copy(update={"state": "not_sent" if job.webhook_event is None else "unknown"})
+        state = delivery.get("state", "pending")
+        return status.model_copy(
+            update={
+                "state": state if state in ("pending", "failing", "delivered", "failed") else "pending",
+                "event_id": job.webhook_event,
+                "attempts": int(delivery.get("attempts") or 0),
+                "last_status": int(delivery["last_status"]) if delivery.get("last_status") else None,
+                "last_error": delivery.get("last_error") or None,
+                "last_attempt_at": _when(_float(delivery.get("last_attempt_at"))),
+                "next_attempt_at": _when(_float(delivery.get("next_attempt_at"))),
+                "delivered_at": _when(_float(delivery.get("delivered_at"))),
+            }
+        )
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
 
 
 class DialogueResultPublic(DialogueResult):
@@ -85,7 +131,7 @@ def job_created(job: JobRecord) -> JobCreated:
     )
 
 
-def job_public(job: JobRecord, place: Place | None = None) -> JobPublic:
+def job_public(job: JobRecord, place: Place | None = None, webhook: WebhookStatus | None = None) -> JobPublic:
     t = job.times
     created, started, finished = t.get("created_at"), t.get("started_at"), t.get("finished_at")
     return JobPublic(
@@ -111,6 +157,7 @@ def job_public(job: JobRecord, place: Place | None = None) -> JobPublic:
         service_tier=job.service_tier,
         queue_position=place.queue_position if place is not None else None,
         estimated_start_seconds=place.estimated_start_seconds if place is not None else None,
+        webhook=webhook,
         links=links(job.id),
     )
 

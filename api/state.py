@@ -10,11 +10,13 @@ from redis.asyncio import Redis
 from api.auth import KeyRing
 from api.limits import RateLimiter
 from api.metrics import ApiMetrics
+from api.webhooks.urls import WebhookPolicy
 from config import Settings
 from jobstore.batches import BatchStore
 from jobstore.event_log import EventHub
 from jobstore.files import FileStore
 from jobstore.store import JobStore
+from jobstore.webhooks import WebhookOutbox
 
 
 @dataclass(slots=True)
@@ -29,3 +31,5 @@ class AppState:
     keys: KeyRing
     limiter: RateLimiter
     metrics: ApiMetrics
+    webhooks: WebhookPolicy  # which webhook URLs may be called (WEBHOOK_ALLOWED_HOSTS)
+    outbox: WebhookOutbox

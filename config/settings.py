@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -224,15 +226,50 @@ class Settings(BaseSettings):
     """Where Flower listens. Its task table shows every key's jobs: `speechq up` starts it off loopback
     only with FLOWER_BASIC_AUTH set."""
 
+    # --- webhooks (SPEC §11) -----------------------------------------------------------------------
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated hosts a `webhook_url` may name: a name (`hooks.example.com`), every name under a
+    domain (`*.example.com`), an IP address or a network (`10.1.0.0/16`). A loopback, link-local, private or
+    metadata address is reached only when an entry names it as an address or network. Empty: webhooks off."""
+    webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated Standard Webhooks secrets (`whsec_<base64>`); each delivery is signed with all of
+    them, so a receiver can move from one to the next (rotation). Needed when WEBHOOK_ALLOWED_HOSTS is set."""
+    webhook_key_secrets: dict[str, list[SecretStr]] = Field(default_factory=dict)
+    """JSON: a key's id (`key_<12 hex>`) -> its own secrets, used for its jobs and batches in place of
+    WEBHOOK_SECRET."""
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    """How long one delivery may take, connecting and answering; a receiver slower than this is retried."""
+    webhook_retry_hours: float = Field(24.0, gt=0, le=72)
+    """How long a delivery that keeps failing (timeouts, connection errors, 5xx, 429) is retried."""
+    webhook_backoff_max_seconds: float = Field(3_600.0, ge=1)
+    """The longest wait between two tries; waits double from 1 s up to it, each with jitter."""
+    webhook_concurrency: int = Field(32, ge=1, le=1_000)
+    """Deliveries one API process has under way at once."""
+
     @model_validator(mode="before")
     @classmethod
     def _split_keys(cls, data: object) -> object:
         if isinstance(data, dict):
-            for name in ("api_keys", "API_KEYS"):
-                raw = data.get(name)
-                if isinstance(raw, str):
-                    data[name] = [key.strip() for key in raw.split(",") if key.strip()]
+            for name in ("api_keys", "webhook_allowed_hosts", "webhook_secret"):
+                for spelling in (name, name.upper()):
+                    raw = data.get(spelling)
+                    if isinstance(raw, str):
+                        data[spelling] = [key.strip() for key in raw.split(",") if key.strip()]
         return data
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Self:
+        if self.webhook_allowed_hosts and not self.webhook_secret:
+            raise ValueError("WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is not: deliveries must be signed")
+        for secret in [*self.webhook_secret, *(s for key in self.webhook_key_secrets.values() for s in key)]:
+            value = secret.get_secret_value()
+            try:
+                decoded = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                decoded = b""
+            if not value.startswith("whsec_") or len(decoded) < 16:
+                raise ValueError("a webhook secret must be `whsec_` and at least 16 bytes in base64")
+        return self
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> Self:
@@ -284,7 +321,7 @@ def load_settings(**overrides: object) -> Settings:
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
             value = error.get("input")
-            secret = "KEY" in name or isinstance(value, dict)
+            secret = "KEY" in name or "SECRET" in name or isinstance(value, dict)
             shown = "" if secret else f" (got {value!r})"
             lines.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

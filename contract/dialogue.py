@@ -12,9 +12,10 @@ from contract.jobs import RequestedTier
 from contract.speech import AudioFormat
 from contract.synthesis import SpeechOptions, SynthesizeRequest
 from contract.transcription import Segment
+from contract.webhooks import WebhookFields
 
 
-class DialogueRequest(BaseModel):
+class DialogueRequest(WebhookFields):
     """`dialogue`: the audio travels beside the job; these steer its three stages.
 
     `synthesis_config` is a resolved `SynthesizeRequest` without its text (the API fills in the engine,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contract.catalog import ModelRole
 from contract.common import registered
 from contract.jobs import RequestedTier
+from contract.webhooks import WebhookFields
 
 MAX_STOP_CHARS = 256  # each stop sequence; the text stream holds this much back, so it stays small
 
@@ -58,7 +59,7 @@ def with_defaults(params: P, defaults: dict[str, object]) -> P:
     return params.model_copy(update=unset)
 
 
-class GenerateRequest(GenerationParams):
+class GenerateRequest(GenerationParams, WebhookFields):
     """`generate`: one prompt, answered in the model's chat turn format (an empty one too, as the
     original API allowed)."""
 
@@ -72,13 +73,13 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=200_000)
 
 
-class ChatRequest(GenerationParams):
+class ChatRequest(GenerationParams, WebhookFields):
     """`chat`: a conversation; the reply continues it."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
 
 
-class CompletionRequest(GenerationParams):
+class CompletionRequest(GenerationParams, WebhookFields):
     """`completion`: raw text continuation, no template."""
 
     prompt: str = Field(min_length=1, max_length=200_000)

@@ -78,6 +78,9 @@ class JobRecord:
     progress: dict[str, Any] | None = None
     request_id: str | None = None
     service_tier: ServiceTier = ServiceTier.default
+    webhook_url: str | None = None  # told when the job ends, of the ends in `webhook_events`
+    webhook_events: tuple[str, ...] = ()
+    webhook_event: str | None = None  # the id of the event its end queued
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -96,6 +99,9 @@ class JobRecord:
             progress=_json_or_none(raw.get("progress")),
             request_id=raw.get("request_id") or None,
             service_tier=ServiceTier(raw.get("tier") or ServiceTier.default),
+            webhook_url=raw.get("webhook_url") or None,
+            webhook_events=tuple((raw.get("webhook_events") or "").split()),
+            webhook_event=raw.get("webhook_event") or None,
         )
 
 

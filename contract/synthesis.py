@@ -21,6 +21,7 @@ from contract.speech import (
     output_sample_rate,
     speakable,
 )
+from contract.webhooks import WebhookFields
 
 MAX_SPEECH_CHARS = 4_096
 
@@ -73,7 +74,7 @@ class SpeechOptions(BaseModel):
         return registered(value, ModelRole.tts) if isinstance(value, str) else value
 
 
-class SynthesizeRequest(SpeechOptions):
+class SynthesizeRequest(SpeechOptions, WebhookFields):
     """`synthesize`: text in, audio out. Field names are the seed API's (`text`, alias OpenAI's `input`)."""
 
     text: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS, validation_alias=AliasChoices("text", "input"))

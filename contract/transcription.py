@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contract.catalog import ModelRole
 from contract.common import omitted_when_none, registered
 from contract.jobs import RequestedTier
+from contract.webhooks import WebhookFields
 
 TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
-class TranscribeRequest(BaseModel):
+class TranscribeRequest(WebhookFields):
     """`transcribe`: the audio travels beside the job (its input key); these are the options."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from jobstore import keys, scripts
+from jobstore.webhooks import Webhook, WebhookOutbox, batch_event
 
-HEAD = ("owner", "record", "rev", "lease")  # what a sweep reads of every open batch
+HEAD = ("owner", "record", "rev", "lease", "webhook_url", "webhook_events")  # what a sweep reads of an open batch
 OPEN_STATUSES = ("in_progress", "cancelling")  # a batch in these waits on its jobs
 
 
@@ -34,6 +35,7 @@ class StoredBatch:
     record: dict[str, Any]  # the Batch object OpenAI's API answers
     rev: str  # bumped by every change: a change made from an older read is refused
     lease: float | None  # while `finalizing`: until when (unix seconds) its finalizer holds it
+    webhook: Webhook | None = None  # whom to tell when it ends
 
     @property
     def id(self) -> str:
@@ -49,9 +51,19 @@ class BatchStore:
         self.redis = redis
         self.ttl = ttl
         self._update = redis.register_script(scripts.source("batch_update"))
+        self._outbox = WebhookOutbox(redis)
 
-    async def put_batch(self, owner: str, batch: dict[str, Any], requests: list[list[str]], *, ongoing: bool) -> None:
-        """Store a new batch; an `ongoing` one (not yet ended) is listed in `keys.OPEN_BATCHES` for the sweepers."""
+    async def put_batch(
+        self,
+        owner: str,
+        batch: dict[str, Any],
+        requests: list[list[str]],
+        *,
+        ongoing: bool,
+        webhook: Webhook | None = None,
+    ) -> None:
+        """Store a new batch; an `ongoing` one (not yet ended) is listed in `keys.OPEN_BATCHES` for the sweepers,
+        one that ended as it was made (`failed`) has its webhook's event queued with it."""
         fields: dict[FieldT, EncodableT] = {
             "owner": owner,
             "record": json.dumps(batch),
@@ -59,6 +71,9 @@ class BatchStore:
             "job_ids": json.dumps([request[1] for request in requests]),
             "rev": "0",
         }
+        if webhook is not None:
+            fields.update(webhook.fields())
+        event = [] if ongoing else batch_event(batch["id"], batch["status"], webhook, owner)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.batch(batch["id"]), mapping=fields)
             pipe.expire(keys.batch(batch["id"]), self.ttl)
@@ -66,6 +81,11 @@ class BatchStore:
             pipe.expire(keys.owner_batches(owner), self.ttl)
             if ongoing:
                 pipe.zadd(keys.OPEN_BATCHES, {batch["id"]: batch["created_at"]})
+            if event:
+                event_id, url, event_owner, etype, body = event
+                await self._outbox.put_script(
+                    keys=[], args=[event_id, url, event_owner, batch["id"], etype, body], client=pipe
+                )
             await pipe.execute()
 
     async def drop_batch(self, batch_id: str, owner: str) -> None:
@@ -80,7 +100,7 @@ class BatchStore:
         """The batch (only if `owner`'s, when one is named), or None when there is none or it has expired.
         Reads only its record and what guards it, never its requests."""
         found = cast(list[str | None], await self.redis.hmget(keys.batch(batch_id), list(HEAD)))
-        batch_owner, record, rev, lease = found
+        batch_owner, record, rev, lease, url, events = found
         if batch_owner is None or record is None or (owner is not None and batch_owner != owner):
             return None
         return StoredBatch(
@@ -88,6 +108,7 @@ class BatchStore:
             record=json.loads(record),
             rev=rev or "0",  # written by the previous version, which kept no revision
             lease=float(lease) if lease else None,
+            webhook=Webhook.stored({"webhook_url": url or "", "webhook_events": events or ""}),
         )
 
     async def job_ids(self, batch_id: str) -> list[str]:
@@ -107,10 +128,18 @@ class BatchStore:
     ) -> StoredBatch | None:
         """Replace the record of the batch as `read`, only if nobody has changed it since (`lua/batch_update.lua`):
         the batch as it now is, or None when someone had. An ended batch (not `ongoing`) leaves
-        `keys.OPEN_BATCHES`."""
+        `keys.OPEN_BATCHES`, and its webhook's event is queued in the same step."""
+        event = [] if ongoing else batch_event(record["id"], record["status"], read.webhook, read.owner)
         replaced = await self._update(
             keys=[keys.batch(record["id"]), keys.OPEN_BATCHES],
-            args=[record["id"], read.rev, json.dumps(record), "" if lease is None else repr(lease), int(ongoing)],
+            args=[
+                record["id"],
+                read.rev,
+                json.dumps(record),
+                "" if lease is None else repr(lease),
+                int(ongoing),
+                *event,
+            ],
         )
         return replace(read, record=record, rev=str(int(read.rev) + 1), lease=lease) if replaced else None
 

@@ -89,6 +89,17 @@ def owner_batches(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}:batches"
 
 
+# The webhook outbox (SPEC §11): one record per event, written by the script that ends its job or batch.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"  # sorted set: undelivered event id -> when its next try is due
+WEBHOOKS_PENDING = f"{PREFIX}:webhooks:pending"  # sorted set: undelivered event id -> when it was made
+WEBHOOK_KEEP_SECONDS = 4 * 86_400  # an event's record outlives its longest retry window (WEBHOOK_RETRY_HOURS)
+
+
+def webhook(event_id: str) -> str:
+    """An event's delivery: its URL, body, owner and state (`pending`, `failing`, `delivered`, `failed`)."""
+    return f"{PREFIX}:webhook:{event_id}"
+
+
 def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
 
@@ -119,8 +130,9 @@ def sched(queue: str, part: str) -> str:
 
 def lua_functions() -> str:
     """The key builders the Lua scripts use, generated from the ones above so the two never disagree."""
-    builders = {"job_key": job, "storage_usage_key": storage_usage}
-    lines = [f"local UNQUEUED = {_lua_string(UNQUEUED)}", f"local QUEUED = {_lua_string(QUEUED)}"]
+    builders = {"job_key": job, "storage_usage_key": storage_usage, "webhook_key": webhook}
+    lines = [f"local {name} = {_lua_string(value)}" for name, value in _LUA_NAMES.items()]
+    lines.append(f"local WEBHOOK_KEEP_SECONDS = {WEBHOOK_KEEP_SECONDS}")
     for name, builder in builders.items():
         before, after = builder("\0").split("\0")
         lines.append(f"local function {name}(id) return {_lua_string(before)} .. id .. {_lua_string(after)} end")
@@ -130,6 +142,14 @@ def lua_functions() -> str:
         f" .. part .. {_lua_string(after)} end"
     )
     return "\n".join(lines) + "\n"
+
+
+_LUA_NAMES = {
+    "UNQUEUED": UNQUEUED,
+    "QUEUED": QUEUED,
+    "WEBHOOKS_DUE": WEBHOOKS_DUE,
+    "WEBHOOKS_PENDING": WEBHOOKS_PENDING,
+}
 
 
 def _lua_string(text: str) -> str:

@@ -28,6 +28,7 @@ from jobstore.creation import (
 )
 from jobstore.storage import Charge, StorageAccount
 from jobstore.waiting import place
+from jobstore.webhooks import Webhook
 from tasks.envelope import MessageMaker, is_redis_url
 from tasks.registry import task_for
 
@@ -67,10 +68,12 @@ class JobStore:
         tier: ServiceTier = ServiceTier.default,
         principal: str | None = None,
         weight: float = 1.0,
+        webhook: Webhook | None = None,
     ) -> Created:
         """Record a job and enqueue it; raises `QueueFull`, `TooManyActive`, `IdempotencyConflict`, or with an
         `allowance` `OversizedRequest` and `OverStorageQuota`. The one way a job comes to be: the API's routes,
-        a batch's lines (`create_many`) and a dialogue's stages (`parent`: the dialogue job) all create here."""
+        a batch's lines (`create_many`) and a dialogue's stages (`parent`: the dialogue job) all create here.
+        A `webhook` is told when the job ends (`jobstore/webhooks.py`)."""
         charge = await self._charge(allowance, [(request, input_file)])
         plan = self._plan(
             kind,
@@ -86,6 +89,7 @@ class JobStore:
             tier=tier,
             principal=principal,
             weight=weight,
+            webhook=webhook,
         )
         try:
             if input_file is not None:
@@ -213,6 +217,7 @@ class JobStore:
         principal: str | None = None,
         weight: float = 1.0,
         maker: MessageMaker | None = None,
+        webhook: Webhook | None = None,
     ) -> CreatePlan:
         return CreatePlan.build(
             self.celery,
@@ -228,7 +233,10 @@ class JobStore:
             input_file=input_file,
             expires_at=expires_at,
             parent=parent,
-            extra_fields=charge.fields(len(input_file)) if charge is not None and input_file is not None else None,
+            extra_fields={
+                **(charge.fields(len(input_file)) if charge is not None and input_file is not None else {}),
+                **(webhook.fields() if webhook is not None else {}),
+            },
             tier=tier,
             principal=principal,
             weight=weight,

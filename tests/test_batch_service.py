@@ -27,6 +27,7 @@ from jobstore import keys
 from jobstore.batches import BatchStore, StoredBatch
 from jobstore.files import FileStore
 from jobstore.store import JobStore
+from jobstore.webhooks import Webhook
 from tasks.celery_app import create_celery
 from tests.test_batches import CHAT, chat_requests
 
@@ -59,8 +60,16 @@ class RacingStore(BatchStore):
 class UnrecordableStore(BatchStore):
     """Writes a new batch's record, then fails as if the connection had dropped before the reply."""
 
-    async def put_batch(self, owner: str, batch: dict[str, Any], requests: list[list[str]], *, ongoing: bool) -> None:
-        await super().put_batch(owner, batch, requests, ongoing=ongoing)
+    async def put_batch(
+        self,
+        owner: str,
+        batch: dict[str, Any],
+        requests: list[list[str]],
+        *,
+        ongoing: bool,
+        webhook: Webhook | None = None,
+    ) -> None:
+        await super().put_batch(owner, batch, requests, ongoing=ongoing, webhook=webhook)
         raise RedisConnectionError("injected: the connection dropped")
 
 

@@ -30,14 +30,17 @@ from api.errors import (
 )
 from api.schemas import job_created
 from api.state import AppState
+from api.webhooks.urls import RefusedUrl
 from config import Settings
 from contract.dialogue import DialogueRequest
 from contract.generation import GenerationParams, with_defaults
 from contract.jobs import JobKind, JobRecord, JobStatus, ServiceTier
+from contract.webhooks import WEBHOOK_EVENTS, WebhookFields
 from jobstore.creation import Allowance, IdempotencyConflict, OversizedRequest, QueueFull, TooManyActive
 from jobstore.event_log import Event, read_events
 from jobstore.storage import OverStorageQuota
 from jobstore.store import JobStore
+from jobstore.webhooks import Webhook
 from tasks.scheduler import resolve_tier
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ async def submit(
     policy = state.settings.key_policy(principal.id)
     requested = payload.get("service_tier") if isinstance(payload, dict) else getattr(payload, "service_tier", None)
     tier = resolve_tier(requested, policy, route_default=ROUTE_TIER.get(kind))
+    webhook = await checked_webhook(state, payload) if isinstance(payload, WebhookFields) else None
     with refusals(state):
         created = await state.store.create(
             kind,
@@ -83,10 +87,28 @@ async def submit(
             tier=tier,
             principal=principal.id,
             weight=policy.weight,
+            webhook=webhook,
         )
     if not created.replayed:
         state.metrics.jobs_created.labels(kind.value).inc()
     return created.job, created.replayed
+
+
+async def checked_webhook(state: AppState, fields: WebhookFields) -> Webhook | None:
+    """The request's webhook, if it asks for one, once its URL is allowed (`api/webhooks/urls.py`): a URL the
+    server would refuse to call is a 422 naming `webhook_url` now, never a silent drop later."""
+    if fields.webhook_url is None:
+        if fields.webhook_events is not None:
+            raise Unprocessable("webhook_events: given without a webhook_url", param="webhook_events")
+        return None
+    try:
+        await state.webhooks.target(fields.webhook_url)
+    except RefusedUrl as exc:
+        raise Unprocessable(f"webhook_url: {exc}", param="webhook_url") from None
+    except OSError as exc:
+        raise Unprocessable(f"webhook_url: its host does not resolve ({exc})", param="webhook_url") from None
+    events = tuple(dict.fromkeys(fields.webhook_events)) if fields.webhook_events else WEBHOOK_EVENTS
+    return Webhook(fields.webhook_url, events)
 
 
 P = TypeVar("P", bound=BaseModel | dict[str, Any])

@@ -14,6 +14,7 @@ from api.errors import validated
 from api.intake.jobs import submit
 from api.state import AppState
 from api.uploads import AudioBudget, read_audio
+from api.webhooks.forms import WebhookFormDep
 from contract.dialogue import DialogueRequest
 from contract.jobs import JobKind, JobRecord
 from contract.transcription import TranscribeRequest, TranscriptionResult
@@ -26,6 +27,7 @@ def transcribe_request(fields: dict[str, Any]) -> TranscribeRequest:
 
 
 async def transcription_options(
+    webhook: WebhookFormDep,
     model: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form()] = None,
     prompt: Annotated[str | None, Form()] = None,
@@ -37,7 +39,7 @@ async def transcription_options(
     service_tier: Annotated[str | None, Form()] = None,
 ) -> dict[str, Any]:
     """The form fields every transcription route accepts, those that were sent."""
-    return sent_fields(
+    return webhook | sent_fields(
         model=model,
         language=language,
         prompt=prompt,

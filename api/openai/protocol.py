@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contract.common import omitted_when_none
 from contract.generation import ChatMessage, GenerationResult, Usage
 from contract.jobs import RequestedTier, ServiceTier
+from contract.webhooks import WebhookFields
 
 
 class StreamOptions(BaseModel):
@@ -43,7 +44,7 @@ class OpenAIMessage(BaseModel):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(WebhookFields):
     """Fields common to both endpoints; unset ones fall back to speechq's defaults."""
 
     model_config = ConfigDict(
@@ -74,6 +75,7 @@ class SamplingFields(BaseModel):
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
             "service_tier": self.service_tier,
+            **self.webhook_fields(),
         }
         # OpenAI's semantics: no repetition penalty beyond the frequency and presence penalties sent.
         return {"repeat_penalty": 1.0} | {name: value for name, value in fields.items() if value is not None}

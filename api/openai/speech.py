@@ -22,6 +22,7 @@ from contract.common import registered
 from contract.jobs import RequestedTier
 from contract.speech import MEDIA_TYPES, AudioFormat
 from contract.synthesis import MAX_SPEECH_CHARS, SynthesizeRequest
+from contract.webhooks import WebhookFields
 
 router = APIRouter(prefix="/v1/audio", tags=["OpenAI compatible"])
 
@@ -39,7 +40,7 @@ class VoiceId(BaseModel):
     id: str = Field(min_length=1, max_length=128)
 
 
-class SpeechRequest(BaseModel):
+class SpeechRequest(WebhookFields):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=128)
@@ -60,7 +61,7 @@ class SpeechRequest(BaseModel):
 @router.post("/speech", response_class=StreamingResponse, responses=SPEECH_RESPONSES)
 async def speech(body: SpeechRequest, state: StateDep, principal: PrincipalDep, rid: RequestIdDep) -> Response:
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
-    fields = {"text": body.input, "model": body.model, "voice": voice, "speed": body.speed}
+    fields = {"text": body.input, "model": body.model, "voice": voice, "speed": body.speed, **body.webhook_fields()}
     if body.service_tier is not None:
         fields["service_tier"] = body.service_tier
     request = resolved(state, validated(SynthesizeRequest, {**fields, "response_format": body.response_format}))

@@ -18,7 +18,7 @@ from api.batch_lines import ENDPOINTS, BatchCreate
 from api.batch_schemas import BatchesPublic, BatchPublic
 from api.deps import BatchServiceDep, PrincipalDep, RequestIdDep, StateDep
 from api.errors import NotFound, Unprocessable
-from api.intake.jobs import refusals
+from api.intake.jobs import checked_webhook, refusals
 
 router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
 
@@ -29,9 +29,10 @@ async def create_batch(
 ) -> BatchPublic:
     if body.endpoint not in ENDPOINTS:
         raise Unprocessable(f"endpoint: batches serve {', '.join(ENDPOINTS)}", param="endpoint")
+    webhook = await checked_webhook(state, body)
     # Over MAX_ACTIVE_JOBS_PER_KEY a 429, over QUEUE_MAX_DEPTH a 503, over the storage quota a 413: nothing queued.
     with refusals(state):
-        batch = await service.create(principal.id, body, request_id=rid)
+        batch = await service.create(principal.id, body, request_id=rid, webhook=webhook)
     if batch["status"] == "in_progress":
         state.metrics.jobs_created.labels(ENDPOINTS[body.endpoint].value).inc(batch["request_counts"]["total"])
     return BatchPublic.model_validate(batch)

@@ -36,6 +36,7 @@ from api.legacy.speech import EmptyUpload, LegacyAudioChunk
 from api.schemas import JobCreated
 from api.state import AppState
 from api.uploads import AudioBudget, read_audio, websocket_audio
+from api.webhooks.forms import WebhookFormDep
 from contract.dialogue import DialogueRequest, DialogueResult
 from contract.events import event_data
 from contract.generation import GenerationParams
@@ -50,6 +51,7 @@ CLIENT_EVENTS = {EventType.metadata, EventType.transcript, EventType.assistant_t
 
 
 async def dialogue_options(
+    webhook: WebhookFormDep,
     instructions: Annotated[str | None, Form(description="the system prompt")] = None,
     generation_config: Annotated[str | None, Form(description="JSON: max_tokens, temperature, model, …")] = None,
     synthesis_config: Annotated[str | None, Form(description="JSON: voice, response_format, sample_rate, …")] = None,
@@ -59,7 +61,7 @@ async def dialogue_options(
         str | None, Form(description="priority (the default), default, flex or auto: how soon it starts")
     ] = None,
 ) -> dict[str, Any]:
-    return sent_fields(
+    return webhook | sent_fields(
         instructions=instructions,
         generation_config=generation_config,
         synthesis_config=synthesis_config,
@@ -122,6 +124,8 @@ def _assembled(
             "language": fields.get("language"),
             "filename": filename,
             "service_tier": fields.get("service_tier"),
+            "webhook_url": fields.get("webhook_url"),
+            "webhook_events": fields.get("webhook_events"),
         },
     )
 

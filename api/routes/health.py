@@ -63,4 +63,5 @@ async def metrics(request: Request, state: StateDep) -> Response:
             depth = await state.redis.llen(queue)
             state.metrics.queue_depth.labels(queue).set(depth)
             state.metrics.jobs_waiting.labels(queue, "admitted").set(depth)
+    state.metrics.webhook_oldest_pending.set(await state.outbox.oldest_pending_age())
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

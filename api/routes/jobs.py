@@ -15,7 +15,7 @@ from api.auth import Principal
 from api.deps import IdempotencyKeyDep, PrincipalDep, RequestIdDep, StateDep, StoreDep, refuse, websocket_principal
 from api.errors import Conflict, JobNotSucceeded, NotFound, Unprocessable, websocket_error
 from api.intake.jobs import accepted, follow, stored_audio
-from api.schemas import DialogueResultPublic, JobCreated, JobPublic, JobsPublic, job_public
+from api.schemas import DialogueResultPublic, JobCreated, JobPublic, JobsPublic, WebhookStatus, job_public
 from api.validation import quoted
 from contract.dialogue import DialogueResult
 from contract.generation import ChatRequest, CompletionRequest, GenerateRequest, GenerationResult
@@ -77,9 +77,14 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> JobPublic:
-    job = await _owned(store, job_id, principal)
-    return job_public(job, await place(store.redis, job_id) if job.status == JobStatus.queued else None)
+async def get_job(job_id: str, state: StateDep, principal: PrincipalDep) -> JobPublic:
+    job = await _owned(state.store, job_id, principal)
+    delivery = await state.outbox.delivery(job.webhook_event) if job.webhook_event else None
+    return job_public(
+        job,
+        await place(state.redis, job_id) if job.status == JobStatus.queued else None,
+        WebhookStatus.of(job, delivery),
+    )
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobPublic)

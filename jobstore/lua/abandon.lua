@@ -9,4 +9,5 @@ set_status(job, 'failed', t)
 redis.call('HSET', job, 'finished_at', stamp(t), 'error', ARGV[1])
 emit(job, stream, ARGV[3], tonumber(ARGV[2]), 'error', ARGV[1])
 emit(job, stream, ARGV[3], tonumber(ARGV[2]), 'done', cjson.encode({status = 'failed'}))
+job_ended(job, 'failed', t)
 return 'failed'

@@ -11,6 +11,7 @@ if status == 'queued' then
   set_status(job, 'cancelled', t)
   redis.call('HSET', job, 'finished_at', stamp(t))
   emit(job, stream, ARGV[3], tonumber(ARGV[2]), 'done', cjson.encode({status = 'cancelled'}))
+  job_ended(job, 'cancelled', t)
   return 'cancelled'
 end
 if status == 'running' then

@@ -18,6 +18,7 @@ for i = 3, #ARGV do
       sched_forget(job, forgotten, {waiting, queue, tier})
       emit(job, job .. ':events', job .. ':notify', ttl, 'done', done, previous or '0-0', {
         'status', 'cancelled', 'cancelled_at', stamp(t), 'updated_at', stamp(t), 'finished_at', stamp(t)})
+      job_ended(job, 'cancelled', t)
       if input then with_input[#with_input + 1] = id end
     elseif status == 'running' then
       set_status(job, 'cancelling', t)

@@ -20,6 +20,7 @@ local function finish(final, error_json)
     emit(job, stream, channel, ttl, 'error', error_json)
   end
   emit(job, stream, channel, ttl, 'done', cjson.encode({status = final}))
+  job_ended(job, final, t)
   sched_admit(redis.call('HGET', job, 'queue'), t)  -- its slot is free for the next waiting job
 end
 

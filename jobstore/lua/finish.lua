@@ -17,6 +17,7 @@ if err ~= '' then
   emit(job, stream, channel, ttl, 'error', err)
 end
 emit(job, stream, channel, ttl, 'done', cjson.encode({status = final}))
+job_ended(job, final, t)
 local queue = redis.call('HGET', job, 'queue')
 if final == 'succeeded' then  -- a run cut short (cancelled, failed) says nothing of how long jobs take
   sched_observe(queue, t - (tonumber(redis.call('HGET', job, 'running_at') or '') or t))
