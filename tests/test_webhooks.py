@@ -18,6 +18,7 @@ import time
 import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,12 @@ import pytest
 import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from api.webhooks.delivery import Signatures
 from api.webhooks.urls import RefusedUrl, WebhookPolicy
 from cli.embedded_redis import EmbeddedRedis
+from config.settings import SettingsError, load_settings
 from jobstore import keys
+from jobstore.webhooks import Delivery
 from tests.conftest import MISSING_MODEL
 from tests.stack import Process, base_env, free_port, start_api, start_worker, wait_for_worker, wait_until
 
@@ -255,6 +259,16 @@ def test_a_job_a_chat_a_failure_and_a_batch_each_deliver_one_signed_event(
             "/v1/jobs/generate",
             json={**PROMPT, "model": MISSING_MODEL, "webhook_url": f"{receiver.url}/failed"},
         ).json()
+        cancelled = api.post(
+            "/v1/jobs/generate",
+            json={
+                **PROMPT,
+                "max_tokens": 400,
+                "webhook_url": f"{receiver.url}/cancelled",
+                "webhook_events": ["cancelled"],
+            },
+        ).json()
+        assert api.delete(f"/v1/jobs/{cancelled['id']}").status_code == 202
         unwanted = api.post(
             "/v1/jobs/generate",
             json={**PROMPT, "webhook_url": f"{receiver.url}/unwanted", "webhook_events": ["failed"]},
@@ -296,6 +310,9 @@ def test_a_job_a_chat_a_failure_and_a_batch_each_deliver_one_signed_event(
         assert event.data.error == api.get(f"/v1/jobs/{failing['id']}").json()["error"]  # the job's error object
     assert event.data.error["type"] == "model_unavailable" and event.data.error["message"]
 
+    event = unwrapped(receiver.delivered("/cancelled"))
+    assert event.type == "job.cancelled" and event.data.id == cancelled["id"] and event.data.status == "cancelled"
+
     event = unwrapped(receiver.delivered("/chat"))
     assert event.type == "job.succeeded" and event.data.id == chat_job and event.data.kind == "chat"
 
@@ -308,7 +325,7 @@ def test_a_job_a_chat_a_failure_and_a_batch_each_deliver_one_signed_event(
     assert hook["url"] == f"{receiver.url}/job" and hook["attempts"] == 1 and hook["last_status"] == 200
     assert hook["event_id"] == receiver.at("/job")[0].headers["webhook-id"]
     assert hook["events"] == ["succeeded", "failed", "cancelled", "expired"]
-    for path in ("/job", "/failed", "/chat", "/batch"):
+    for path in ("/job", "/failed", "/cancelled", "/chat", "/batch"):
         assert len(receiver.at(path)) == 1, path
     # A job that succeeded, whose webhook wanted only failures: nothing sent, and it says so.
     state_of(hooks, unwanted["id"], "not_sent", timeout=60)
@@ -420,3 +437,38 @@ def test_the_policy_checks_every_address_a_name_resolves_to() -> None:
         asyncio.run(WebhookPolicy(["localhost"]).target("http://localhost:9/x"))
     target = asyncio.run(WebhookPolicy(["127.0.0.1"]).target("http://127.0.0.1:9/x"))
     assert str(target.address) == "127.0.0.1" and target.port == 9
+
+
+def test_each_key_signs_with_its_own_secrets_or_the_operators() -> None:
+    key_secret = "whsec_" + "S2V5U2VjcmV0Rm9yS2V5QWJjMTIz"
+    settings = load_settings(
+        webhook_allowed_hosts="hooks.example.com",
+        webhook_secret=f"{OLD_SECRET},{NEW_SECRET}",
+        webhook_key_secrets={"key_abc": [key_secret]},
+    )
+    signatures = Signatures(settings)
+    body = json.dumps({"object": "event", "id": "evt_1", "type": "job.succeeded", "data": {"id": "job_1"}})
+    now = datetime.now(UTC)
+    for owner, good, bad in (
+        ("key_abc", [key_secret], OLD_SECRET),
+        ("key_other", [OLD_SECRET, NEW_SECRET], key_secret),
+    ):
+        delivery = Delivery("evt_1", "https://hooks.example.com/", owner, "job_1", "job.succeeded", body, 0.0, 0)
+        headers = signatures.headers(delivery, now)
+        assert headers["webhook-id"] == "evt_1" and headers["webhook-timestamp"] == str(int(now.timestamp()))
+        assert len(headers["webhook-signature"].split()) == len(good)
+        for secret in good:
+            Webhook(secret).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(bad).verify(body, headers)
+
+
+def test_webhook_settings_are_checked_at_start_up() -> None:
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET is not"):
+        load_settings(webhook_allowed_hosts="hooks.example.com")
+    with pytest.raises(SettingsError, match="whsec_"):
+        load_settings(webhook_allowed_hosts="hooks.example.com", webhook_secret="not-a-secret")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(webhook_allowed_hosts="hooks.example.com", webhook_secret="whsec_c2hvcnQ=")
+    assert "c2hvcnQ" not in str(refused.value), "a secret is never echoed"
+    assert load_settings().webhook_allowed_hosts == []

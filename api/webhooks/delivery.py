@@ -131,7 +131,11 @@ class WebhookDeliverer:
         return len(deliveries)
 
     async def deliver(self, delivery: Delivery) -> None:
-        outcome = await self.attempt(delivery)
+        try:
+            outcome = await self.attempt(delivery)
+        except Exception as exc:  # a fault of ours must not end the loop: tried again, and logged
+            log.exception("webhook %s: the try failed inside speechq", delivery.id)
+            outcome = Outcome("retry", f"speechq could not send it ({type(exc).__name__})")
         next_try = 0.0
         if outcome.kind == "retry":
             wait = self._backoff(delivery.attempts, outcome.wait)
