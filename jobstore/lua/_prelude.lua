@@ -56,7 +56,10 @@ local function job_ended(job, status, t)
   if not url or not string.find(' ' .. (wanted or '') .. ' ', ' ' .. status .. ' ', 1, true) then return end
   local event_id = 'evt_' .. string.sub(id, 5)  -- `job_<token>` -> `evt_<token>`
   local data = {id = id, kind = kind, status = status}
-  if err then data.error = cjson.decode(err) end
+  if err then
+    local parsed, decoded = pcall(cjson.decode, err)  -- never let a malformed error stop the job's end
+    if parsed then data.error = decoded end
+  end
   local etype = 'job.' .. status
   local body = cjson.encode({object = 'event', id = event_id, type = etype, created_at = math.floor(t), data = data})
   outbox_put(event_id, url, principal or '', id, etype, body, t)
