@@ -62,7 +62,13 @@ lint: $(TEST_INSTALLED)
 typecheck: $(TEST_INSTALLED)
 	$(BIN)/mypy
 
-pytest: $(MODELS) $(TEST_INSTALLED)
+# The console suite drives Debian's Chromium (Playwright's own browser download cannot work offline).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "tests/test_console.py needs Debian's chromium: run 'sudo apt-get install chromium' (it skips without it)"; fi
+
+pytest: $(MODELS) $(TEST_INSTALLED) $(CHROMIUM)
 	$(BIN)/pytest $(ARGS)
 
 test: lint typecheck pytest

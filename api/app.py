@@ -21,7 +21,19 @@ from api.openai import audio as openai_audio
 from api.openai import serving as openai_serving
 from api.openai import speech as openai_speech
 from api.request_id import RequestIdMiddleware
-from api.routes import batches, dialogue, files, generation, health, jobs, models, realtime, synthesis, transcription
+from api.routes import (
+    batches,
+    console,
+    dialogue,
+    files,
+    generation,
+    health,
+    jobs,
+    models,
+    realtime,
+    synthesis,
+    transcription,
+)
 from api.state import AppState
 from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from api.webhooks.delivery import WebhookDeliverer
@@ -104,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Queue-based speech and language inference",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # `api/routes/console.py` serves the docs from the package's files, not a CDN
     )
     install_error_handlers(app)
     for module in (jobs, generation, transcription, synthesis, dialogue, files, batches, models):
@@ -113,15 +126,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_serving.router, responses=ERROR_RESPONSES)
     app.include_router(openai_audio.router, responses=ERROR_RESPONSES)
     app.include_router(openai_speech.router, responses=ERROR_RESPONSES)
+    app.include_router(console.router)
     app.include_router(jobs.fallback)
-    # The interactive docs hold no secret and show what a key is for: they stay open.
-    docs = {app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
-    open_paths = OPEN_PATHS | {path for path in docs if path}
+    # The interactive docs and the console hold no secret (a key is typed into the page): they stay open.
+    docs = {app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    open_paths = OPEN_PATHS | console.OPEN_PATHS | {path for path in docs if path}
     if settings.api_key_enabled:
         keyed = {"/metrics"} if settings.metrics_require_key else set()
         declare_api_keys(app, settings.api_key_header_name, unkeyed=open_paths - keyed)
     app.add_middleware(BodyLimitMiddleware, max_bytes=upload_limit_bytes(settings))
-    app.add_middleware(AccessGate, open_paths=open_paths)  # outside the body cap: a refused caller learns no limit
+    app.add_middleware(
+        AccessGate, open_paths=open_paths, open_prefixes=console.OPEN_PREFIXES
+    )  # outside the body cap: a refused caller learns no limit
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware, header=settings.request_id_header)
     return app

@@ -120,12 +120,14 @@ class AccessGate:
     dependency, so a dependency alone would take a whole upload from a caller it then refuses.
     WebSockets are checked by `websocket_principal`, before their first message is read."""
 
-    def __init__(self, app: ASGIApp, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, open_paths: frozenset[str], open_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.open_paths = open_paths
+        self.open_prefixes = open_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.open_paths or path.startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)

@@ -218,6 +218,28 @@ class WorkerPublic(BaseModel):
     cuda_visible_devices: str | None
     models: list[str] = Field(description="the registered models it has loaded")
     started_at: float
+    heartbeat_age_seconds: float | None = Field(None, description="since it last advertised itself")
+    slots: int = Field(0, description="jobs it runs at once, over all its queues")
+    busy: int = Field(0, description="jobs it is running now")
+
+
+class QueuePublic(BaseModel):
+    """One queue's load now: what its workers offer, what runs and what waits."""
+
+    queue: str
+    workers: int
+    slots: int
+    running: int
+    admitted: int = Field(description="jobs admitted to the broker's list, not yet taken by a worker")
+    waiting: dict[str, int] = Field(description="jobs waiting in the scheduler, per service tier")
+    principals: dict[str, int] | None = omitted_when_none(
+        description="jobs waiting per API key: every key's for an operator (OPERATOR_KEY_IDS), else only yours"
+    )
+
+
+class QueuesPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[QueuePublic]
 
 
 class WorkersPublic(BaseModel):

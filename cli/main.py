@@ -97,13 +97,16 @@ def api(
     host: Annotated[str | None, typer.Option(help="default API_HOST")] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API, on API_PORT and, for browsers, on CONSOLE_PORT."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from cli.serving import listening_sockets
 
     settings = with_redis(settings_or_exit())
     configure_logging(settings.log_level, settings.log_format, "api")
     broker_reachable_or_exit(settings, "api")
-    uvicorn.run(
+    config = uvicorn.Config(
         "api.app:create_app",
         factory=True,
         host=host or settings.api_host,
@@ -117,6 +120,18 @@ def api(
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
+    try:
+        sockets = listening_sockets(config.host, config.port, settings.console_port)
+    except OSError as exc:
+        typer.secho(
+            f"speechq api: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", fg="red", err=True
+        )
+        raise typer.Exit(1) from None
+    server = uvicorn.Server(config)
+    if workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        server.run(sockets=sockets)
 
 
 @app.command()

@@ -266,7 +266,11 @@ def supervise_stack(settings: Settings, *, queues: str, flower: bool) -> int:
         supervisor.start("worker", [*SPEECHQ, "worker", "--queues", queues], env)
         supervisor.start("api", [*SPEECHQ, "api", "--host", settings.api_host, "--port", str(settings.api_port)], env)
         log.info("Redis      %s%s", redis_url, "" if settings.redis_url else " (embedded Valkey)")
-        log.info("API        %s  (docs at /docs)", api_url(settings))
+        log.info("API        %s", api_url(settings))
+        if settings.console_port:
+            log.info(
+                "console    http://%s:%s/console  (and the docs at /docs)", settings.api_host, settings.console_port
+            )
         log.info("worker     queues %s", queues)
         if flower:
             start_flower(supervisor, settings, env)

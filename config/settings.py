@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     0: unlimited."""
     api_host: str = "127.0.0.1"
     api_port: int = Field(6666, ge=1, le=65535)
+    console_port: int = Field(6680, ge=0, le=65535)
+    """A second port the API also listens on, for browsers: Chromium, Chrome and Firefox refuse 6665–6669
+    (the Fetch standard's bad ports), so the console (`/console`) and the docs (`/docs`) open here. Taken:
+    one log line, and the API serves on API_PORT alone. 0: off."""
+    operator_key_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated key ids (`key_<12 hex>`) that see every key's counts in `GET /v1/queues` and the
+    console; other keys see their own. Without API keys everyone is the operator."""
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_basic_auth: SecretStr | None = None
     """`user:password` (comma-separated for several) that Flower asks for; unset: no login."""
@@ -250,7 +257,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, data: object) -> object:
         if isinstance(data, dict):
-            for name in ("api_keys", "webhook_allowed_hosts", "webhook_secret"):
+            for name in ("api_keys", "webhook_allowed_hosts", "webhook_secret", "operator_key_ids"):
                 for spelling in (name, name.upper()):
                     raw = data.get(spelling)
                     if isinstance(raw, str):

@@ -23,6 +23,7 @@ class WorkerInfo:
     started_at: float = 0.0
     cuda_visible_devices: str | None = None  # as the worker process itself sees it
     metrics_port: int | None = None
+    heartbeat_at: float = 0.0  # when it last advertised itself (every WORKER_HEARTBEAT_SECONDS)
 
 
 def advertise(redis: SyncRedis, info: WorkerInfo, ttl: float) -> None:

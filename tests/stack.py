@@ -136,6 +136,25 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
     return process, url
 
 
+def up_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a `speechq up` as a person runs it (its own embedded Valkey under `data_dir`, the
+    default models and settings), with `overrides`."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "API_", "FLOWER_", "LLM_", "TTS_", "STT_"))
+    }
+    env.update(
+        DATA_DIR=str(data_dir),
+        LLM_MODELS_DIR=str(ROOT / "var" / "models"),
+        LLM_N_THREADS="2",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        WORKER_METRICS_PORT="0",
+        LOG_FORMAT="text",
+    )
+    env.update(overrides)
+    return env
+
+
 def start_up(env: dict[str, str], log_dir: Path, *options: str) -> tuple[Process, str]:
     """`speechq up` on a free port (not yet ready: each test waits for what it needs); its URL."""
     port = free_port()

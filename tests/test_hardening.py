@@ -119,7 +119,18 @@ def test_workers_list_shows_no_host_pid_port_or_path(hardened: str, stack: Stack
     workers = listed.json()["data"]
     assert len(workers) >= 2, "the session's worker and the advertised one"
     for worker in workers:
-        assert set(worker) == {"id", "object", "queues", "device", "cuda_visible_devices", "models", "started_at"}
+        assert set(worker) == {
+            "id",
+            "object",
+            "queues",
+            "device",
+            "cuda_visible_devices",
+            "models",
+            "started_at",
+            "heartbeat_age_seconds",
+            "slots",
+            "busy",
+        }
         assert re.fullmatch(r"worker_[0-9a-f]{12}", worker["id"])
     mine = next(w for w in workers if w["id"] == public_worker_id(exposed_worker.id))
     assert mine["queues"] == ["llm"] and mine["device"] == "1" and mine["started_at"] == 1_700_000_000.0

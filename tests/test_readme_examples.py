@@ -7,7 +7,6 @@ and every file an example uploads an entry in UPLOADS."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from tests.audio import encode, speak, spoken, wer
-from tests.stack import ROOT, start_up, wait_until
+from tests.stack import ROOT, start_up, up_env, wait_until
 
 README = ROOT / "README.md"
 HOSTS = ("localhost:6666", "127.0.0.1:6666")
@@ -230,18 +229,8 @@ def check_for(args: list[str]) -> Callable[[Run, list[str], bytes, Path | None],
 @pytest.fixture(scope="module")
 def speechq_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("readme")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "API_", "LLM_", "TTS_", "STT_"))}
-    env.update(
-        DATA_DIR=str(folder / "var"),
-        LLM_MODELS_DIR=str(ROOT / "var" / "models"),
-        LLM_N_THREADS="2",
-        # Greedy answers: the examples' checks read what a 135M model says, which sampling makes a lottery.
-        LLM_TEMPERATURE="0",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-        WORKER_METRICS_PORT="0",
-        LOG_FORMAT="text",
-    )
+    # Greedy answers: the examples' checks read what a 135M model says, which sampling makes a lottery.
+    env = up_env(folder / "var", LLM_TEMPERATURE="0")
     process, url = start_up(env, folder, "--no-flower")
     try:
 

@@ -19,24 +19,14 @@ import pytest
 
 from cli.stack import LOCK_FILE, Supervisor
 from tests.stack import ROOT, free_port, wait_until
+from tests.stack import up_env as stack_env
 
 UP = [sys.executable, "-m", "cli.main", "up"]
 
 
 def up_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     """A stack as `make run` starts it (embedded Valkey in its data dir), kept light: no model preloaded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "API_", "FLOWER_", "LLM_"))}
-    env.update(
-        DATA_DIR=str(data_dir),
-        LLM_MODELS_DIR=str(ROOT / "var" / "models"),
-        TTS_PRELOAD="false",
-        LOG_FORMAT="text",
-        PYTHONUNBUFFERED="1",
-        WORKER_METRICS_PORT="0",
-        HF_HUB_OFFLINE="1",
-    )
-    env.update(overrides)
-    return env
+    return stack_env(data_dir, TTS_PRELOAD="false", **overrides)
 
 
 @pytest.fixture

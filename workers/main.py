@@ -58,6 +58,7 @@ class Heartbeat(threading.Thread):
             try:
                 if now - advertised >= self.interval:
                     self.info.models = self.models.loaded
+                    self.info.heartbeat_at = now
                     advertise(self.store.redis, self.info, ttl=self.interval * 3)
                     advertised = now
                 self.store.offer(self.info.id, self.slots, expires=now + self.interval * 3)

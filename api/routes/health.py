@@ -21,8 +21,10 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health(state: StateDep) -> dict[str, str | bool]:
+    """Alive; and whether requests need an API key (any 401 says as much), so the console asks for one
+    before it sends a request that could only be refused."""
+    return {"status": "ok", "api_key_required": state.settings.api_key_enabled}
 
 
 @router.get("/ready")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -74,6 +75,43 @@ async def list_jobs(
         next_cursor=repr(next_cursor) if next_cursor is not None else None,
         has_more=next_cursor is not None,
     )
+
+
+FEED_JOBS = 50  # the feed follows the key's most recent jobs
+FEED_SECONDS = 0.5  # how often it looks at them
+
+
+@router.get(
+    "/feed",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`snapshot`, then `job` events"}},
+)
+async def job_feed(state: StateDep, principal: PrincipalDep) -> EventSourceResponse:
+    """Your jobs, live, on one connection (the console's job table): a `snapshot` event with your 50 most
+    recent jobs, newest first (`{"data": [Job, …]}`), then a `job` event (a Job, as `GET /v1/jobs/{id}`
+    answers it) each time one of them changes: its status, timings, progress, or its place in line and ETA
+    while it waits. The server looks twice a second; the client polls nothing."""
+
+    async def changes() -> AsyncIterator[ServerSentEvent]:
+        shown: dict[str, str] | None = None  # what the client has of each job, as JSON
+        while True:
+            jobs, _ = await state.store.list(owner=principal.id, limit=FEED_JOBS)
+            views = [
+                job_public(job, await place(state.redis, job.id) if job.status == JobStatus.queued else None)
+                for job in jobs
+            ]
+            now = {view.id: view.model_dump_json() for view in views}
+            if shown is None:
+                data = [view.model_dump(mode="json") for view in views]
+                yield ServerSentEvent(event="snapshot", data=json.dumps({"data": data}))
+            else:
+                for job_id in reversed(now):  # oldest first: a client that prepends new rows keeps the order
+                    if shown.get(job_id) != now[job_id]:
+                        yield ServerSentEvent(event="job", data=now[job_id])
+            shown = now
+            await asyncio.sleep(FEED_SECONDS)
+
+    return EventSourceResponse(changes(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{job_id}", response_model=JobPublic)

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 from fastapi import APIRouter
 
 from api.deps import PrincipalDep, StateDep
 from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound
-from api.schemas import ModelPublic, ModelsPublic, VoicePublic, VoicesPublic, WorkerPublic, WorkersPublic
+from api.schemas import (
+    ModelPublic,
+    ModelsPublic,
+    QueuePublic,
+    QueuesPublic,
+    VoicePublic,
+    VoicesPublic,
+    WorkerPublic,
+    WorkersPublic,
+)
 from contract.catalog import CatalogEntry, ModelRole, registry
 from contract.speech import OPENAI_VOICES
 from jobstore.adverts import WorkerInfo, live_workers
+from jobstore.overview import queue_loads, worker_loads
+from tasks.registry import QUEUES
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -69,8 +81,34 @@ async def list_voices(state: StateDep, _: PrincipalDep) -> VoicesPublic:
 async def list_workers(state: StateDep, _: PrincipalDep) -> WorkersPublic:
     """Live workers: the queues each serves, its device, the registered models it has loaded and when it
     started. Every key may read this, so nothing about the machines (host, pid, paths, ports) is in it."""
-    workers = [_public_worker(w) for w in await live_workers(state.redis)]
+    loads = await worker_loads(state.redis, QUEUES)
+    now = time.time()
+    workers = [_public_worker(w, loads.get(w.id, (0, 0)), now) for w in await live_workers(state.redis)]
     return WorkersPublic(data=sorted(workers, key=lambda w: w.id))
+
+
+@router.get("/queues", response_model=QueuesPublic)
+async def list_queues(state: StateDep, principal: PrincipalDep) -> QueuesPublic:
+    """Each queue's load now: its workers and their slots, the jobs running, admitted to the broker and
+    waiting per tier; who waits, per API key: every key for an operator (OPERATOR_KEY_IDS, or everyone when
+    keys are off), else only the caller's own line."""
+    operator = not state.settings.api_key_enabled or principal.id in state.settings.operator_key_ids
+    workers = await live_workers(state.redis)
+    data = []
+    for load in await queue_loads(state.redis, QUEUES, by_principal=True):
+        waiting = load.principals if operator else {principal.id: load.principals.get(principal.id, 0)}
+        data.append(
+            QueuePublic(
+                queue=load.queue,
+                workers=sum(load.queue in w.queues for w in workers),
+                slots=load.slots,
+                running=load.running,
+                admitted=load.admitted,
+                waiting=load.waiting,
+                principals=waiting,
+            )
+        )
+    return QueuesPublic(data=data)
 
 
 def public_worker_id(worker_id: str) -> str:
@@ -78,7 +116,7 @@ def public_worker_id(worker_id: str) -> str:
     return "worker_" + hashlib.sha256(worker_id.encode()).hexdigest()[:12]
 
 
-def _public_worker(worker: WorkerInfo) -> WorkerPublic:
+def _public_worker(worker: WorkerInfo, load: tuple[int, int], now: float) -> WorkerPublic:
     served = registry()
     return WorkerPublic(
         id=public_worker_id(worker.id),
@@ -88,6 +126,9 @@ def _public_worker(worker: WorkerInfo) -> WorkerPublic:
         # Registered names only, and never a path (LLM_MODEL may be one): a name is all a client can send.
         models=[name for name in worker.models if served.get(name) is not None and not _path_like(name)],
         started_at=worker.started_at,
+        heartbeat_age_seconds=round(max(0.0, now - worker.heartbeat_at), 3) if worker.heartbeat_at else None,
+        slots=load[0],
+        busy=load[1],
     )
 
 
