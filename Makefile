@@ -82,6 +82,7 @@ bench: $(MODELS) $(TEST_INSTALLED)
 	$(BIN)/python -m bench.synthesis $(ARGS)
 	$(BIN)/python -m bench.dialogue $(ARGS)
 	$(BIN)/python -m bench.batch_folder $(ARGS)
+	$(BIN)/python -m bench.default_stack $(ARGS)
 
 # Re-resolve the lock on purpose, in a venv of its own (the project's may not install while the lock is
 # stale). Without UPGRADE, pip-compile keeps every pin that still satisfies pyproject.toml.

@@ -14,6 +14,7 @@ from llama_cpp import Llama, StoppingCriteriaList
 from contract.catalog import CATALOG
 from contract.errors import ContextOverflow
 from contract.generation import ChatMessage, GenerationParams
+from workers.cores import SHARE, CoreShare
 from workers.llm import GEMMA_START_OF_TURN, Generation, LlmEngine, Prompt
 from workers.weights import locate
 
@@ -167,3 +168,36 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_unset_threads_follow_what_else_runs_in_the_worker() -> None:
+    """LLM_N_THREADS unset: llama.cpp decodes on every core while it runs alone, on half while a transcription
+    or synthesis runs in the same worker (`workers/cores.py`), and the text is the same either way."""
+    share = CoreShare(4)
+    assert share.llm_threads() == 4
+    with share.other_engine():
+        assert share.llm_threads() == 2
+        with share.other_engine():
+            assert share.llm_threads() == 2
+    assert share.llm_threads() == 4 and CoreShare(1).llm_threads() == 1
+
+    engine = LlmEngine("gemma-3-270m", GEMMA, n_ctx=512, n_threads=None, n_gpu_layers=0, n_batch=512, parallel=1)
+    try:
+        params = GenerationParams(temperature=0.0, max_tokens=16)
+        alone = engine.generate(STORY, params, lambda _: None)
+        assert engine._context.threads == SHARE.cores
+        with SHARE.other_engine():
+            beside = engine.generate(STORY, params, lambda _: None)
+            assert engine._context.threads == max(1, SHARE.cores // 2)
+        assert beside.text == alone.text
+        engine.generate(STORY, params, lambda _: None)
+        assert engine._context.threads == SHARE.cores
+    finally:
+        engine.close()
+
+    fixed = LlmEngine("gemma-3-270m", GEMMA, n_ctx=512, n_threads=1, n_gpu_layers=0, n_batch=512, parallel=1)
+    try:
+        fixed.generate(STORY, GenerationParams(temperature=0.0, max_tokens=4), lambda _: None)
+        assert fixed._context.threads == 1, "LLM_N_THREADS fixes them"
+    finally:
+        fixed.close()

@@ -24,6 +24,7 @@ from contract.transcription import TranscribeRequest, TranscriptionResult, Trans
 from media.audio import decode
 from workers.audio_out import AudioEncoder, ChunkSender, Tempo, normalize_loudness
 from workers.context import JobContext
+from workers.cores import SHARE
 from workers.llm import Prompt
 from workers.models import ModelCache, SpeechEngine, VoiceEngine
 from workers.stt import RemoteWhisperEngine
@@ -101,7 +102,7 @@ def run_stt_job(job: JobRecord, run: JobContext, models: ModelCache, inputs: Inp
     data = inputs(job.id)
     if data is None:
         raise InvalidJobInput("the job's audio is no longer stored (it expired with JOB_TTL_SECONDS)")
-    with models.stt(request.model) as engine:
+    with models.stt(request.model) as engine, SHARE.other_engine():
         return _transcribe(engine, data, request, run, models.settings)
 
 
@@ -133,7 +134,7 @@ def _transcribe(
 def run_tts_job(job: JobRecord, run: JobContext, models: ModelCache, outputs: OutputWriter) -> SynthesisResult:
     """synthesize: speak sentence by sentence, send each as an `audio_chunk` event, store the whole file."""
     request = SynthesizeRequest.model_validate(job.request)
-    with models.tts(request.model) as engine:
+    with models.tts(request.model) as engine, SHARE.other_engine():
         return _synthesize(engine, request, job, run, outputs)
 
 

@@ -8,7 +8,6 @@ The decoding itself is `workers.llm_batch`'s: this module tokenizes, submits and
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import time
 from collections.abc import Callable
@@ -84,6 +83,7 @@ class LlmEngine:
         try:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+            from workers.cores import SHARE
             from workers.llm_batch import BatchScheduler
             from workers.llm_native import NativeContext, NativeModel, gpu_offload_supported
         except ImportError as exc:
@@ -96,10 +96,10 @@ class LlmEngine:
         self.stall_seconds = stall_seconds
         started = time.perf_counter()
         self._model: NativeModel = NativeModel(path, n_gpu_layers=n_gpu_layers)
-        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        # LLM_N_THREADS fixes the threads; unset, they follow what else runs in this worker (`workers/cores.py`).
+        threads = n_threads or SHARE.llm_threads()
         try:
-            # Prompt processing gets the same threads as decoding: several workers on one machine must
-            # not each take every core (LLM_N_THREADS bounds both).
+            # Prompt processing gets the same threads as decoding (LLM_N_THREADS bounds both).
             self._context: NativeContext = NativeContext(
                 self._model,
                 n_ctx_seq=n_ctx,
@@ -125,7 +125,9 @@ class LlmEngine:
                 eos_token=self._token_text(self._model.eos),
                 bos_token=self._token_text(self._model.bos),
             )
-        self._scheduler: BatchScheduler = BatchScheduler(self._model, self._context, parallel, name)
+        self._scheduler: BatchScheduler = BatchScheduler(
+            self._model, self._context, parallel, name, threads=None if n_threads else SHARE.llm_threads
+        )
         self._scheduler.start()
         log.info(
             "loaded %s from %s in %.2fs (chat template: %s, %d slots of %d tokens)",

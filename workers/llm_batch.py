@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -79,10 +80,19 @@ class Slot:
 
 
 class BatchScheduler(threading.Thread):
-    def __init__(self, model: NativeModel, context: NativeContext, slots: int, name: str) -> None:
+    def __init__(
+        self,
+        model: NativeModel,
+        context: NativeContext,
+        slots: int,
+        name: str,
+        threads: Callable[[], int] | None = None,
+    ) -> None:
+        """`threads`, when given, says before each decode how many threads it should use (`workers/cores.py`)."""
         super().__init__(name=f"speechq-llm-{name}", daemon=True)
         self.model = model
         self.context = context
+        self.threads = threads
         self.slots: list[Slot | None] = [None] * slots
         self.waiting: deque[Sequence] = deque()
         self.wakeup = threading.Condition()
@@ -145,6 +155,12 @@ class BatchScheduler(threading.Thread):
                     self.context.forget(seq_id)
                     slot = self.slots[seq_id] = Slot(seq_id, sequence, self.model)
 
+    def _decode(self) -> int:
+        """llama_decode the batch, on as many threads as the worker's cores allow now."""
+        if self.threads is not None:
+            self.context.use_threads(self.threads())
+        return self.context.decode()
+
     def _step(self) -> None:
         """One llama_decode: a token for every generating slot, then prompt chunks in what room is left."""
         for slot in self.slots:
@@ -165,7 +181,7 @@ class BatchScheduler(threading.Thread):
                 break
             if slot.prefilling:
                 room -= self._prefill(slot, room)
-        status = context.decode()
+        status = self._decode()
         self.steps += 1
         if status != 0:
             for slot in running:

@@ -114,6 +114,7 @@ class NativeContext:
         self.ctx = native.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise ModelUnavailable(f"llama.cpp could not create a context of {n_seq} × {n_ctx_seq} tokens")
+        self.threads = n_threads
         self.memory = native.llama_get_memory(self.ctx)
         self.n_ctx_seq = int(native.llama_n_ctx_seq(self.ctx))
         self.n_batch = int(native.llama_n_batch(self.ctx))
@@ -140,6 +141,12 @@ class NativeContext:
         batch.logits[i] = logits
         self.n_tokens = i + 1
         return i
+
+    def use_threads(self, threads: int) -> None:
+        """Decode (and process prompts) on `threads` threads from the next call on."""
+        if threads != self.threads:
+            native.llama_set_n_threads(self.ctx, threads, threads)
+            self.threads = threads
 
     def decode(self) -> int:
         """Run the batch; 0 on success, llama_decode's status otherwise."""
