@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     """Retries (with backoff) on 5xx and connection errors of the remote transcription API."""
     stt_n_threads: int | None = Field(None, ge=1)
     """CPU threads for faster-whisper; default: all cores."""
+    stt_batch_size: int | None = Field(None, ge=1, le=64)
+    """VAD chunks of one recording faster-whisper decodes together (its batched pipeline); unset: 8 on a CPU,
+    16 on a GPU; 1: always the sequential decoder."""
+    stt_batch_min_seconds: float = Field(40.0, ge=0)
+    """Recordings at least this long take the batched pipeline (a shorter one is a window or two: nothing to
+    batch); a `prompt`, or a temperature other than 0, takes the sequential decoder whatever the length."""
     stt_preload: bool = True
     """Load the default speech-to-text model when a worker serving `stt` starts."""
     audio_decode_timeout_seconds: float = Field(120.0, gt=0)

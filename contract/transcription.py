@@ -78,6 +78,7 @@ class TranscriptionTimings(BaseModel):
     seconds: float
     real_time_factor: float | None = omitted_when_none()
     decode_seconds: float | None = omitted_when_none()  # decoding the upload, on this host's engines
+    batch_size: int | None = omitted_when_none()  # chunks decoded together (faster-whisper's batched pipeline)
 
 
 class TranscriptionResult(BaseModel):

@@ -26,6 +26,40 @@ def _tts() -> Any:  # hibari ships no types
     return Hibari()
 
 
+# Speech that never repeats itself: no window compresses past faster-whisper's threshold, so none falls back to
+# sampling at a random temperature, and a long recording is decoded the same way every run (about 128 s).
+DISTINCT_SENTENCES = (
+    "The museum opens at nine in the morning and closes at six in the evening.",
+    "Our train was delayed by twenty minutes because of a signal failure near the bridge.",
+    "She planted tomatoes, basil and peppers along the sunny side of the garden.",
+    "Please remember to lock the back door before you leave for the airport.",
+    "The committee will vote on the new budget proposal next Thursday afternoon.",
+    "A gentle rain fell over the valley while the farmers gathered their tools.",
+    "He wrote three chapters of his novel during a quiet week in the mountains.",
+    "The software update fixes a bug that caused the printer to stop responding.",
+    "Children played football in the park until the street lights came on.",
+    "The recipe calls for two cups of flour, one egg and a pinch of salt.",
+    "Astronomers observed a bright comet passing close to the planet Jupiter.",
+    "The bakery on the corner sells fresh bread and warm cinnamon rolls every day.",
+    "Our manager asked everyone to submit their expense reports by the end of the month.",
+    "The old lighthouse guided ships safely into the harbor for over a century.",
+    "During the concert the violinist played a beautiful piece by Vivaldi.",
+    "Traffic on the highway was heavy because of the holiday weekend.",
+    "The library is hosting a reading club for teenagers every Wednesday evening.",
+    "Scientists are studying how coral reefs recover after warm ocean summers.",
+    "My neighbor repaired his bicycle and rode it to the lake on Sunday.",
+    "The hotel offers a free breakfast with coffee, juice and fresh fruit.",
+    "Engineers tested the new bridge with heavy trucks before it opened to traffic.",
+    "The students presented their science projects to the parents in the gym.",
+    "A small cat slept on the windowsill, warmed by the afternoon sun.",
+    "The pilot announced that we would land twenty minutes ahead of schedule.",
+    "Volunteers cleaned the beach and collected several bags of plastic waste.",
+    "The chef prepared a spicy soup with ginger, garlic and fresh coriander.",
+    "Our internet connection dropped twice during the video meeting this morning.",
+    "The gardener trimmed the hedges and raked the fallen leaves into piles.",
+)
+
+
 def speak(text: str) -> tuple[np.ndarray, int]:
     tts = _tts()
     audio = tts(text)

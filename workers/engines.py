@@ -42,7 +42,13 @@ def _llama_cpp(entry: CatalogEntry, s: Settings) -> Any:
 def _faster_whisper(entry: CatalogEntry, s: Settings) -> Any:
     from workers.stt import WhisperEngine
 
-    return WhisperEngine(entry.name, locate(entry, s.models_dir), cpu_threads=s.stt_n_threads)
+    return WhisperEngine(
+        entry.name,
+        locate(entry, s.models_dir),
+        cpu_threads=s.stt_n_threads,
+        batch_size=s.stt_batch_size,
+        batch_min_seconds=s.stt_batch_min_seconds,
+    )
 
 
 def _openai_whisper(entry: CatalogEntry, s: Settings) -> Any:
