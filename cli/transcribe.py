@@ -263,8 +263,9 @@ def transcribe_paths(
         return 2
     elapsed = time.monotonic() - started
     audio = sum(item.seconds for item in batch.done)
+    speed = f", {audio / elapsed:.1f} s of audio per second" if audio and elapsed > 0 else ""
     console.print(
-        f"{len(batch.done)} transcribed ({audio / 60:.1f} min of audio in {elapsed:.1f}s), "
+        f"{len(batch.done)} transcribed ({audio / 60:.1f} min of audio in {elapsed:.1f}s{speed}), "
         f"{skipped} skipped (transcripts up to date), {len(batch.failed)} failed"
     )
     for item, reason in batch.failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -65,6 +66,7 @@ def test_a_folder_tree_is_transcribed_resumed_and_forced(
     done = run_cli(stack, str(root), "--out", str(out), "--format", FORMATS, "--concurrency", "2")
     assert done.returncode == 1, done.stdout + done.stderr  # one file is broken
     assert f"{len(spoken)} transcribed" in done.stdout and "1 failed" in done.stdout
+    assert re.search(r"\d+\.\d s of audio per second", done.stdout), "the run's throughput is reported"
     assert "broken.mp3" in done.stdout and "unsupported_media_type" in done.stdout
 
     for source, line in spoken.items():
