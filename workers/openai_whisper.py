@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from contract.errors import InvalidJobInput, ModelUnavailable
 from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
-from workers.stt import FALLBACK_TEMPERATURES, SegmentSink
+from workers.stt import SegmentSink, temperatures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,7 +63,7 @@ class OpenAIWhisperEngine:
             language=request.language,
             task=request.task,
             initial_prompt=request.prompt,
-            temperature=FALLBACK_TEMPERATURES if request.temperature == 0 else request.temperature,
+            temperature=temperatures(request),
             word_timestamps=request.words,
             fp16=self.cuda,
             verbose=None,

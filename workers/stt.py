@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 SegmentSink = Callable[[TranscriptSegment, float], None]  # (segment, seconds of audio done)
 # faster-whisper's fallback ladder when temperature is 0 and a segment decodes badly.
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def temperatures(request: TranscribeRequest) -> float | tuple[float, ...]:
+    """What a Whisper engine decodes with: temperature 0 is OpenAI's "0, falling back as needed" (the ladder)."""
+    return FALLBACK_TEMPERATURES if request.temperature == 0 else request.temperature
+
+
 # When a greedy decode counts as bad (faster-whisper's own thresholds), unless the window is silence.
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
@@ -86,7 +93,7 @@ class WhisperEngine:
                 language=request.language,
                 task=request.task,
                 initial_prompt=request.prompt,
-                temperature=FALLBACK_TEMPERATURES if request.temperature == 0 else request.temperature,
+                temperature=temperatures(request),
                 word_timestamps=request.words,
                 vad_filter=request.vad_filter,
                 beam_size=1,
