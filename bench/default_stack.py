@@ -5,7 +5,7 @@
   second, ÷ llama-cpp-python in-process at its best thread count on this machine (1 to all cores);
 - transcription: a 100 s recording of distinct sentences (no repetition, so that no segment falls back to
   sampling and the work is the same every run) through `/v1/audio/transcriptions`, where the worker takes
-  its batched pipeline (the recording is over STT_BATCH_MIN_SECONDS), ÷ faster-whisper's sequential
+  its batched decoder (steps of VAD chunks, `workers/stt_batch.py`), ÷ faster-whisper's sequential
   `WhisperModel.transcribe` in-process (same model, all cores, beam 1, the same temperature ladder), in
   seconds.
 

@@ -190,8 +190,9 @@ def worker(
     from workers.main import run_worker
 
     if concurrency is None:
-        # A thread per generation slot and one per speech queue: speech jobs run beside the batch.
-        slots = {"llm": settings.llm_parallel, "dialogue": settings.dialogue_concurrency}
+        # A thread per generation slot and per transcription in flight, one for synthesis: speech runs beside
+        # the generations.
+        slots = {"llm": settings.llm_parallel, "stt": settings.stt_parallel, "dialogue": settings.dialogue_concurrency}
         concurrency = sum(slots.get(queue, 1) for queue in chosen)
     run_worker(settings, chosen, concurrency=concurrency, device=devices[0] if devices else None)
 
@@ -235,7 +236,10 @@ def transcribe(
     format: Annotated[str, typer.Option("--format", help="comma-separated: txt,srt,vtt,json,tsv")] = "txt,srt,vtt,json",
     model: Annotated[str | None, typer.Option(help="speech model (default: the server's)")] = None,
     language: Annotated[str | None, typer.Option(help="language spoken, e.g. en (default: detect)")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="files in flight at once")] = 2,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="files in flight at once (default: enough to fill the server's batches)"),
+    ] = None,
     server: Annotated[str | None, typer.Option(help="speechq URL (default: http://API_HOST:API_PORT)")] = None,
     api_key: Annotated[
         str | None, typer.Option(envvar="SPEECHQ_API_KEY", help="API key, if the server wants one")

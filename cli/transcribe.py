@@ -216,6 +216,21 @@ class Batch:
                 pass
 
 
+DEFAULT_IN_FLIGHT = 10  # when the server does not say: a default worker's STT_PARALLEL (8), and 2 uploading
+MAX_IN_FLIGHT = 64
+
+
+def in_flight_to_fill(server: str, headers: dict[str, str]) -> int:
+    """Files to keep in flight: the transcriptions the server's `stt` workers run at once (the slots they offer,
+    `GET /v1/queues`), and 2 more uploading and waiting, so that each decoding step finds its batch full."""
+    try:
+        queues = httpx.get(f"{server}/v1/queues", headers=headers, timeout=10).raise_for_status().json()["data"]
+        slots = next(int(q["slots"]) for q in queues if q["queue"] == "stt")
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration):
+        return DEFAULT_IN_FLIGHT  # an older server, or none yet: the upload says which
+    return min(MAX_IN_FLIGHT, max(2, slots + 2))
+
+
 def _reason(response: httpx.Response) -> str:
     try:
         error = response.json()["error"]
@@ -233,12 +248,13 @@ def transcribe_paths(
     api_key: str | None,
     model: str | None,
     language: str | None,
-    concurrency: int,
+    concurrency: int | None,
     force: bool,
     console: Console,
     service_tier: str = "flex",
 ) -> int:
-    """Run the whole command; returns the exit status (0 all good, 1 some files failed, 2 unusable, 130 Ctrl-C)."""
+    """Run the whole command; returns the exit status (0 all good, 1 some files failed, 2 unusable, 130 Ctrl-C).
+    `concurrency` None: enough files in flight to fill what the server's transcription workers take at once."""
     items = discover(paths, out, formats)
     todo = [item for item in items if force or not item.up_to_date()]
     skipped = len(items) - len(todo)
@@ -250,7 +266,9 @@ def transcribe_paths(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     fields = {"response_format": "verbose_json", "service_tier": service_tier}
     fields |= {k: v for k, v in (("model", model), ("language", language)) if v}
-    batch = Batch(server.rstrip("/"), headers, fields, max(1, min(concurrency, len(todo) or 1)), console)
+    if concurrency is None and todo:
+        concurrency = in_flight_to_fill(server.rstrip("/"), headers)
+    batch = Batch(server.rstrip("/"), headers, fields, max(1, min(concurrency or 1, len(todo) or 1)), console)
     started = time.monotonic()
     try:
         if todo:

@@ -184,12 +184,14 @@ class Settings(BaseSettings):
     """Retries (with backoff) on 5xx and connection errors of the remote transcription API."""
     stt_n_threads: int | None = Field(None, ge=1)
     """CPU threads for faster-whisper; default: all cores."""
+    stt_parallel: int = Field(8, ge=1, le=256)
+    """Transcriptions a worker runs at once; their chunks decode together, in shared steps."""
     stt_batch_size: int | None = Field(None, ge=1, le=64)
-    """VAD chunks of one recording faster-whisper decodes together (its batched pipeline); unset: 8 on a CPU,
-    16 on a GPU; 1: always the sequential decoder."""
-    stt_batch_min_seconds: float = Field(40.0, ge=0)
-    """Recordings at least this long take the batched pipeline (a shorter one is a window or two: nothing to
-    batch); a `prompt`, or a temperature other than 0, takes the sequential decoder whatever the length."""
+    """Chunks (up to 30 s of speech each) one decoding step takes, from one recording or several; unset: 2 on a
+    CPU, 16 on a GPU; 1: every transcription takes faster-whisper's sequential decoder instead."""
+    stt_lanes: int | None = Field(None, ge=1, le=64)
+    """Decoding steps that run at once, each on STT_N_THREADS ÷ STT_LANES threads; unset: one per core (at most
+    4) on a CPU, 1 on a GPU."""
     stt_preload: bool = True
     """Load the default speech-to-text model when a worker serving `stt` starts."""
     audio_decode_timeout_seconds: float = Field(120.0, gt=0)

@@ -78,7 +78,10 @@ class TranscriptionTimings(BaseModel):
     seconds: float
     real_time_factor: float | None = omitted_when_none()
     decode_seconds: float | None = omitted_when_none()  # decoding the upload, on this host's engines
-    batch_size: int | None = omitted_when_none()  # chunks decoded together (faster-whisper's batched pipeline)
+    # The batched decoder (workers/stt_batch.py): the most chunks one step decoded with this recording's, its
+    # own and other transcriptions', and the most transcriptions that shared one of its steps (1: alone).
+    batch_size: int | None = omitted_when_none()
+    batch_jobs: int | None = omitted_when_none()
 
 
 class TranscriptionResult(BaseModel):

@@ -199,23 +199,26 @@ def private_stack(folder: Path, queues: str, **env_overrides: str) -> Iterator[P
 
 @dataclass
 class DoomedWorker:
-    """An `llm` worker a test will SIGKILL, the API in front of it, and the workers started to replace it."""
+    """A worker (of `queues`) a test will SIGKILL, the API in front of it, and the workers started to replace it."""
 
     url: str
     worker: Process
     env: dict[str, str]
     folder: Path
+    queues: str = "llm"
     rescuers: list[Process] = field(default_factory=list)
 
     def rescue(self) -> Process:
-        """Start another `llm` worker with the same settings (it takes the dead one's jobs over)."""
-        rescuer = start_worker(self.env, self.folder, queues="llm")
+        """Start another worker with the same settings (it takes the dead one's jobs over)."""
+        rescuer = start_worker(self.env, self.folder, queues=self.queues)
         self.rescuers.append(rescuer)
         return rescuer
 
 
 @contextmanager
-def doomed_worker(redis_url: str, folder: Path, time_limit: int) -> Iterator[DoomedWorker]:
+def doomed_worker(
+    redis_url: str, folder: Path, time_limit: int, queues: str = "llm", **env_overrides: str
+) -> Iterator[DoomedWorker]:
     """A stack whose dead worker's jobs come back within seconds (a 2 s lease, a visibility timeout just
     past the time limit, a sweep every second); everything is stopped after."""
     env = base_env(
@@ -225,12 +228,13 @@ def doomed_worker(redis_url: str, folder: Path, time_limit: int) -> Iterator[Doo
         TASK_TIME_LIMIT_SECONDS=str(time_limit),
         BROKER_VISIBILITY_TIMEOUT_SECONDS=str(time_limit + 1),
         BROKER_RESTORE_INTERVAL_SECONDS="1",
+        **env_overrides,
     )
-    worker = start_worker(env, folder, queues="llm")
+    worker = start_worker(env, folder, queues=queues)
     api, url = start_api(env, folder)
-    stack = DoomedWorker(url, worker, env, folder)
+    stack = DoomedWorker(url, worker, env, folder, queues)
     try:
-        wait_for_worker(url, worker)
+        wait_for_worker(url, worker, queue=queues)
         yield stack
     finally:
         api.stop()

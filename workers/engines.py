@@ -47,7 +47,7 @@ def _faster_whisper(entry: CatalogEntry, s: Settings) -> Any:
         locate(entry, s.models_dir),
         cpu_threads=s.stt_n_threads,
         batch_size=s.stt_batch_size,
-        batch_min_seconds=s.stt_batch_min_seconds,
+        lanes=s.stt_lanes,
     )
 
 

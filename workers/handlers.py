@@ -126,7 +126,8 @@ def _transcribe(
         fraction = min(1.0, done_seconds / duration) if duration else 1.0
         run.emit(EventType.progress, Progress(fraction=round(fraction, 4), stage="transcribing"))
 
-    result = engine.transcribe(pcm, request, on_segment)
+    # `check` notices a cancel or the time limit while the job waits for its turn in a decoding step.
+    result = engine.transcribe(pcm, request, on_segment, check=run.check)
     result.timings.decode_seconds = round(decode_seconds, 4)
     return result
 

@@ -77,8 +77,9 @@ class Heartbeat(threading.Thread):
 
 def offered_slots(settings: Settings, queues: list[str], concurrency: int) -> dict[str, int]:
     """Jobs of each queue this worker runs at once, which the scheduler keeps it supplied with: a generation
-    per batch slot, one job per speech engine, a dialogue per thread of a dialogue worker."""
-    per_queue = {"llm": settings.llm_parallel, "stt": 1, "tts": 1, "dialogue": concurrency}
+    per batch slot, STT_PARALLEL transcriptions (decoded together), one synthesis, a dialogue per thread of a
+    dialogue worker."""
+    per_queue = {"llm": settings.llm_parallel, "stt": settings.stt_parallel, "tts": 1, "dialogue": concurrency}
     return {queue: per_queue[queue] for queue in queues}
 
 
@@ -149,11 +150,11 @@ def run_worker(settings: Settings, queues: list[str], *, concurrency: int = 1, d
     }
     if "dialogue" in queues:  # its stage store runs a loop thread and two connection pools of its own
         handlers["dialogue"] = partial(run_dialogue_job, stages=Stages(store, app, settings))
-    # Jobs a model kind runs at once: a generation per batch slot, one speech job per engine; the
-    # dialogue queue only waits on the others.
+    # Jobs a model kind runs at once: a generation per batch slot, STT_PARALLEL transcriptions, one synthesis;
+    # the dialogue queue only waits on the others.
     gates = {
         "llm": threading.Semaphore(settings.llm_parallel),
-        "stt": threading.Semaphore(1),
+        "stt": threading.Semaphore(settings.stt_parallel),
         "tts": threading.Semaphore(1),
     }
     register_tasks(app, JobRunner(settings, store, worker_id, handlers, observer=metrics, gates=gates))

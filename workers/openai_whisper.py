@@ -8,13 +8,15 @@ checkpoint is converted once from its CTranslate2 weights (`workers.whisper_chec
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contract.errors import InvalidJobInput, ModelUnavailable
 from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
-from workers.stt import SegmentSink, temperatures
+from workers.stt import CHECK_SECONDS, SegmentSink, temperatures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,12 +53,30 @@ class OpenAIWhisperEngine:
         self.english_only = name.endswith(".en")
         self.cuda = torch.cuda.is_available()
         self._model = whisper.load_model(str(checkpoint), device="cuda" if self.cuda else "cpu")
+        # One decode at a time: openai-whisper hooks its key-value cache onto the model for each decode.
+        self._lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (openai-whisper) from %s in %.2fs", name, checkpoint, self.load_seconds)
 
-    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> TranscriptionResult:
+    def transcribe(
+        self,
+        pcm: np.ndarray,
+        request: TranscribeRequest,
+        on_segment: SegmentSink,
+        check: Callable[[], None] | None = None,
+    ) -> TranscriptionResult:
+        """`check` is called while the job waits for another to finish with the model, and may raise."""
         if self.english_only and request.language not in (None, "en"):
             raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
+        while not self._lock.acquire(timeout=CHECK_SECONDS):
+            if check is not None:
+                check()
+        try:
+            return self._transcribe(pcm, request, on_segment)
+        finally:
+            self._lock.release()
+
+    def _transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> TranscriptionResult:
         started = time.perf_counter()
         answer = self._model.transcribe(
             pcm,

@@ -7,17 +7,20 @@ Both return a `TranscriptionResult` (`contract.transcription`): text, language, 
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from contract.errors import EngineError, InvalidJobInput, ModelUnavailable
 from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
+from workers.cores import usable_cores
+from workers.stt_batch import ChunkScheduler, Decoded, Recording
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from config import Settings
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,13 @@ def temperatures(request: TranscribeRequest) -> float | tuple[float, ...]:
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
-# On 2 CPU cores 4, 8 and 16 decode a 100 s recording alike (2.1-2.2 s); a GPU wants more in flight.
-DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 16}
+# Chunks of one step (bench/batch_folder.py, 2 CPU cores: 2 lanes of 2 chunks decode 40 short clips 1.5x
+# faster than the sequential loop, 8 chunks per lane no faster than it); a GPU wants more in flight.
+DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 16}
+MAX_CPU_LANES = 4  # one thread each by default: small GEMMs gain little from a second thread
+SAMPLE_RATE = 16_000
+CHUNK_SECONDS = 30  # Whisper's window: the longest chunk a step decodes
+CHECK_SECONDS = 0.25  # how often a job waiting on its chunks looks for a cancel or its time limit
 
 
 def _words(segment: Any) -> list[Word]:
@@ -47,8 +55,25 @@ def _words(segment: Any) -> list[Word]:
     ]
 
 
+class BatchStats:
+    """What the steps that decoded one recording looked like (`TranscriptionTimings.batch_size/batch_jobs`)."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.recordings = 0
+
+    def saw(self, decoded: Decoded) -> None:
+        self.chunks = max(self.chunks, decoded.chunks)
+        self.recordings = max(self.recordings, decoded.recordings)
+
+
 class WhisperEngine:
-    """faster-whisper (CTranslate2): int8 on CPU, float16 on CUDA."""
+    """faster-whisper (CTranslate2): int8 on CPU, float16 on CUDA.
+
+    Transcriptions decode together (`workers/stt_batch.py`): `lanes` steps at once, each of up to
+    `batch_size` chunks, on `cpu_threads` ÷ `lanes` threads each. A temperature above 0 (sampling) takes the
+    sequential decoder, as does every request when `batch_size` is 1.
+    """
 
     remote = False
 
@@ -59,11 +84,11 @@ class WhisperEngine:
         *,
         cpu_threads: int | None,
         batch_size: int | None = None,
-        batch_min_seconds: float = 40.0,
+        lanes: int | None = None,
     ) -> None:
         try:
             import ctranslate2
-            from faster_whisper import BatchedInferencePipeline, WhisperModel
+            from faster_whisper import WhisperModel
         except ImportError as exc:
             raise ModelUnavailable("this worker has no faster-whisper: pip install 'speechq[stt]'") from exc
         cuda = ctranslate2.get_cuda_device_count() > 0
@@ -71,94 +96,220 @@ class WhisperEngine:
         started = time.perf_counter()
         self.name = name
         self.english_only = name.endswith(".en")
+        cores = cpu_threads or usable_cores()
+        self.lanes = lanes or (1 if cuda else min(cores, MAX_CPU_LANES))
         self._model = WhisperModel(
-            str(path), device=self.device, compute_type=self.compute_type, cpu_threads=cpu_threads or 0
+            str(path),
+            device=self.device,
+            compute_type=self.compute_type,
+            cpu_threads=max(1, cores // self.lanes),
+            num_workers=self.lanes,  # CTranslate2 runs this many calls at once (one per lane)
         )
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE[self.device]
-        self.batch_min_seconds = batch_min_seconds
-        self._batched = BatchedInferencePipeline(self._model) if self.batch_size > 1 else None
+        self._scheduler = (
+            ChunkScheduler(self._model, lanes=self.lanes, batch_size=self.batch_size, name=name)
+            if self.batch_size > 1
+            else None
+        )
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s on %s (%s) in %.2fs", name, self.device, self.compute_type, self.load_seconds)
+        log.info(
+            "loaded %s on %s (%s) in %.2fs: %d lane(s) of %d chunk(s)",
+            name,
+            self.device,
+            self.compute_type,
+            self.load_seconds,
+            self.lanes,
+            self.batch_size,
+        )
 
-    def transcribe(self, pcm: np.ndarray, request: TranscribeRequest, on_segment: SegmentSink) -> TranscriptionResult:
+    def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()
+
+    def transcribe(
+        self,
+        pcm: np.ndarray,
+        request: TranscribeRequest,
+        on_segment: SegmentSink,
+        check: Callable[[], None] | None = None,
+    ) -> TranscriptionResult:
+        """`check` is called while the job waits for its chunks, and may raise to stop it."""
         if self.english_only and request.language not in (None, "en"):
             raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
         started = time.perf_counter()
-        batch_size = self._batch_size_for(pcm, request)
-        if batch_size:
-            segments, info = self._decode_batched(pcm, request, batch_size)
-        else:
-            segments, info = self._model.transcribe(
-                pcm,
-                language=request.language,
-                task=request.task,
-                initial_prompt=request.prompt,
-                temperature=temperatures(request),
-                word_timestamps=request.words,
-                vad_filter=request.vad_filter,
-                beam_size=1,
-            )
-        collected: list[TranscriptSegment] = []
-        for number, segment in enumerate(segments):
-            item = TranscriptSegment(
-                id=number,
-                seek=segment.seek,
-                start=round(segment.start, 3),
-                end=round(segment.end, 3),
-                text=segment.text.strip(),
-                tokens=list(segment.tokens),
-                temperature=segment.temperature,
-                avg_logprob=round(segment.avg_logprob, 4),
-                compression_ratio=round(segment.compression_ratio, 4),
-                no_speech_prob=round(segment.no_speech_prob, 4),
-                words=_words(segment) if request.words else None,
-            )
-            collected.append(item)
-            on_segment(item, segment.end)
+        stats = BatchStats()
+        recording: Recording | None = None
+        try:
+            if self._scheduler is None or request.temperature > 0:
+                segments, info = self._model.transcribe(
+                    pcm,
+                    language=request.language,
+                    task=request.task,
+                    initial_prompt=request.prompt,
+                    temperature=temperatures(request),
+                    word_timestamps=request.words,
+                    vad_filter=request.vad_filter,
+                    beam_size=1,
+                )
+                language, probability = info.language, info.language_probability
+            else:
+                recording, segments, language, probability = self._decode_together(pcm, request, check, stats)
+            collected = [
+                self._streamed(number, segment, request, on_segment) for number, segment in enumerate(segments)
+            ]
+        finally:
+            if recording is not None:
+                recording.cancel()  # a job stopped early leaves the steps to its neighbours
         seconds = time.perf_counter() - started
+        duration = pcm.size / SAMPLE_RATE
         return TranscriptionResult(
             text=" ".join(s.text for s in collected).strip(),
-            language=info.language,
-            language_probability=round(info.language_probability, 4),
-            duration=round(info.duration, 3),
+            language=language,
+            language_probability=round(probability, 4),
+            duration=round(duration, 3),
             task=request.task,
             segments=collected,
             words=[w for s in collected for w in s.words or ()] if request.words else None,
             model=self.name,
             timings=TranscriptionTimings(
                 seconds=round(seconds, 4),
-                real_time_factor=round(seconds / info.duration, 4) if info.duration else None,
-                batch_size=batch_size,
+                real_time_factor=round(seconds / duration, 4) if duration else None,
+                batch_size=stats.chunks or None,
+                batch_jobs=stats.recordings or None,
             ),
         )
 
-    def _batch_size_for(self, pcm: np.ndarray, request: TranscribeRequest) -> int | None:
-        """The batch to decode this recording in, or None for the sequential decoder: a short recording has
-        nothing to batch, and a prompt or sampling (temperature > 0) are the sequential decoder's."""
-        if self._batched is None or pcm.size / 16_000 < self.batch_min_seconds:
-            return None
-        return self.batch_size if request.prompt is None and request.temperature == 0 else None
-
-    def _decode_batched(self, pcm: np.ndarray, request: TranscribeRequest, batch_size: int) -> tuple[Any, Any]:
-        """The recording cut at pauses (Silero VAD) into chunks of up to 30 s, decoded `batch_size` at a time,
-        greedily, with segment timestamps (not one "paragraph" per chunk). The batched pipeline has no
-        temperature fallback: a segment whose greedy decode fails faster-whisper's thresholds is decoded
-        again over its span by the sequential decoder, which has."""
-        assert self._batched is not None
-        segments, info = self._batched.transcribe(
-            pcm,
-            language=request.language,
-            task=request.task,
-            temperature=0.0,
-            word_timestamps=request.words,
-            without_timestamps=False,
-            vad_filter=True,
-            beam_size=1,
-            batch_size=batch_size,
+    @staticmethod
+    def _streamed(number: int, segment: Any, request: TranscribeRequest, on_segment: SegmentSink) -> TranscriptSegment:
+        item = TranscriptSegment(
+            id=number,
+            seek=segment.seek,
+            start=round(segment.start, 3),
+            end=round(segment.end, 3),
+            text=segment.text.strip(),
+            tokens=list(segment.tokens),
+            temperature=segment.temperature,
+            avg_logprob=round(segment.avg_logprob, 4),
+            compression_ratio=round(segment.compression_ratio, 4),
+            no_speech_prob=round(segment.no_speech_prob, 4),
+            words=_words(segment) if request.words else None,
         )
-        return self._redecoded_where_poor(pcm, segments, request), info
+        on_segment(item, segment.end)
+        return item
+
+    def _decode_together(
+        self, pcm: np.ndarray, request: TranscribeRequest, check: Callable[[], None] | None, stats: BatchStats
+    ) -> tuple[Recording, Iterator[Any], str, float]:
+        """The recording cut into chunks of up to 30 s, decoded greedily with segment timestamps in steps shared
+        with other transcriptions; then what came out poor is decoded again with the temperature ladder.
+
+        A recording of up to 30 s that asked for no VAD is one chunk; anything longer is cut at pauses by
+        Silero VAD (faster-whisper's batched settings), and speech the VAD drops is not transcribed."""
+        from faster_whisper.transcribe import (
+            Tokenizer,
+            TranscriptionOptions,
+            get_suppressed_tokens,
+            pad_or_trim,
+            restore_speech_timestamps,
+        )
+        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+        assert self._scheduler is not None
+        model = self._model
+        if request.vad_filter or pcm.size > CHUNK_SECONDS * SAMPLE_RATE:
+            vad = VadOptions(max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160)
+            clips = get_speech_timestamps(pcm, vad)
+        else:
+            clips = [{"start": 0, "end": pcm.size}] if pcm.size else []
+        chunks, metadata = collect_chunks(pcm, clips, max_duration=CHUNK_SECONDS) if clips else ([], [])
+        features = [model.feature_extractor(chunk)[..., :-1] for chunk in chunks]
+        language, probability = self._language(request, features)
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=request.task, language=language)
+        options = TranscriptionOptions(
+            beam_size=1,
+            best_of=5,
+            patience=1,
+            length_penalty=1,
+            repetition_penalty=1,
+            no_repeat_ngram_size=0,
+            log_prob_threshold=LOG_PROB_THRESHOLD,
+            no_speech_threshold=NO_SPEECH_THRESHOLD,
+            compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
+            condition_on_previous_text=False,
+            prompt_reset_on_temperature=0.5,
+            temperatures=[0.0],
+            initial_prompt=f" {request.prompt.strip()}" if request.prompt else None,  # as the sequential decoder
+            prefix=None,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            without_timestamps=False,
+            max_initial_timestamp=0.0,
+            word_timestamps=request.words,
+            prepend_punctuations="\"'“¿([{-",
+            append_punctuations="\"'.。,，!！?？:：”)]}、",
+            multilingual=False,
+            max_new_tokens=None,
+            clip_timestamps=clips,
+            hallucination_silence_threshold=None,
+            hotwords=None,
+        )
+        recording = Recording(
+            features=[pad_or_trim(f) for f in features],
+            metadata=metadata,
+            tokenizer=tokenizer,
+            options=options,
+            alike=(request.task, language, request.prompt),
+        )
+        self._scheduler.submit(recording)
+        segments = restore_speech_timestamps(self._collected(recording, check, stats), clips, SAMPLE_RATE)
+        return recording, self._redecoded_where_poor(pcm, segments, request), language, probability
+
+    def _language(self, request: TranscribeRequest, features: list[np.ndarray]) -> tuple[str, float]:
+        """The language asked for, English for an English-only model, else what Whisper hears in the speech."""
+        if request.language is not None or not self._model.model.is_multilingual:
+            return request.language or "en", 1.0
+        if not features:
+            return "en", 0.0
+        language, probability, _ = self._model.detect_language(features=np.concatenate(features, axis=1))
+        return str(language), float(probability)
+
+    @staticmethod
+    def _collected(recording: Recording, check: Callable[[], None] | None, stats: BatchStats) -> Iterator[Any]:
+        """The recording's segments as faster-whisper's `Segment`s, chunk after chunk as their steps end."""
+        from faster_whisper.transcribe import Segment, Word
+
+        early: dict[int, Decoded] = {}
+        for index in range(len(recording.features)):
+            while index not in early:
+                try:
+                    item = recording.events.get(timeout=CHECK_SECONDS)
+                except queue.Empty:
+                    if check is not None:
+                        check()
+                    continue
+                if isinstance(item, Exception):
+                    raise item
+                early[item.index] = item
+            decoded = early.pop(index)
+            stats.saw(decoded)
+            for segment in decoded.segments:
+                yield Segment(
+                    id=0,
+                    seek=segment["seek"],
+                    start=round(segment["start"], 3),
+                    end=round(segment["end"], 3),
+                    text=segment["text"],
+                    tokens=segment["tokens"],
+                    avg_logprob=segment["avg_logprob"],
+                    compression_ratio=segment["compression_ratio"],
+                    no_speech_prob=segment["no_speech_prob"],
+                    words=[Word(**word) for word in segment["words"]] if recording.alone else None,
+                    temperature=0.0,
+                )
 
     def _redecoded_where_poor(self, pcm: np.ndarray, segments: Any, request: TranscribeRequest) -> Iterator[Any]:
+        """A greedy segment that fails faster-whisper's thresholds (on speech) decoded again over its span by
+        the sequential decoder, which has the temperature ladder; the others as they are."""
         for segment in segments:
             poor = segment.compression_ratio > COMPRESSION_RATIO_THRESHOLD or segment.avg_logprob < LOG_PROB_THRESHOLD
             if not poor or segment.no_speech_prob > NO_SPEECH_THRESHOLD:
@@ -168,6 +319,7 @@ class WhisperEngine:
                 pcm,
                 language=request.language,
                 task=request.task,
+                initial_prompt=request.prompt,
                 temperature=FALLBACK_TEMPERATURES,
                 word_timestamps=request.words,
                 clip_timestamps=[segment.start, segment.end],
