@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
 from api.auth import KeyRing
 from api.batch_service import BatchService
@@ -39,6 +38,7 @@ from api.uploads import BodyLimitMiddleware, upload_limit_bytes
 from api.webhooks.delivery import WebhookDeliverer
 from api.webhooks.urls import WebhookPolicy
 from config import Settings, get_settings
+from config.redis_urls import async_client
 from config.settings import SettingsError
 from contract.catalog import Registry, use_registry
 from jobstore.batches import BatchStore
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(
+        redis = async_client(
             settings.redis_url or "",
             decode_responses=True,
             socket_connect_timeout=2.0,
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health_check_interval=30,
             max_connections=512,
         )
-        raw = Redis.from_url(settings.redis_url or "", socket_connect_timeout=2.0, socket_timeout=30.0)
+        raw = async_client(settings.redis_url or "", socket_connect_timeout=2.0, socket_timeout=30.0)
         celery = create_celery(settings)
         hub = EventHub(redis)
         await hub.start()

@@ -102,6 +102,12 @@ class Forbidden(ApiError):
     status, code, type = 403, "invalid_api_key", "authentication_error"
 
 
+class PermissionDenied(ApiError):
+    """A valid key asking for what only an operator (OPERATOR_KEY_IDS) may do."""
+
+    status, code, type = 403, "permission_denied", "permission_error"
+
+
 class NotFound(ApiError):
     status, code, type = 404, "not_found", "invalid_request_error"
 

@@ -89,6 +89,14 @@ class ApiMetrics:
             "Age of the oldest webhook event not yet delivered nor given up, 0 when none (read at scrape time)",
             registry=self.registry,
         )
+        self.queue_jobs = Gauge(
+            "app_queue_jobs",
+            "Jobs per queue and state, read at scrape time: `waiting` in the scheduler, `admitted` (on the broker's "
+            "list or taken by a worker that has not started them) and `running` on a worker that has not begun to "
+            "drain. The sum is the work an autoscaler (KEDA) sizes a worker class by",
+            ("queue", "state"),
+            registry=self.registry,
+        )
         self.queue_workers = Gauge(
             "app_queue_workers",
             "Live workers serving each queue (read at scrape time)",

@@ -221,6 +221,7 @@ class WorkerPublic(BaseModel):
     heartbeat_age_seconds: float | None = Field(None, description="since it last advertised itself")
     slots: int = Field(0, description="jobs it runs at once, over all its queues")
     busy: int = Field(0, description="jobs it is running now")
+    draining: bool = Field(False, description="taking no more jobs: it finishes or hands back what it runs")
 
 
 class QueuePublic(BaseModel):

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
-from redis import Redis
 
-from config import Settings
+from config import Settings, SettingsError
+from config.redis_urls import is_sentinel_url, parse_sentinel_url, sync_client
 from tasks.envelope import is_redis_url
 
 log = logging.getLogger("speechq")
@@ -27,7 +27,7 @@ def probe(url: str) -> str | None:
     """Why `url` does not answer now, or None when it does."""
     try:
         if is_redis_url(url):
-            with Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
+            with sync_client(url, socket_connect_timeout=2, socket_timeout=2) as client:
                 client.ping()
         else:
             with Connection(url, connect_timeout=2) as connection:
@@ -48,7 +48,12 @@ def wait_for_broker(
     limit = settings.broker_connect_timeout_seconds
     started = time.monotonic()
     for url in urls:
-        shown = maybe_sanitize_url(url)
+        shown = ";".join(maybe_sanitize_url(part) for part in url.split(";"))  # a Sentinel URL has several
+        try:
+            if is_sentinel_url(url):
+                parse_sentinel_url(url)
+        except SettingsError as exc:  # waiting would not mend it
+            raise BrokerUnreachable(f"{shown}: {exc}") from None
         while (reason := check(url)) is not None:
             waited = time.monotonic() - started
             if limit is not None and waited >= limit:

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     """Dialogues one `dialogue` worker process runs at once; they mostly wait on their stage jobs."""
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
     """How often a worker advertises its queues and loaded models in Redis."""
+    worker_drain_seconds: float = Field(60.0, ge=0)
+    """A draining worker (SIGTERM, or `POST /v1/workers/{id}/drain`) takes no more jobs and gives the ones it
+    runs this long to finish; then it hands them back to the queue, where another worker takes them at once.
+    An orchestrator's grace period must be longer (Kubernetes' terminationGracePeriodSeconds)."""
     batch_sweep_interval_seconds: float = Field(1.0, gt=0)
     """How often open batches are brought up to date with their jobs (counts, expiry, output files): every
     API process runs a sweeper, the first to ask in an interval sweeps it. A batch's GET may lag this much."""
@@ -184,6 +188,12 @@ class Settings(BaseSettings):
     """Retries (with backoff) on 5xx and connection errors of the remote transcription API."""
     stt_n_threads: int | None = Field(None, ge=1)
     """CPU threads for faster-whisper; default: all cores."""
+    stt_compute_type: (
+        Literal["auto", "int8", "int8_float16", "int8_bfloat16", "int8_float32", "int16", "float16", "bfloat16"]
+        | Literal["float32"]
+        | None
+    ) = None
+    """CTranslate2's compute type for faster-whisper; unset: int8 on a CPU, float16 on a GPU."""
     stt_parallel: int = Field(8, ge=1, le=256)
     """Transcriptions a worker runs at once; their chunks decode together, in shared steps."""
     stt_batch_size: int | None = Field(None, ge=1, le=64)

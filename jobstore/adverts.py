@@ -24,6 +24,7 @@ class WorkerInfo:
     cuda_visible_devices: str | None = None  # as the worker process itself sees it
     metrics_port: int | None = None
     heartbeat_at: float = 0.0  # when it last advertised itself (every WORKER_HEARTBEAT_SECONDS)
+    draining: bool = False  # taking no more jobs (`workers/drain.py`)
 
 
 def advertise(redis: SyncRedis, info: WorkerInfo, ttl: float) -> None:

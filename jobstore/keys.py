@@ -106,6 +106,12 @@ def worker(name: str) -> str:
 
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
+
+def drain(name: str) -> str:
+    """Set (by `POST /v1/workers/{id}/drain`) when a worker is to drain; its heartbeat notices within a second."""
+    return f"{PREFIX}:drain:{name}"
+
+
 UNQUEUED = f"{PREFIX}:unqueued"  # what `lua/unqueue.lua` overwrites a taken message with, before removing it
 
 

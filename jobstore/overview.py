@@ -81,6 +81,27 @@ async def _running(redis: Redis) -> list[tuple[str, str]]:
     return [(worker or "", queue or "") for status, worker, queue in rows if status in ("running", "cancelling")]
 
 
+async def queue_jobs(redis: Redis, queues: tuple[str, ...]) -> dict[tuple[str, str], int]:
+    """Per (queue, state), the work an autoscaler sees: `waiting` in the scheduler, `admitted` (on the broker's
+    list, or taken by a worker that has not started it yet: what the list's length leaves out) and `running`."""
+    waiting = await waiting_counts(redis, queues)
+    pipe = redis.pipeline(transaction=False)
+    for queue in queues:
+        pipe.smembers(keys.sched(queue, "inflight"))
+    inflight = cast(list[set[str]], await pipe.execute())
+    for members in inflight:
+        for job_id in members:
+            pipe.hget(keys.job(job_id), "status")
+    statuses = iter(cast(list[str | None], await pipe.execute()))
+    counts: dict[tuple[str, str], int] = {}
+    for queue, members in zip(queues, inflight, strict=True):
+        found = [next(statuses) for _ in members]
+        counts[(queue, "waiting")] = sum(count for (q, _), count in waiting.items() if q == queue)
+        counts[(queue, "admitted")] = sum(status == "queued" for status in found)
+        counts[(queue, "running")] = sum(status in ("running", "cancelling") for status in found)
+    return counts
+
+
 def _live_slots(slots: dict[str, str], now: float) -> dict[str, int]:
     live = {}
     for worker, value in slots.items():

@@ -20,4 +20,4 @@ def source(name: str) -> str:
 
 
 # What a worker does to a job it runs; creating and cancelling go through `JobStore`, on either side.
-WORKER_SIDE = ("claim", "emit", "renew", "finish", "release", "admit")
+WORKER_SIDE = ("claim", "emit", "renew", "finish", "release", "admit", "drain", "handback")

@@ -7,7 +7,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from config import Settings
+from config.redis_urls import is_sentinel_url, parse_sentinel_url
 from tasks.envelope import is_redis_url
+from tasks.redis_transport import SENTINEL_TRANSPORT
 from tasks.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from tasks.registry import QUEUES, ROUTES
 
@@ -25,13 +27,30 @@ def transport_options(settings: Settings) -> dict[str, object]:
         # The sweep holds a Redis mutex that expires after kombu's 300 s: a worker killed while holding it
         # would delay every redelivery that long. A sweep takes milliseconds; the interval is plenty.
         "unacked_mutex_expire": settings.broker_restore_interval_seconds,
+        **sentinel_options(settings.broker_url),
     }
 
 
+def sentinel_options(url: str) -> dict[str, object]:
+    """kombu's Sentinel transport takes the master group's name as a transport option, not from the URL."""
+    return {"master_name": parse_sentinel_url(url).master_name} if is_sentinel_url(url) else {}
+
+
+def broker_for_kombu(url: str) -> tuple[str, str | None]:
+    """The broker URL as kombu reads it, and the transport that survives the broker's restart (see
+    `tasks/redis_transport.py`), or None for kombu's own choice by the URL's scheme."""
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url).kombu_url(), SENTINEL_TRANSPORT
+    if url.split("://", 1)[0] in {"redis", "valkey"}:
+        return url, REDIS_TRANSPORT
+    return url, None
+
+
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("speechq", broker=settings.broker_url, set_as_current=False)
-    if settings.broker_url.split("://", 1)[0] in {"redis", "valkey"}:
-        app.conf.broker_transport = REDIS_TRANSPORT  # survives the broker's restart (see the module)
+    broker, transport = broker_for_kombu(settings.broker_url)
+    app = Celery("speechq", broker=broker, set_as_current=False)
+    if transport is not None:
+        app.conf.broker_transport = transport
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -16,7 +16,7 @@ from celery import Celery
 
 
 def is_redis_url(url: str) -> bool:
-    return url.split("://", 1)[0] in {"redis", "rediss", "unix", "valkey", "valkeys"}
+    return url.split("://", 1)[0] in {"redis", "rediss", "unix", "valkey", "valkeys", "sentinel"}
 
 
 def redis_message(

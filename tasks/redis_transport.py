@@ -9,6 +9,8 @@ unrecoverable error, and the worker process exits (`'NoneType' object has no att
 Here that ack fails as what it is, a lost connection: the consumer logs it ("Couldn't ack"), reconnects
 and serves on. The message stays unacknowledged in the broker; kombu restores it after the visibility
 timeout, and the job store's claim skips it, because its job has already ended.
+
+The same mend for kombu's Sentinel transport (a master's failover is such an outage): `SENTINEL_TRANSPORT`.
 """
 
 from __future__ import annotations
@@ -21,15 +23,32 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 # `broker_transport` for a redis:// or valkey:// broker URL (kombu resolves "module:Class").
 TRANSPORT = f"{__name__}:Transport"
+# ...and for a sentinel:// one.
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
+
+
+def _refuse_if_closed(channel: kombu_redis.Channel) -> None:
+    if channel.connection.client is None:  # the connection this channel belonged to is closed
+        raise RedisConnectionError("the broker connection this channel belonged to is closed")
 
 
 class Channel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:  # the connection this channel belonged to is closed
-            raise RedisConnectionError("the broker connection this channel belonged to is closed")
+        _refuse_if_closed(self)
         inherited: Callable[..., Any] = getattr(super(), "_connparams")  # noqa: B009 - not in kombu's stubs
         return inherited(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        _refuse_if_closed(self)
+        inherited: Callable[..., Any] = getattr(super(), "_connparams")  # noqa: B009 - not in kombu's stubs
+        return inherited(asynchronous=asynchronous)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.audio import spoken as spoken_audio
 from tests.conftest import MISSING_MODEL, Stack
 from tests.sse import read_events
 from tests.stack import SPEECHQ, Process, free_port, wait_until
@@ -61,8 +62,9 @@ def test_the_request_id_reaches_the_worker_log(client: httpx.Client, stack: Stac
 def test_api_and_worker_metrics_after_jobs(client: httpx.Client, stack: Stack) -> None:
     generated = client.post("/v1/jobs/generate", json={"prompt": "Count to three.", "max_tokens": 16}).json()["id"]
     spoken = client.post("/v1/jobs/synthesize", json={"text": "Metrics are counted."}).json()["id"]
+    heard = client.post("/v1/jobs/transcribe", files={"file": ("a.wav", spoken_audio("fox"))}).json()["id"]
     failing = client.post("/v1/jobs/generate", json={"prompt": "x", "model": MISSING_MODEL}).json()["id"]
-    for job_id in (generated, spoken, failing):
+    for job_id in (generated, spoken, heard, failing):
         read_events(client, job_id)
 
     api = samples(client.get("/metrics").text)
@@ -81,6 +83,7 @@ def test_api_and_worker_metrics_after_jobs(client: httpx.Client, stack: Stack) -
     assert value(worker, "worker_tokens_per_second_count") >= 1
     assert value(worker, "worker_audio_seconds_total", kind="synthesize", model="hibari") > 0.5
     assert value(worker, "worker_real_time_factor_count", kind="synthesize") >= 1
+    assert value(worker, "worker_stt_batch_jobs_count", model="whisper-tiny.en") >= 1
     assert value(worker, "worker_model_load_seconds", model="gemma-3-270m") > 0
     assert value(worker, "worker_job_failures_total", kind="generate", type="model_unavailable") >= 1
 

@@ -248,3 +248,10 @@ def test_a_cancelled_neighbour_leaves_the_others_text_unchanged(
         assert isinstance(result, TranscriptionResult)
         assert result.text == alone[n], (result.text, alone[n])
         assert result.timings.batch_jobs == 3, result.timings  # the cancelled one's chunk was never decoded
+
+
+def test_silence_gives_no_segments(engine: WhisperEngine) -> None:
+    """What Whisper "hears" in silence (likely no speech, decoded with little confidence) is dropped, as the
+    sequential decoder drops it."""
+    result, positions = transcribed(engine, np.zeros(3 * 16_000, np.float32))
+    assert (result.text, result.segments, positions) == ("", [], [])

@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings
 from config.logs import log_context
@@ -25,6 +27,7 @@ from contract.results import JobResult
 from jobstore import keys
 from tasks.registry import TASKS
 from workers.context import JobContext
+from workers.drain import HandBack
 from workers.execution import DeadlinePassed, JobCancelled, JobExecution, LeaseLost, WorkerStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class JobFailed(Exception):
 REPORTED_FAILED = frozenset({"failed", "poison"})  # poison: the claim failed the job past JOB_MAX_ATTEMPTS
 REPORTED_REVOKED = frozenset({"cancelled", "expired", "missing"})  # ended without running here, or gone from the store
 # 'lost': another worker holds the job, and reports its end under the same task id (the job id).
+# 'handed_back': this worker drains; the message goes back to the broker for another (`workers/drain.py`).
+GATE_CHECK_SECONDS = 0.25  # how often a message waiting for its model's gate looks for a drain
 
 
 class JobRunner:
@@ -86,6 +91,9 @@ class JobRunner:
     def __call__(self, task: Task[Any, Any], job_id: str, handler_key: str) -> str:
         # The API puts its request id in the message headers; every line logged for this job carries it.
         with log_context(job_id=job_id, request_id=getattr(task.request, "request_id", None)):
+            drain = self.store.drain
+            if drain.draining:
+                return "handed_back"  # a message taken just before the drain: another worker runs it
             gate = self.gates.get(handler_key)
             if gate is None:
                 return self._claim_and_run(task, job_id, handler_key)
@@ -94,7 +102,9 @@ class JobRunner:
                 # claim: no need to wait for the model first.
                 if self.store.ended(job_id):
                     return self._claim_and_run(task, job_id, handler_key)
-                gate.acquire()
+                while not gate.acquire(timeout=GATE_CHECK_SECONDS):
+                    if drain.draining:
+                        return "handed_back"
             try:
                 return self._claim_and_run(task, job_id, handler_key)
             finally:
@@ -119,7 +129,7 @@ class JobRunner:
             started = time.perf_counter()
             with self.store.execution(job_id, self.worker, deadline) as run:
                 status, result, error = self._run(job, run, self.handlers[handler_key])
-            if self.observer is not None and status != "lost":
+            if self.observer is not None and status not in ("lost", "handed_back"):
                 self.observer.finished(job, status, result, error, time.perf_counter() - started)
             return status
 
@@ -134,6 +144,18 @@ class JobRunner:
         except LeaseLost as exc:
             log.warning("job %s: %s; leaving it to the worker that holds it", job.id, exc)
             return "lost", None, None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The job store went away mid-job (a cut link, a restart): record nothing, since the record may be out
+            # of reach, and give the message back; whoever receives it takes the job over once this worker's lease
+            # has lapsed (the claim retries until then).
+            log.warning("job %s: the job store is unreachable (%s); handing the job back", job.id, exc)
+            return "handed_back", None, None
+        except HandBack:
+            status = run.hand_back()
+            log.warning("job %s ran past WORKER_DRAIN_SECONDS of this worker's drain: %s", job.id, status)
+            if status == "handed_back":
+                return status, None, None
+            return "lost", None, None  # it ended meanwhile, or is being cancelled: as it is recorded
         except DeadlinePassed:
             limit = self.settings.task_time_limit_seconds
             failure: JobError = JobTimedOut(f"the job ran longer than TASK_TIME_LIMIT_SECONDS={limit}")
@@ -164,6 +186,8 @@ class JobRunner:
             raise Ignore()
         if status == "lost":
             raise Ignore()
+        if status == "handed_back":
+            raise Reject("this worker is draining", requeue=True)  # on the broker again at once
         return status
 
     def recorded_error(self, job_id: str) -> tuple[str, str]:

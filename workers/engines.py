@@ -48,6 +48,7 @@ def _faster_whisper(entry: CatalogEntry, s: Settings) -> Any:
         cpu_threads=s.stt_n_threads,
         batch_size=s.stt_batch_size,
         lanes=s.stt_lanes,
+        compute_type=s.stt_compute_type,
     )
 
 

@@ -27,6 +27,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from contract.errors import JobTimedOut, StorageFull
 from contract.jobs import EventType, JobRecord, JobStatus
 from jobstore import keys, scripts
+from workers.drain import Drain, HandBack
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,12 +97,22 @@ class WorkerStore:
     """The worker's sync Redis clients (decoded, and `raw` for the bytes of job inputs and outputs)
     and its registered scripts."""
 
-    def __init__(self, redis: Redis, *, ttl: int, lease: float, max_attempts: int, raw: Redis | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl: int,
+        lease: float,
+        max_attempts: int,
+        raw: Redis | None = None,
+        drain: Drain | None = None,
+    ) -> None:
         self.redis = redis
         self.raw = raw
         self.ttl = ttl
         self.lease = lease
         self.max_attempts = max_attempts
+        self.drain = drain or Drain(float("inf"))
         self.scripts = {name: redis.register_script(scripts.source(name)) for name in scripts.WORKER_SIDE}
         self.leases = LeaseKeeper(self)
 
@@ -131,6 +142,11 @@ class WorkerStore:
         admit waiting jobs where slots are free (`lua/admit.lua`); returns how many were admitted."""
         pairs = [item for queue, n in slots.items() for item in (queue, n)]
         return int(self.scripts["admit"](keys=[], args=[worker, f"{expires:.3f}", *pairs]))
+
+    def withdraw(self, worker: str, queues: list[str]) -> int:
+        """This worker drains: its slots go, and its running jobs stop counting against its queues' capacity
+        (`lua/drain.lua`); returns how many waiting jobs that admitted for other workers."""
+        return int(self.scripts["drain"](keys=[], args=[worker, *queues]))
 
     def read_input(self, job_id: str) -> bytes | None:
         """A job's input file (audio), or None once it has expired."""
@@ -223,6 +239,20 @@ class JobExecution:
             raise LeaseLost(f"job {self.job_id} is {status}, not running on this worker")
         if time.monotonic() > self.deadline:
             raise DeadlinePassed("the job ran longer than TASK_TIME_LIMIT_SECONDS")
+        if self._stores.drain.overdue():
+            raise HandBack()
+
+    def hand_back(self) -> str:
+        """Give the job up for another worker (`lua/handback.lua`): 'handed_back', or the status that kept it
+        (it ended meanwhile, or is being cancelled)."""
+        self._stores.leases.release(self.job_id)  # no renewal may bring the lease back
+        return str(
+            self._stores.when_room(
+                lambda: self._stores.scripts["handback"](
+                    keys=[self._keys[0], keys.LEASES], args=[self.worker, self.job_id]
+                )
+            )
+        )
 
     def finish(
         self,

@@ -8,15 +8,21 @@ MAX_MODEL_LABELS of them per process.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from contract.dialogue import DialogueResult
 from contract.errors import error_classes
 from contract.generation import GenerationResult
 from contract.jobs import JobRecord, JobStatus
 from contract.results import JobResult
+from contract.transcription import TranscriptionResult
 
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
 OTHER = "other"
@@ -75,13 +81,35 @@ class WorkerMetrics:
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=r,
         )
+        self.stt_batch_jobs = Histogram(
+            "worker_stt_batch_jobs",
+            "Transcriptions that shared a decoding step with each transcription (1: it decoded alone)",
+            ("model",),
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.model_load_seconds = Gauge(
             "worker_model_load_seconds", "How long each loaded model took to load", ("model",), registry=r
         )
         self.models: set[str] = set()  # the model names labelled so far
 
-    def serve(self, port: int, host: str) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str, ready: Callable[[], bool] = lambda: True) -> None:
+        """Serve `/metrics` (and any other path, as Prometheus' own server does), `/health` (200 while the
+        process lives) and `/ready` (503 while `ready()` is false: the worker drains)."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path not in ("/health", "/ready"):
+                served: Iterable[bytes] = metrics(environ, start_response)
+                return served
+            status = "200 OK" if path == "/health" or ready() else "503 Service Unavailable"
+            body = json.dumps({"status": "ok" if status.startswith("200") else "draining"}).encode()
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+
+        server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="speechq-metrics", daemon=True).start()
 
     def model_label(self, name: object) -> str:
         """The model's name, while fewer than MAX_MODEL_LABELS names have been seen; then `other`."""
@@ -123,7 +151,18 @@ class WorkerMetrics:
             self.tokens.labels(model).inc(usage.completion_tokens)
             if isinstance(result, GenerationResult) and result.timings.tokens_per_second:
                 self.tokens_per_second.labels(model).observe(result.timings.tokens_per_second)
+        if isinstance(result, TranscriptionResult) and result.timings.batch_jobs:
+            self.stt_batch_jobs.labels(model).observe(result.timings.batch_jobs)
         duration = None if isinstance(result, GenerationResult) else result.duration
         if duration is not None and duration > 0:
             self.audio_seconds.labels(kind, model).inc(duration)
             self.real_time_factor.labels(kind, model).observe(result.timings.seconds / duration)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""

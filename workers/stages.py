@@ -16,9 +16,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
+from config.redis_urls import async_client
 from contract.errors import EngineError, JobError, StageCancelled, StageExpired, failure_from
 from contract.generation import ChatMessage
 from contract.jobs import EventType, JobKind, JobRecord, JobStatus
@@ -113,8 +113,8 @@ class Stages:
         # Bounded waits: a stalled Redis fails the dialogue instead of holding its thread for ever.
         wait = STORE_TIMEOUT_SECONDS
         self._jobs = JobStore(
-            AsyncRedis.from_url(url, decode_responses=True, socket_timeout=wait, socket_connect_timeout=wait),
-            AsyncRedis.from_url(url, socket_timeout=wait, socket_connect_timeout=wait),
+            async_client(url, decode_responses=True, socket_timeout=wait, socket_connect_timeout=wait),
+            async_client(url, socket_timeout=wait, socket_connect_timeout=wait),
             celery,
             ttl=settings.job_ttl_seconds,
             max_queue_depth=settings.queue_max_depth,

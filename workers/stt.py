@@ -85,6 +85,7 @@ class WhisperEngine:
         cpu_threads: int | None,
         batch_size: int | None = None,
         lanes: int | None = None,
+        compute_type: str | None = None,
     ) -> None:
         try:
             import ctranslate2
@@ -93,6 +94,7 @@ class WhisperEngine:
             raise ModelUnavailable("this worker has no faster-whisper: pip install 'speechq[stt]'") from exc
         cuda = ctranslate2.get_cuda_device_count() > 0
         self.device, self.compute_type = ("cuda", "float16") if cuda else ("cpu", "int8")
+        self.compute_type = compute_type or self.compute_type
         started = time.perf_counter()
         self.name = name
         self.english_only = name.endswith(".en")
@@ -308,9 +310,13 @@ class WhisperEngine:
                 )
 
     def _redecoded_where_poor(self, pcm: np.ndarray, segments: Any, request: TranscribeRequest) -> Iterator[Any]:
-        """A greedy segment that fails faster-whisper's thresholds (on speech) decoded again over its span by
-        the sequential decoder, which has the temperature ladder; the others as they are."""
+        """The sequential decoder's rules, applied to greedy segments: one that is silence (likely no speech, and
+        decoded with little confidence) is dropped; one that fails faster-whisper's thresholds on speech is
+        decoded again over its span by the sequential decoder, which has the temperature ladder; the others
+        pass as they are."""
         for segment in segments:
+            if segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob <= LOG_PROB_THRESHOLD:
+                continue  # what Whisper "hears" in silence
             poor = segment.compression_ratio > COMPRESSION_RATIO_THRESHOLD or segment.avg_logprob < LOG_PROB_THRESHOLD
             if not poor or segment.no_speech_prob > NO_SPEECH_THRESHOLD:
                 yield segment

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from api.deps import StateDep, authenticate
 from jobstore.adverts import live_workers
+from jobstore.overview import queue_jobs
 from jobstore.waiting import waiting_counts
 from tasks.envelope import is_redis_url
 from tasks.registry import QUEUES
@@ -38,7 +39,7 @@ async def ready(state: StateDep) -> JSONResponse:
         log.error("readiness: Redis unreachable: %s", exc)  # the address it tried stays in the log
         return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
     for queue in QUEUES:
-        serving = [w.id for w in workers if queue in w.queues]
+        serving = [w.id for w in workers if queue in w.queues and not w.draining]  # a draining one takes nothing
         body["queues"][queue] = {"workers": len(serving), "depth": await state.redis.llen(queue)}
     ok = all(q["workers"] > 0 for q in body["queues"].values())
     body["status"] = "ready" if ok else "degraded"
@@ -59,8 +60,10 @@ async def metrics(request: Request, state: StateDep) -> Response:
     waiting = await waiting_counts(state.redis, QUEUES)
     for (queue, tier), count in waiting.items():
         state.metrics.jobs_waiting.labels(queue, tier).set(count)
+    for (queue, job_state), count in (await queue_jobs(state.redis, QUEUES)).items():
+        state.metrics.queue_jobs.labels(queue, job_state).set(count)
     for queue in QUEUES:
-        state.metrics.queue_workers.labels(queue).set(sum(queue in w.queues for w in workers))
+        state.metrics.queue_workers.labels(queue).set(sum(queue in w.queues and not w.draining for w in workers))
         if redis_broker:  # with RabbitMQ the depth is RabbitMQ's to report
             depth = await state.redis.llen(queue)
             state.metrics.queue_depth.labels(queue).set(depth)

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter
 
 from api.deps import PrincipalDep, StateDep
-from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound
+from api.errors import MODEL_NOT_FOUND_MESSAGE, ModelNotFound, NotFound, PermissionDenied
 from api.schemas import (
     ModelPublic,
     ModelsPublic,
@@ -21,11 +21,13 @@ from api.schemas import (
 )
 from contract.catalog import CatalogEntry, ModelRole, registry
 from contract.speech import OPENAI_VOICES
+from jobstore import keys
 from jobstore.adverts import WorkerInfo, live_workers
 from jobstore.overview import queue_loads, worker_loads
 from tasks.registry import QUEUES
 
 router = APIRouter(prefix="/v1", tags=["models"])
+DRAIN_FLAG_SECONDS = 86_400  # outlives any worker's notice of it; a worker drains once, then restarts
 
 
 def _describe(entry: CatalogEntry, workers: list[WorkerInfo]) -> ModelPublic:
@@ -87,6 +89,25 @@ async def list_workers(state: StateDep, _: PrincipalDep) -> WorkersPublic:
     return WorkersPublic(data=sorted(workers, key=lambda w: w.id))
 
 
+@router.post("/workers/{worker_id}/drain", response_model=WorkerPublic, status_code=202)
+async def drain_worker(worker_id: str, state: StateDep, principal: PrincipalDep) -> WorkerPublic:
+    """Drain a worker without stopping it (operators only: OPERATOR_KEY_IDS, or anyone when keys are off): it
+    takes no more jobs, gives the ones it runs WORKER_DRAIN_SECONDS (its own setting) to finish, then hands
+    back the rest, which other workers take at once. It notices within a second; `draining` shows then. To
+    serve again, restart it."""
+    if state.settings.api_key_enabled and principal.id not in state.settings.operator_key_ids:
+        raise PermissionDenied("draining a worker is for operators (OPERATOR_KEY_IDS)")
+    workers = {public_worker_id(w.id): w for w in await live_workers(state.redis)}
+    worker = workers.get(worker_id)
+    if worker is None:
+        raise NotFound(f"no live worker {worker_id[:64]!r}; GET /v1/workers lists them", param="worker_id")
+    await state.redis.set(keys.drain(worker.id), "1", ex=DRAIN_FLAG_SECONDS)
+    load = (await worker_loads(state.redis, QUEUES)).get(worker.id, (0, 0))
+    public = _public_worker(worker, load, time.time())
+    public.draining = True
+    return public
+
+
 @router.get("/queues", response_model=QueuesPublic)
 async def list_queues(state: StateDep, principal: PrincipalDep) -> QueuesPublic:
     """Each queue's load now: its workers and their slots, the jobs running, admitted to the broker and
@@ -129,6 +150,7 @@ def _public_worker(worker: WorkerInfo, load: tuple[int, int], now: float) -> Wor
         heartbeat_age_seconds=round(max(0.0, now - worker.heartbeat_at), 3) if worker.heartbeat_at else None,
         slots=load[0],
         busy=load[1],
+        draining=worker.draining,
     )
 
 
