@@ -130,6 +130,7 @@ def test_workers_list_shows_no_host_pid_port_or_path(hardened: str, stack: Stack
             "heartbeat_age_seconds",
             "slots",
             "busy",
+            "draining",
         }
         assert re.fullmatch(r"worker_[0-9a-f]{12}", worker["id"])
     mine = next(w for w in workers if w["id"] == public_worker_id(exposed_worker.id))
