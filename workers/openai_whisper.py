@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contract.errors import InvalidJobInput, ModelUnavailable
+from contract.errors import ModelUnavailable
 from contract.transcription import TranscribeRequest, TranscriptionResult, TranscriptionTimings, TranscriptSegment, Word
-from workers.stt import CHECK_SECONDS, SegmentSink, temperatures
+from workers.stt import CHECK_SECONDS, SegmentSink, refuse_other_languages, temperatures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,7 +50,6 @@ class OpenAIWhisperEngine:
             raise ModelUnavailable("this worker has no openai-whisper: pip install 'speechq[openai-whisper]'") from exc
         started = time.perf_counter()
         self.name = name
-        self.english_only = name.endswith(".en")
         self.cuda = torch.cuda.is_available()
         self._model = whisper.load_model(str(checkpoint), device="cuda" if self.cuda else "cpu")
         # One decode at a time: openai-whisper hooks its key-value cache onto the model for each decode.
@@ -66,8 +65,7 @@ class OpenAIWhisperEngine:
         check: Callable[[], None] | None = None,
     ) -> TranscriptionResult:
         """`check` is called while the job waits for another to finish with the model, and may raise."""
-        if self.english_only and request.language not in (None, "en"):
-            raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
+        refuse_other_languages(self.name, request)
         while not self._lock.acquire(timeout=CHECK_SECONDS):
             if check is not None:
                 check()

@@ -30,6 +30,12 @@ SegmentSink = Callable[[TranscriptSegment, float], None]  # (segment, seconds of
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
+def refuse_other_languages(name: str, request: TranscribeRequest) -> None:
+    """An English-only model (`*.en`) asked for another language: the job fails, naming the model to use."""
+    if name.endswith(".en") and request.language not in (None, "en"):
+        raise InvalidJobInput(f"{name} only understands English; use whisper-base for {request.language!r}")
+
+
 def temperatures(request: TranscribeRequest) -> float | tuple[float, ...]:
     """What a Whisper engine decodes with: temperature 0 is OpenAI's "0, falling back as needed" (the ladder)."""
     return FALLBACK_TEMPERATURES if request.temperature == 0 else request.temperature
@@ -97,7 +103,6 @@ class WhisperEngine:
         self.compute_type = compute_type or self.compute_type
         started = time.perf_counter()
         self.name = name
-        self.english_only = name.endswith(".en")
         cores = cpu_threads or usable_cores()
         self.lanes = lanes or (1 if cuda else min(cores, MAX_CPU_LANES))
         self._model = WhisperModel(
@@ -136,8 +141,7 @@ class WhisperEngine:
         check: Callable[[], None] | None = None,
     ) -> TranscriptionResult:
         """`check` is called while the job waits for its chunks, and may raise to stop it."""
-        if self.english_only and request.language not in (None, "en"):
-            raise InvalidJobInput(f"{self.name} only understands English; use whisper-base for {request.language!r}")
+        refuse_other_languages(self.name, request)
         started = time.perf_counter()
         stats = BatchStats()
         recording: Recording | None = None
